@@ -1,0 +1,267 @@
+"""Validated YAML configuration: schema, loading, `--set` overrides.
+
+Every config file is a mapping of top-level sections (`data:`, later `model:`,
+`train:`, ...). Files are validated by pydantic models that forbid unknown keys,
+so a typo is a one-line error naming the dotted key. Overrides
+(`--set data.levels=[500,850]`) are parsed as YAML values and applied to the
+raw mapping before validation. Loaded configs are frozen: nothing mutates a
+config after it is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gencast_rmmd.data.variables import WB2_LEVELS_13
+from gencast_rmmd.errors import UserInputError
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are errors; instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SplitRange(StrictModel):
+    """A split as a date range (`start`/`end`, inclusive ISO dates) or a fraction of the time axis.
+
+    `fraction: [0.0, 0.8]` takes the first 80% of the store's (12-hourly) time
+    axis, so a config written for one store works on any other.
+    """
+
+    start: str | None = None
+    end: str | None = None
+    fraction: tuple[float, float] | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _dates_as_text(cls, value: Any) -> Any:
+        # Unquoted YAML dates arrive as date objects; keep the ISO text.
+        return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "SplitRange":
+        has_dates = self.start is not None or self.end is not None
+        if has_dates == (self.fraction is not None):
+            raise ValueError("give either start/end dates or a fraction [lo, hi], not both or neither")
+        if self.fraction is not None:
+            low, high = self.fraction
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError(f"fraction must satisfy 0 <= lo < hi <= 1, got {list(self.fraction)}")
+        for value in (self.start, self.end):
+            if value is not None:
+                try:
+                    pd.Timestamp(value)
+                except (ValueError, TypeError):
+                    raise ValueError(f"{value!r} is not an ISO date") from None
+        return self
+
+
+class SplitsConfig(StrictModel):
+    train: SplitRange
+    validation: SplitRange
+    test: SplitRange
+
+
+class VariablesConfig(StrictModel):
+    """Which WB2 variables the model sees.
+
+    - `surface`: single-level fields that are both inputs and targets;
+    - `atmospheric`: pressure-level fields, inputs and targets, on `levels`;
+    - `target_only`: predicted but never an input (precipitation);
+    - `static`: time-invariant inputs (orography, land-sea mask).
+    """
+
+    surface: tuple[str, ...] = ()
+    atmospheric: tuple[str, ...] = ()
+    target_only: tuple[str, ...] = ()
+    static: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "VariablesConfig":
+        if not (self.surface or self.atmospheric):
+            raise ValueError("at least one surface or atmospheric variable is needed")
+        names = [*self.surface, *self.atmospheric, *self.target_only, *self.static]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"variables listed twice: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def time_varying(self) -> tuple[str, ...]:
+        return (*self.surface, *self.atmospheric, *self.target_only)
+
+
+class LoaderConfig(StrictModel):
+    """How batches are assembled."""
+
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+    shuffle: bool = True
+    prefetch: int = Field(2, ge=0)
+    # Load the whole split into memory once (small stores); otherwise read per batch.
+    cache_in_memory: bool = False
+
+
+class StochasticForcingConfig(StrictModel):
+    """Random vorticity forcing that makes the stored 12 h transition uncertain."""
+
+    amplitude: float = Field(4.0e-11, ge=0.0)      # vorticity tendency amplitude [s^-2]
+    correlation_hours: float = Field(6.0, gt=0.0)   # AR(1) decorrelation time
+    min_wavenumber: int = Field(10, ge=1)          # forced total wavenumbers [min, max]
+    max_wavenumber: int = Field(20, ge=1)
+
+
+class SimulationConfig(StrictModel):
+    """The embedded Held-Suarez simulation (dinosaur) written in the ERA5/WB2 schema."""
+
+    seed: int = 0
+    truncation: int = Field(31, ge=10)             # spectral truncation simulated (finer than stored)
+    sigma_layers: int = Field(12, ge=4)
+    time_step_minutes: float = Field(20.0, gt=0.0)
+    spinup_days: float = Field(100.0, ge=0.0)
+    days: float = Field(365.0, gt=0.0)             # stored period after spin-up
+    output_hours: int = Field(6, ge=1)
+    start: str = "2000-01-01T00:00"                # calendar time of the first stored state
+    levels: tuple[int, ...] = WB2_LEVELS_13
+    chunk_days: float = Field(30.0, gt=0.0)        # conversion to pressure levels in time chunks
+    stochastic: StochasticForcingConfig = StochasticForcingConfig()
+    cache_dir: str = "~/.cache/gencast_rmmd/simulator"
+
+
+class DataConfig(StrictModel):
+    """Where the data are and what a training example is (one schema for ERA5 and the simulator)."""
+
+    path: str
+    variables: VariablesConfig
+    levels: tuple[int, ...] = WB2_LEVELS_13
+    step_hours: int = Field(12, ge=1)              # model time step; 6-hourly stores are subsampled
+    input_frames: int = Field(2, ge=1)             # t - 12h, t
+    target_steps: int = Field(1, ge=1)             # targets at t + 12h * k, k = 1..target_steps
+    splits: SplitsConfig
+    loader: LoaderConfig = LoaderConfig()
+    simulation: SimulationConfig | None = None
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_sorted_unique(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(levels)) != len(levels):
+            raise ValueError("levels must be unique")
+        return tuple(sorted(levels))
+
+
+class DataFileConfig(StrictModel):
+    """A `configs/data/*.yaml` file."""
+
+    data: DataConfig
+
+
+# --------------------------------------------------------------------------- loading
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise UserInputError(f"--set {override!r}: expected dotted.key=value, e.g. --set data.levels=[500,850]")
+    key, raw_value = override.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise UserInputError(f"--set {override!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    if isinstance(value, (dt.date, dt.datetime)):  # keep dates as the strings the user typed
+        value = raw_value.strip()
+    return keys, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of `raw` with each `dotted.key=value` override applied."""
+    result = copy.deepcopy(raw)
+    for override in overrides:
+        keys, value = _parse_override(override)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise UserInputError(
+                    f"--set {override!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"]
+        if first["type"] != "value_error" and "input" in first and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    return f"{source}: {location}: {message}{suffix}"
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserInputError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def validate_config(raw: dict, schema: type[ConfigT], source: str) -> ConfigT:
+    """Validate a raw mapping against `schema`, turning errors into one-line UserInputErrors."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise UserInputError(_format_validation_error(source, error)) from None
+
+
+def load_config(path: str | Path, schema: type[ConfigT], overrides: list[str] | tuple[str, ...] = (),
+                data_path: str | None = None) -> ConfigT:
+    """Load YAML `path`, apply `--set` overrides and `--data` (= `data.path`), validate against `schema`."""
+    raw = _read_yaml(path)
+    overrides = list(overrides)
+    if data_path is not None:
+        overrides.append(f"data.path={data_path}")
+    raw = apply_overrides(raw, overrides)
+    # Keep store paths as strings even if YAML would read them as something else.
+    if data_path is not None:
+        raw["data"]["path"] = data_path
+    return validate_config(raw, schema, str(path))
+
+
+def config_to_dict(config: BaseModel) -> dict:
+    """A JSON-serialisable dict of a config (for checkpoints and manifests)."""
+    return config.model_dump(mode="json")
+
+
+DEFAULT_DATA_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "data" / "demo.yaml"
+SplitName = Literal["train", "validation", "test"]

@@ -1,0 +1,1 @@
+"""Data layer: store opening, schema checks, windows and batches, statistics, simulator."""

@@ -1,0 +1,146 @@
+"""Open zarr stores (local, file://, gs://, any fsspec URL) in one internal convention.
+
+WeatherBench2 stores differ in dim order (`(time, level, longitude, latitude)`
+for the 64x32 store, `(time, level, latitude, longitude)` for 0.25 deg), in
+latitude direction (ascending vs descending) and in coordinate names
+(`lat`/`lon`). `open_dataset` hides all of that: latitude ascending, longitude
+in [0, 360) ascending, `level` in hPa, every variable transposed to
+`(time, level, latitude, longitude)`. Everything stays lazy (dask).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.data.variables import COORDINATE_ALIASES
+from gencast_rmmd.errors import UserInputError
+
+CANONICAL_DIMS: tuple[str, ...] = ("time", "level", "latitude", "longitude")
+
+# Hosts to resolve before touching a remote store: an offline open otherwise
+# takes ~50 s to fail.
+_REMOTE_HOSTS: dict[str, str] = {
+    "gs": "storage.googleapis.com",
+    "gcs": "storage.googleapis.com",
+    "s3": "s3.amazonaws.com",
+}
+_DNS_TIMEOUT_S = 3.0
+
+
+def _scheme(url: str) -> str:
+    parsed = urlparse(url)
+    # A Windows drive letter or a bare path has no real scheme.
+    return parsed.scheme if len(parsed.scheme) > 1 else ""
+
+
+def _local_path(url: str) -> Path:
+    return Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
+
+
+def _check_host_reachable(url: str) -> None:
+    """Resolve the store's host within a few seconds, or raise UserInputError."""
+    scheme = _scheme(url)
+    host = _REMOTE_HOSTS.get(scheme) or urlparse(url).hostname
+    if not host:
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=_DNS_TIMEOUT_S)
+    except (OSError, concurrent.futures.TimeoutError) as error:
+        raise UserInputError(
+            f"cannot reach {url}: host {host} is unreachable (DNS lookup failed: "
+            f"{type(error).__name__}); check the network, or copy the store locally and "
+            "pass its path with --data") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _storage_options(url: str) -> dict:
+    return {"token": "anon"} if _scheme(url) in ("gs", "gcs") else {}
+
+
+def open_store(url: str) -> xr.Dataset:
+    """Open a zarr store lazily as it is stored (no renaming or reordering).
+
+    Accepts a local path, `file://`, `gs://` (anonymous gcsfs) or any fsspec
+    URL; zarr v2 or v3; consolidated metadata or not. Raises `UserInputError`
+    for a missing path, a directory that is not a zarr store, or an unreachable
+    host.
+    """
+    url = str(url)
+    scheme = _scheme(url)
+    if scheme in ("", "file"):
+        path = _local_path(url)
+        if not path.exists():
+            raise UserInputError(
+                f"no store at {path}: the path does not exist; give an existing zarr store with --data")
+        if not any((path / marker).exists() for marker in (".zgroup", "zarr.json", ".zmetadata")):
+            raise UserInputError(
+                f"{path} is not a zarr store (no .zgroup or zarr.json inside); give the store's root directory")
+        target, options = str(path), {}
+    else:
+        _check_host_reachable(url)
+        target, options = url, _storage_options(url)
+    last_error: Exception | None = None
+    for consolidated in (True, False):
+        try:
+            return xr.open_zarr(target, consolidated=consolidated, storage_options=options or None,
+                                chunks={}, decode_timedelta=True)
+        except (KeyError, FileNotFoundError, ValueError) as error:
+            last_error = error
+        except OSError as error:
+            raise UserInputError(f"cannot read {url}: {type(error).__name__}: {error}") from None
+    raise UserInputError(
+        f"cannot open {url} as a zarr store ({type(last_error).__name__}: {last_error}); "
+        "give the path of a zarr v2 or v3 store")
+
+
+def normalize_coordinates(dataset: xr.Dataset) -> xr.Dataset:
+    """Return `dataset` in the internal convention, lazily.
+
+    Renames coordinate aliases (`lat`, `lon`, `pressure_level`, ...), converts
+    levels given in Pa to hPa, makes latitude ascending and longitude ascending
+    in [0, 360), and transposes variables to `(time, level, latitude, longitude)`
+    (other dims, e.g. an ensemble member dim, come first). Checks nothing else:
+    see `gencast_rmmd.data.schema` for validation.
+    """
+    renames = {alias: name for alias, name in COORDINATE_ALIASES.items()
+               if alias in dataset.variables and name not in dataset.variables}
+    if renames:
+        dataset = dataset.rename(renames)
+    if "level" in dataset.coords:
+        levels = np.asarray(dataset["level"].values, dtype=float)
+        if levels.size and np.nanmax(levels) > 1100.0:  # stored in Pa
+            levels = levels / 100.0
+        if np.allclose(levels, np.round(levels)):
+            levels = np.round(levels).astype(np.int64)
+        dataset = dataset.assign_coords(level=("level", levels, {"units": "hPa", "long_name": "pressure level"}))
+    if "latitude" in dataset.coords and dataset.sizes.get("latitude", 0) > 1:
+        if dataset["latitude"].values[0] > dataset["latitude"].values[-1]:
+            dataset = dataset.isel(latitude=slice(None, None, -1))
+    if "longitude" in dataset.coords:
+        longitudes = np.mod(np.asarray(dataset["longitude"].values, dtype=float), 360.0)
+        dataset = dataset.assign_coords(longitude=("longitude", longitudes, dataset["longitude"].attrs))
+        if dataset.sizes.get("longitude", 0) > 1 and np.any(np.diff(longitudes) < 0):
+            dataset = dataset.sortby("longitude")
+    canonical = [dim for dim in CANONICAL_DIMS if dim in dataset.dims]
+    return dataset.transpose(..., *canonical)
+
+
+def open_dataset(url: str) -> xr.Dataset:
+    """Open a store and bring it to the internal convention (see `normalize_coordinates`)."""
+    return normalize_coordinates(open_store(url))
+
+
+def describe_location(url: str) -> str:
+    """A short, stable description of a store location for provenance attributes."""
+    if _scheme(url) in ("", "file"):
+        return os.path.abspath(_local_path(url))
+    return url

@@ -1,0 +1,52 @@
+"""Shared fixtures: synthetic WB2-layout stores and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from wb2_stores import era5_like, six_hourly, write_store  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DATA_CONFIG = REPO / "configs" / "data" / "test.yaml"
+
+
+@pytest.fixture(scope="session")
+def wb2_dataset():
+    """Ten days of 6-hourly synthetic ERA5-like data on the WB2 64x32 grid, levels 500 and 850."""
+    return era5_like(six_hourly(days=10), levels=(500, 850), extra_surface=("sea_surface_temperature",))
+
+
+@pytest.fixture(scope="session")
+def wb2_store(tmp_path_factory, wb2_dataset):
+    """`wb2_dataset` written in the WB2 64x32 layout (time, level, longitude, latitude)."""
+    return write_store(wb2_dataset, tmp_path_factory.mktemp("stores") / "era5_64x32.zarr", "64x32")
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `gencast-rmmd ARGS...` in-process; returns exit code, stdout and stderr."""
+    from gencast_rmmd.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _quiet_dask(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
