@@ -236,6 +236,33 @@ def _read_yaml(path: str | Path) -> dict:
     return raw
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _resolve_reference(reference: str, config_path: Path) -> Path:
+    """A section given as a path: relative to the config file, the working directory or the repo."""
+    candidate = Path(reference).expanduser()
+    for base in ((config_path.parent, Path.cwd(), REPO_ROOT) if not candidate.is_absolute() else (Path("/"),)):
+        if (base / candidate).is_file():
+            return base / candidate
+    raise UserInputError(f"{config_path}: referenced config {reference} does not exist")
+
+
+def resolve_sections(raw: dict, config_path: Path, sections: tuple[str, ...] = ("data", "model")) -> dict:
+    """Replace sections written as a file path (`data: configs/data/demo.yaml`) by that file's section.
+
+    The referenced file may hold the section under its own name (`data: {...}`)
+    or be the section itself. Overrides apply afterwards, to the merged result.
+    """
+    result = dict(raw)
+    for section in sections:
+        reference = result.get(section)
+        if isinstance(reference, str):
+            referenced = _read_yaml(_resolve_reference(reference, config_path))
+            result[section] = referenced.get(section, referenced)
+    return result
+
+
 def validate_config(raw: dict, schema: type[ConfigT], source: str) -> ConfigT:
     """Validate a raw mapping against `schema`, turning errors into one-line UserInputErrors."""
     try:
@@ -247,7 +274,7 @@ def validate_config(raw: dict, schema: type[ConfigT], source: str) -> ConfigT:
 def load_config(path: str | Path, schema: type[ConfigT], overrides: list[str] | tuple[str, ...] = (),
                 data_path: str | None = None) -> ConfigT:
     """Load YAML `path`, apply `--set` overrides and `--data` (= `data.path`), validate against `schema`."""
-    raw = _read_yaml(path)
+    raw = resolve_sections(_read_yaml(path), Path(path))
     overrides = list(overrides)
     if data_path is not None:
         overrides.append(f"data.path={data_path}")
@@ -263,5 +290,5 @@ def config_to_dict(config: BaseModel) -> dict:
     return config.model_dump(mode="json")
 
 
-DEFAULT_DATA_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "data" / "demo.yaml"
+DEFAULT_DATA_CONFIG = REPO_ROOT / "configs" / "data" / "demo.yaml"
 SplitName = Literal["train", "validation", "test"]

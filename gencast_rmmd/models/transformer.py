@@ -1,0 +1,87 @@
+"""The processor: a pre-LN transformer over mesh nodes with k-hop-restricted attention.
+
+Each of L layers (GenCast: 16 layers, 4 heads, FFW 2048, GELU):
+    h = h + W_o · MHA(LN_c(h))          attention only to j with ((A + I)^k)_{ij} != 0
+    h = h + W_2 · gelu(W_1 · LN_c(h))
+LN_c is a LayerNorm with FiLM noise conditioning; the final projections W_o
+and W_2 start at zero, so every block is the identity at initialisation.
+Attention is either dense with an [N, N] mask (small meshes) or block-sparse
+over the banded node order (big meshes, see `gencast_rmmd.geometry`).
+"""
+
+from __future__ import annotations
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gencast_rmmd.models.layers import ConditionedLayerNorm
+
+
+def dense_masked_attention(queries: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d) + log mask) v per head. q, k, v: [N, H, d]; mask: [N, N] bool."""
+    logits = jnp.einsum("qhd,khd->hqk", queries, keys) / np.sqrt(queries.shape[-1]).astype(queries.dtype)
+    logits = jnp.where(mask[None], logits.astype(jnp.float32), -1e30)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    return jnp.einsum("hqk,khd->qhd", weights, values)
+
+
+def block_sparse_attention(queries: jax.Array, keys: jax.Array, values: jax.Array,
+                           key_blocks: jax.Array, block_masks: jax.Array, block_size: int) -> jax.Array:
+    """Attention over banded blocks: each query block attends only to its listed key blocks.
+
+    q, k, v: [N, H, d] with N padded to a multiple of `block_size`;
+    key_blocks: [n_blocks, max_key_blocks] int (block indices);
+    block_masks: [n_blocks, max_key_blocks, block, block] bool (False for padding).
+    Exact: equals dense attention with the union of the block masks.
+    """
+    n, heads, width = queries.shape
+    n_blocks = n // block_size
+    q = queries.reshape(n_blocks, block_size, heads, width)
+    k = keys.reshape(n_blocks, block_size, heads, width)[key_blocks]        # [nb, kb, b, H, d]
+    v = values.reshape(n_blocks, block_size, heads, width)[key_blocks]
+    logits = jnp.einsum("nqhd,nkshd->nhqks", q, k) / np.sqrt(width).astype(q.dtype)
+    mask = jnp.transpose(block_masks, (0, 2, 1, 3))[:, None]               # [nb, 1, b, kb, b]
+    logits = jnp.where(mask, logits.astype(jnp.float32), -1e30)
+    shape = logits.shape
+    weights = jax.nn.softmax(logits.reshape(*shape[:3], -1), axis=-1).reshape(shape).astype(v.dtype)
+    out = jnp.einsum("nhqks,nkshd->nqhd", weights, v)
+    return out.reshape(n, heads, width)
+
+
+class MeshTransformer(hk.Module):
+    """Pre-LN transformer over [N, D] mesh latents, conditioned on the noise-level encoding."""
+
+    def __init__(self, num_layers: int, num_heads: int, ffw_hidden: int, name: str | None = None):
+        super().__init__(name=name)
+        self._layers, self._heads, self._ffw = num_layers, num_heads, ffw_hidden
+
+    def _attend(self, x: jax.Array, attention: dict) -> jax.Array:
+        width = x.shape[-1]
+        head_width = width // self._heads
+        project = lambda name: hk.Linear(width, with_bias=False, name=name)(x).reshape(  # noqa: E731
+            x.shape[0], self._heads, head_width)
+        queries, keys, values = project("query"), project("key"), project("value")
+        if "mask" in attention:
+            out = dense_masked_attention(queries, keys, values, attention["mask"])
+        else:
+            n = x.shape[0]
+            padded = attention["padded_nodes"]
+            pad = lambda a: jnp.pad(a, ((0, padded - n), (0, 0), (0, 0)))  # noqa: E731
+            out = block_sparse_attention(pad(queries), pad(keys), pad(values), attention["key_blocks"],
+                                         attention["block_masks"], attention["block_size"])[:n]
+        zeros = hk.initializers.Constant(0.0)
+        return hk.Linear(width, w_init=zeros, name="attention_output")(out.reshape(x.shape[0], width))
+
+    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
+        width = latents.shape[-1]
+        zeros = hk.initializers.Constant(0.0)
+        for layer in range(self._layers):
+            with hk.experimental.name_scope(f"layer_{layer}"):
+                normed = ConditionedLayerNorm(name="attention_norm")(latents, conditioning)
+                latents = latents + self._attend(normed, attention)
+                normed = ConditionedLayerNorm(name="ffw_norm")(latents, conditioning)
+                hidden = jax.nn.gelu(hk.Linear(self._ffw, name="ffw_hidden")(normed))
+                latents = latents + hk.Linear(width, w_init=zeros, name="ffw_output")(hidden)
+        return latents
