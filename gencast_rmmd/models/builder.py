@@ -31,3 +31,29 @@ def network_for_grid(config: ModelConfig, latitude: np.ndarray, longitude: np.nd
     graphs = build_graphs(np.asarray(latitude), np.asarray(longitude), config.mesh_refinement,
                           radius_fraction=config.radius_fraction)
     return build_network(config, graphs, attention_structure(config, graphs), n_outputs)
+
+
+def count_parameters(config: ModelConfig, n_grid_features: int, n_outputs: int) -> int:
+    """Parameter count of the denoiser, without building its (possibly huge) graphs.
+
+    Every parameter belongs to a per-node or per-edge MLP, the noise encoder or
+    the processor, so shapes do not depend on the grid or mesh size: the count
+    is taken from an abstract init (`jax.eval_shape`) on a small stand-in grid
+    and mesh with the same widths.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from gencast_rmmd.diffusion.base import Conditioning
+    from gencast_rmmd.models.denoiser import parameter_count
+
+    small = config.model_copy(update={"mesh_refinement": 1,
+                                      "processor": config.processor.model_copy(update={"attention": "dense"})})
+    latitude, longitude = np.linspace(-67.5, 67.5, 4), np.arange(8) * 45.0
+    network = network_for_grid(small, latitude, longitude, n_outputs)
+    shape = (1, len(latitude), len(longitude))
+    conditioning = Conditioning(jnp.zeros((*shape, n_grid_features - n_outputs)), jnp.zeros((*shape, 0)),
+                                jnp.zeros((*shape[1:], 0)))
+    abstract = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((*shape, n_outputs)),
+                              jnp.ones((1,)), conditioning)
+    return parameter_count(abstract)

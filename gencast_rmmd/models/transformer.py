@@ -50,38 +50,55 @@ def block_sparse_attention(queries: jax.Array, keys: jax.Array, values: jax.Arra
     return out.reshape(n, heads, width)
 
 
+class KHopAttention(hk.Module):
+    """Multi-head self-attention restricted to the k-hop neighbourhood; output projection starts at 0."""
+
+    def __init__(self, num_heads: int, name: str | None = None):
+        super().__init__(name=name)
+        self._heads = num_heads
+
+    def __call__(self, x: jax.Array, attention: dict) -> jax.Array:
+        n, width = x.shape
+        head_width = width // self._heads
+
+        def project(name: str) -> jax.Array:
+            return hk.Linear(width, with_bias=False, name=name)(x).reshape(n, self._heads, head_width)
+
+        queries, keys, values = project("query"), project("key"), project("value")
+        if "mask" in attention:
+            out = dense_masked_attention(queries, keys, values, attention["mask"])
+        else:
+            padding = ((0, attention["padded_nodes"] - n), (0, 0), (0, 0))
+            out = block_sparse_attention(jnp.pad(queries, padding), jnp.pad(keys, padding), jnp.pad(values, padding),
+                                         attention["key_blocks"], attention["block_masks"],
+                                         attention["block_size"])[:n]
+        return hk.Linear(width, w_init=hk.initializers.Constant(0.0), name="output")(out.reshape(n, width))
+
+
+class TransformerBlock(hk.Module):
+    """h + Attn(LN_c(h)), then h + FFW(LN_c(h)); the FFW output projection starts at 0."""
+
+    def __init__(self, num_heads: int, ffw_hidden: int, name: str | None = None):
+        super().__init__(name=name)
+        self._heads, self._ffw = num_heads, ffw_hidden
+
+    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
+        width = latents.shape[-1]
+        normed = ConditionedLayerNorm(name="attention_norm")(latents, conditioning)
+        latents = latents + KHopAttention(self._heads, name="attention")(normed, attention)
+        normed = ConditionedLayerNorm(name="ffw_norm")(latents, conditioning)
+        hidden = jax.nn.gelu(hk.Linear(self._ffw, name="ffw_hidden")(normed))
+        return latents + hk.Linear(width, w_init=hk.initializers.Constant(0.0), name="ffw_output")(hidden)
+
+
 class MeshTransformer(hk.Module):
-    """Pre-LN transformer over [N, D] mesh latents, conditioned on the noise-level encoding."""
+    """A stack of `TransformerBlock`s over [N, D] mesh latents, conditioned on the noise-level encoding."""
 
     def __init__(self, num_layers: int, num_heads: int, ffw_hidden: int, name: str | None = None):
         super().__init__(name=name)
         self._layers, self._heads, self._ffw = num_layers, num_heads, ffw_hidden
 
-    def _attend(self, x: jax.Array, attention: dict) -> jax.Array:
-        width = x.shape[-1]
-        head_width = width // self._heads
-        project = lambda name: hk.Linear(width, with_bias=False, name=name)(x).reshape(  # noqa: E731
-            x.shape[0], self._heads, head_width)
-        queries, keys, values = project("query"), project("key"), project("value")
-        if "mask" in attention:
-            out = dense_masked_attention(queries, keys, values, attention["mask"])
-        else:
-            n = x.shape[0]
-            padded = attention["padded_nodes"]
-            pad = lambda a: jnp.pad(a, ((0, padded - n), (0, 0), (0, 0)))  # noqa: E731
-            out = block_sparse_attention(pad(queries), pad(keys), pad(values), attention["key_blocks"],
-                                         attention["block_masks"], attention["block_size"])[:n]
-        zeros = hk.initializers.Constant(0.0)
-        return hk.Linear(width, w_init=zeros, name="attention_output")(out.reshape(x.shape[0], width))
-
     def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
-        width = latents.shape[-1]
-        zeros = hk.initializers.Constant(0.0)
         for layer in range(self._layers):
-            with hk.experimental.name_scope(f"layer_{layer}"):
-                normed = ConditionedLayerNorm(name="attention_norm")(latents, conditioning)
-                latents = latents + self._attend(normed, attention)
-                normed = ConditionedLayerNorm(name="ffw_norm")(latents, conditioning)
-                hidden = jax.nn.gelu(hk.Linear(self._ffw, name="ffw_hidden")(normed))
-                latents = latents + hk.Linear(width, w_init=zeros, name="ffw_output")(hidden)
+            latents = TransformerBlock(self._heads, self._ffw, name=f"layer_{layer}")(latents, conditioning, attention)
         return latents
