@@ -16,6 +16,7 @@ import click
 import typer
 
 from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.training.task import TrainingDiverged
 
 app = typer.Typer(
     name="gencast-rmmd",
@@ -29,7 +30,10 @@ app = typer.Typer(
 def _register_commands() -> None:
     from gencast_rmmd.commands import data as data_commands
 
+    from gencast_rmmd.commands import models as model_commands
+
     app.add_typer(data_commands.app, name="data")
+    model_commands.register(app)
     try:
         from evaluation import cli as evaluation_cli
     except ImportError as error:  # evaluation is part of the product; surface a broken install
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:

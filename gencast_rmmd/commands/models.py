@@ -1,0 +1,70 @@
+"""`gencast-rmmd train`, `forecast` and `inspect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gencast_rmmd.commands.common import DataOption, SetOption, console
+
+ConfigArgument = Annotated[Path, typer.Option("--config", "-c", help="Teacher config YAML (configs/teacher/*.yaml).")]
+OutOption = Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, metrics.jsonl, stats.nc).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")]
+
+
+def train(config: ConfigArgument, out: OutOption, data: DataOption = None, overrides: SetOption = None,
+          resume: ResumeOption = False) -> None:
+    """Train the GenCast-style teacher (diffusion denoiser) on a store."""
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.teacher.config import TeacherConfig
+    from gencast_rmmd.teacher.train import train_teacher
+
+    teacher_config = load_config(config, TeacherConfig, overrides or [], data)
+    console.print(f"training teacher {config} on {teacher_config.data.path} -> {out}"
+                  f"{' (resuming)' if resume else ''}")
+    result = train_teacher(teacher_config, out, resume=resume)
+    console.print(f"done: step {result.step}, checkpoint {result.checkpoint}, params sha256 {result.params_sha256[:16]}…")
+
+
+def forecast(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint or run directory.")],
+             init: Annotated[list[str], typer.Option("--init", help="Initialisation time (ISO), repeatable.")],
+             steps: Annotated[int, typer.Option("--steps", min=1, help="Number of 12 h steps.")],
+             members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members.")],
+             out: Annotated[Path, typer.Option("--out", help="Output NetCDF file.")],
+             data: DataOption = None,
+             seed: Annotated[int, typer.Option("--seed", help="Seed of the ensemble keys.")] = 0,
+             ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA parameters.")] = True) -> None:
+    """Autoregressive ensemble forecast from a checkpoint, written to CF NetCDF (WB2 forecast layout)."""
+    from gencast_rmmd.forecast.run import run_forecast
+
+    timing = run_forecast(checkpoint, init, steps, members, out, data=data, seed=seed, use_ema=ema,
+                          log=console.print)
+    console.print(f"wrote {out}: {len(init)} init(s) x {steps} steps x {members} members; "
+                  f"{timing.seconds_per_step:.2f} s per 12 h step after {timing.compile_seconds:.1f} s compile")
+
+
+def inspect(target: Annotated[Path, typer.Argument(help="Checkpoint, run directory, or a teacher config YAML.")],
+            as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Describe a checkpoint (step, parameter count and hash, NFE per step, configs) or a config's model size."""
+    from gencast_rmmd.forecast.inspect import describe
+
+    summary = describe(target)
+    if as_json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return
+    for key in ("path", "kind", "step", "param_count", "params_sha256", "nfe_per_step", "sampler", "model",
+                "data_source"):
+        if key in summary:
+            console.print(f"{key:<14} {summary[key]}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model commands to the top-level app."""
+    app.command("train")(train)
+    app.command("forecast")(forecast)
+    app.command("inspect")(inspect)
+
+

@@ -1,0 +1,60 @@
+"""Rebuild a `Predictor` from a checkpoint's self-describing payload.
+
+Every checkpoint (teacher or student) stores, under `meta["task"]`, the model
+config, the channel layout, the normalisation constants, the grid and the
+sampler (name + config). Samplers are looked up in `SAMPLER_BUILDERS`, one
+mapping in one place; a distilled student registers its K-step sampler here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from gencast_rmmd.data.layout import ChannelLayout
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.diffusion.base import Sampler
+from gencast_rmmd.diffusion.config import SamplerConfig
+from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.forecast.predictor import Predictor
+from gencast_rmmd.models.builder import network_for_grid
+from gencast_rmmd.models.config import ModelConfig
+
+
+def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> Sampler:
+    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude))
+
+
+SAMPLER_BUILDERS: dict[str, Callable[[dict, np.ndarray, np.ndarray], Sampler]] = {
+    "dpm_solver_pp_2s": _dpm_solver,
+}
+
+
+def register_sampler(name: str, builder: Callable[[dict, np.ndarray, np.ndarray], Sampler]) -> None:
+    """Make a sampler kind rebuildable from checkpoints."""
+    SAMPLER_BUILDERS[name] = builder
+
+
+def sampler_payload(name: str, config, nfe_per_step: int) -> dict:
+    """The checkpoint entry describing a sampler."""
+    return {"name": name, "config": config.model_dump(mode="json"), "nfe_per_step": int(nfe_per_step)}
+
+
+def predictor_from_payload(payload: dict) -> Predictor:
+    """The `Predictor` a checkpoint describes (network, sampler, normalisation)."""
+    try:
+        layout = ChannelLayout.from_dict(payload["layout"])
+        latitude = np.asarray(payload["grid"]["latitude"], dtype=np.float64)
+        longitude = np.asarray(payload["grid"]["longitude"], dtype=np.float64)
+        model = ModelConfig(**payload["model"])
+        sampler_entry = payload["sampler"]
+        builder = SAMPLER_BUILDERS[sampler_entry["name"]]
+        normalizer = Normalizer.from_dict(payload["normalizer"])
+    except KeyError as missing:
+        raise UserInputError(f"the checkpoint does not describe its model completely (no {missing}); "
+                             "it was not written by gencast-rmmd train or distill") from None
+    network = network_for_grid(model, latitude, longitude, layout.n_target_channels)
+    return Predictor(network, builder(sampler_entry["config"], latitude, longitude), normalizer)

@@ -1,0 +1,75 @@
+"""`gencast-rmmd forecast`: load a checkpoint, open the data, roll out, write NetCDF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+import pandas as pd
+
+from gencast_rmmd.config import DataConfig
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.forecast.build import predictor_from_payload
+from gencast_rmmd.forecast.rollout import RolloutTiming, rollout
+from gencast_rmmd.forecast.writer import ForecastWriter
+from gencast_rmmd.training import load_checkpoint
+
+
+def parse_inits(values: list[str]) -> pd.DatetimeIndex:
+    """ISO strings -> DatetimeIndex (UserInputError naming a bad one)."""
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(pd.Timestamp(value))
+        except (ValueError, TypeError):
+            raise UserInputError(f"--init {value!r} is not an ISO date-time, e.g. 2000-11-02T00:00") from None
+    return pd.DatetimeIndex(parsed)
+
+
+def data_config_of(payload: dict, data: str | None) -> DataConfig:
+    """The checkpoint's data config, pointed at `data` when given."""
+    config = dict(payload["config"]["data"])
+    if data is not None:
+        config["path"] = data
+    return DataConfig(**config)
+
+
+def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, members: int, out: str | os.PathLike,
+                 data: str | None = None, seed: int = 0, use_ema: bool = True,
+                 log: Callable[[str], None] = print) -> RolloutTiming:
+    """Forecast from `checkpoint` (or a run directory's latest) and write `out`."""
+    init_times = parse_inits(init)
+    loaded = load_checkpoint(checkpoint)
+    payload = loaded.meta["task"]
+    predictor = predictor_from_payload(payload)
+    source = DataSource.open(data_config_of(payload, data))
+    expected = (payload["grid"]["latitude"], payload["grid"]["longitude"])
+    if not (np.allclose(expected[0], source.latitude) and np.allclose(expected[1], source.longitude)):
+        raise UserInputError(f"{source.report.location} has a {len(source.latitude)}x{len(source.longitude)} grid; "
+                             f"the checkpoint was trained on {len(expected[0])}x{len(expected[1])}")
+    params = (loaded.ema_params if use_ema and loaded.ema_params is not None else loaded.params)
+    params = params[payload.get("params_group", "denoiser")]
+    attrs = {
+        "source": "gencast-rmmd forecast",
+        "checkpoint": str(Path(loaded.path).resolve()),
+        "checkpoint_step": loaded.step,
+        "params_sha256": loaded.meta.get("params_sha256", ""),
+        "model_kind": payload.get("kind", "teacher"),
+        "sampler": payload["sampler"]["name"],
+        "sampler_config": str(payload["sampler"]["config"]),
+        "nfe_per_step": int(predictor.sampler.nfe_per_step),
+        "ensemble_seed": seed,
+        "parameters": "ema" if use_ema else "raw",
+        "initial_conditions": source.report.location,
+    }
+    leads = pd.to_timedelta(np.arange(1, steps + 1) * source.config.step_hours, unit="h")
+    log(f"forecasting {len(init_times)} init(s), {steps} steps, {members} members with "
+        f"{payload['sampler']['name']} ({predictor.sampler.nfe_per_step} denoiser calls per step)")
+    with ForecastWriter(out, init_times=init_times, leads=leads, members=members, layout=source.layout,
+                        latitude=source.latitude, longitude=source.longitude, attrs=attrs) as writer:
+        return rollout(predictor, params, source, init_times, steps, members, jax.random.PRNGKey(seed), writer,
+                       progress=lambda step: log(f"step {step}/{steps} done"))

@@ -1,0 +1,1 @@
+"""The GenCast-style teacher: config, diffusion training task, predictor rebuilt from checkpoints."""

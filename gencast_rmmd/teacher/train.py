@@ -1,0 +1,81 @@
+"""Train the teacher: open data, statistics, build the network and task, run the generic loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gencast_rmmd.config import config_to_dict
+from gencast_rmmd.data.batches import make_iterator
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.data.stats import compute_stats, load_stats, save_stats
+from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
+from gencast_rmmd.forecast.build import sampler_payload
+from gencast_rmmd.models.builder import network_for_grid
+from gencast_rmmd.teacher.config import TeacherConfig
+from gencast_rmmd.teacher.task import TeacherTask
+from gencast_rmmd.training import TrainResult, initialize_distributed, train
+from gencast_rmmd.training.loop import check_run_dir
+
+STATS_FILE = "stats.nc"
+
+
+def run_statistics(source: DataSource, config: TeacherConfig, run_dir: Path):
+    """Statistics for a run: the configured file, the run's own copy, or computed from the training split."""
+    if config.stats:
+        return load_stats(config.stats)
+    own = run_dir / STATS_FILE
+    if own.exists():
+        return load_stats(own)
+    stats = compute_stats(source, "train")
+    save_stats(stats, own)
+    return stats
+
+
+def batch_stream(source: DataSource, split: str, batch_size: int):
+    """`batches(start_step)` for the training loop: plain `Batch` pytrees from the data iterator."""
+
+    def batches(start_step: int):
+        iterator = make_iterator(source, split, start_step=start_step, batch_size=batch_size)
+        try:
+            for labeled in iterator:
+                yield labeled.batch
+        finally:
+            iterator.close()
+
+    return batches
+
+
+def grid_payload(source: DataSource) -> dict:
+    return {"latitude": source.latitude.tolist(), "longitude": source.longitude.tolist()}
+
+
+def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train (or resume) the teacher of `config` in `run_dir`."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    initialize_distributed(config.distributed)
+    source = DataSource.open(config.data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    normalizer = Normalizer.from_stats(run_statistics(source, config, run_dir), source.layout)
+    network = network_for_grid(config.model, source.latitude, source.longitude, source.layout.n_target_channels)
+    sampler = DPMSolverPlusPlus2S(config.sampler, SphericalNoise.for_grid(source.latitude, source.longitude))
+    payload = {
+        "kind": "teacher",
+        "config": config_to_dict(config),
+        "model": config_to_dict(config.model),
+        "layout": source.layout.to_dict(),
+        "normalizer": normalizer.to_dict(),
+        "grid": grid_payload(source),
+        "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
+        "data_source": source.report.location,
+    }
+    task = TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
+                       np.asarray(source.longitude), payload)
+    validation = (batch_stream(source, "validation", config.train.batch_size)
+                  if config.train.validate_every else None)
+    return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", config.train.batch_size),
+                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed)

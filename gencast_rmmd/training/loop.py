@@ -1,0 +1,232 @@
+"""`train`: the one training loop for the teacher and every distiller.
+
+Resume is exact: the state after step s depends only on (seed, task, config,
+batches(0..s-1)), and a checkpoint holds all of it (params, EMA, optimiser
+states, frozen trees, skip counters). Step s uses key `fold_in(train_root, s)`
+and the batch `batches(start_step)` yields at position s - start_step, so a
+run resumed from the checkpoint of step s (after a `kill -9` at any moment)
+ends with bit-identical parameters to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import itertools
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.training import checkpoint as checkpoints
+from gencast_rmmd.training.config import DistributedConfig, TrainConfig
+from gencast_rmmd.training.metrics_log import MetricsLog, TrainingProgress
+from gencast_rmmd.training.sharding import data_mesh, initialize_distributed, is_primary, replicate, \
+    replicated, shard_batch
+from gencast_rmmd.training.state import TrainState, init_train_state, make_optimizers, make_train_step, \
+    make_validation_step, root_keys
+from gencast_rmmd.training.task import TrainableState, TrainingDiverged, TrainTask, validate_rules
+from gencast_rmmd.training.tree_io import params_sha256
+
+PyTree = Any
+# batches(start_step) -> iterator over host batches (pytrees of numeric arrays), the first one for step start_step.
+BatchesFn = Callable[[int], Iterator[PyTree]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How a call to `train` ended (params on the host)."""
+
+    run_dir: Path
+    step: int
+    params: dict
+    ema_params: dict
+    params_sha256: str
+    checkpoint: Path | None           # the latest checkpoint on disk
+    best_validation_loss: float | None
+    best_step: int | None
+    nonfinite_total: int
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint."""
+    versions = {"python": platform.python_version()}
+    for package in ("gencast-rmmd", "jax", "jaxlib", "dm-haiku", "optax", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserInputError(f"{run_dir} is a file; --out must be a directory")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserInputError(f"{run_dir} already holds a run; pass --resume to continue or choose another --out")
+
+
+def _close(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+class _Validator:
+    """Mean validation loss of the EMA params over the first N validation batches, with fixed keys."""
+
+    def __init__(self, task: TrainTask, batches: BatchesFn, count: int, root: jax.Array, mesh, batch_size: int):
+        validation_step = make_validation_step(task.validation_loss)
+        self._step = jax.jit(lambda ema_params, frozen, root, index, batch: validation_step(
+            ema_params, frozen, jax.random.fold_in(root, index), batch), out_shardings=replicated(mesh))
+        self._batches, self._count, self._root = batches, count, replicate(root, mesh)
+        self._mesh, self._batch_size = mesh, batch_size
+
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        iterator = self._batches(0)
+        totals: dict[str, float] = {}
+        try:
+            used = 0
+            for index, batch in enumerate(itertools.islice(iterator, self._count)):
+                values = jax.device_get(self._step(state.ema_params, state.frozen, self._root,
+                                                   replicate(np.uint32(index), self._mesh),
+                                                   shard_batch(batch, self._mesh, self._batch_size)))
+                for name, value in values.items():
+                    totals[name] = totals.get(name, 0.0) + float(value)
+                used += 1
+        finally:
+            _close(iterator)
+        if not used:
+            raise UserInputError("the validation split yields no batch; enlarge it or set train.validate_every=0")
+        return {name: total / used for name, total in totals.items()}
+
+
+def _initial_state(task: TrainTask, rules: Sequence, optimizers, init_key: jax.Array, example_batch: PyTree,
+                   checkpoint: Path | None) -> TrainState:
+    """Fresh state from `task.init`, or the checkpoint's restored into the shape `task.init` gives."""
+    def build(trainable: TrainableState) -> TrainState:
+        validate_rules(rules, trainable.params)
+        return init_train_state(trainable, rules, optimizers)
+
+    if checkpoint is None:  # one compiled program for EMA copies and optimiser states
+        return jax.jit(build)(task.init(init_key, example_batch))
+    template = jax.eval_shape(lambda: build(task.init(init_key, example_batch)))
+    return checkpoints.restore_state(checkpoint, template)
+
+
+def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn, run_dir: str | Path,
+          resume: bool = False, validation_batches: BatchesFn | None = None,
+          distributed: DistributedConfig | None = None, devices: Sequence[jax.Device] | None = None) -> TrainResult:
+    """Train `task` for `config.steps` steps in `run_dir`, checkpointing and logging; resume exactly if asked.
+
+    - `batches(start_step)` yields the global training batches from step
+      `start_step` on (e.g. `lambda s: (b.batch for b in make_iterator(source, start_step=s))`);
+      leaves with `config.batch_size` rows are split over devices.
+    - `validation_batches(0)` yields validation batches; the first
+      `config.validation_batches` are scored every `config.validate_every` steps.
+    - A non-empty `run_dir` needs `resume=True`; resuming a run without a
+      complete checkpoint starts it afresh.
+    - Raises `TrainingDiverged` after `max_consecutive_nonfinite` skipped steps in a row.
+    """
+    initialize_distributed(distributed)
+    run_dir = Path(run_dir)
+    primary = is_primary()
+    check_run_dir(run_dir, resume)
+    latest = checkpoints.latest_checkpoint(run_dir) if resume else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("gencast_rmmd.train: run directory checked")
+    meta = checkpoints.read_meta(latest) if latest is not None else {}
+    if meta and meta["seed"] != seed:
+        raise UserInputError(f"{latest} was trained with seed {meta['seed']}, not {seed}; resume with the seed "
+                             "the run was started with")
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_stale_temporaries(run_dir)
+    payload = task.config_payload()
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"task.config_payload() must be JSON-serialisable: {error}") from None
+
+    start_step = int(meta.get("step", 0))
+    best_loss, best_step = meta.get("best_validation_loss"), meta.get("best_step")
+    rules = task.update_rules()
+    optimizers = make_optimizers(rules, config)
+    train_root, validation_root, init_root = root_keys(seed)
+    mesh = data_mesh(devices)
+    iterator = batches(start_step)
+    log = MetricsLog(run_dir, enabled=primary, resume_step=start_step)
+    try:
+        first_batch = next(iterator)
+        state = replicate(_initial_state(task, rules, optimizers, init_root, first_batch, latest), mesh)
+        train_root = replicate(train_root, mesh)
+        step_fn = jax.jit(make_train_step(rules, optimizers, config.ema_decay), donate_argnums=0,
+                          out_shardings=replicated(mesh))
+        validator = None
+        if validation_batches is not None and config.validate_every > 0:
+            validator = _Validator(task, validation_batches, config.validation_batches, validation_root, mesh,
+                                   config.batch_size)
+
+        def save(step: int, validation_loss: float | None) -> None:
+            if not primary:
+                return
+            host = jax.device_get(state)
+            checkpoints.save_checkpoint(run_dir, host, {
+                "step": step, "seed": seed, "train": config.model_dump(mode="json"), "task": payload,
+                "validation_loss": validation_loss, "best_validation_loss": best_loss, "best_step": best_step,
+                "nonfinite_total": int(host.nonfinite_total),
+                "nonfinite_consecutive": int(host.nonfinite_consecutive),
+                "params_sha256": params_sha256(host.params), "ema_params_sha256": params_sha256(host.ema_params),
+                "versions": package_versions(), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+            checkpoints.prune_checkpoints(run_dir, config.keep_checkpoints)
+
+        with TrainingProgress(config.steps, start_step, enabled=config.progress and primary) as progress:
+            for step in range(start_step, config.steps):
+                batch = first_batch if step == start_step else next(iterator)
+                started = time.perf_counter()
+                state, metrics = step_fn(state, shard_batch(batch, mesh, config.batch_size), train_root)
+                # Waiting for every step also keeps CPU collectives from aborting on few cores.
+                jax.block_until_ready((state, metrics))
+                seconds = time.perf_counter() - started
+                done, metrics = step + 1, jax.device_get(metrics)
+                consecutive = int(state.nonfinite_consecutive)
+                record: dict[str, float] = {}
+                if done % config.log_every == 0 or done == config.steps or consecutive:
+                    record = {**metrics, "step_seconds": seconds, "skipped_total": int(state.nonfinite_total)}
+                validation_loss = None
+                if validator is not None and done % config.validate_every == 0:
+                    scores = validator(state)
+                    record.update(scores)
+                    validation_loss = scores["validation_loss"]
+                if record:
+                    log.write(done, record)
+                if consecutive >= config.max_consecutive_nonfinite:
+                    kept = checkpoints.latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"training diverged: {consecutive} consecutive steps up to step {done} had a non-finite "
+                        f"loss or gradient (updates skipped); last checkpoint kept: {kept or 'none'}; lower "
+                        "train.learning_rate or check the data, then resume")
+                new_best = validation_loss is not None and math.isfinite(validation_loss) and (
+                    best_loss is None or validation_loss < best_loss)
+                if new_best:
+                    best_loss, best_step = validation_loss, done
+                if done % config.checkpoint_every == 0 or done == config.steps or new_best:
+                    save(done, validation_loss)
+                progress.update(done, float(metrics["loss"]))
+    finally:
+        _close(iterator)
+        log.close()
+
+    host = jax.device_get(state)
+    return TrainResult(run_dir=run_dir, step=int(host.step), params=host.params, ema_params=host.ema_params,
+                       params_sha256=params_sha256(host.params), checkpoint=checkpoints.latest_checkpoint(run_dir),
+                       best_validation_loss=best_loss, best_step=best_step,
+                       nonfinite_total=int(host.nonfinite_total))

@@ -1,0 +1,39 @@
+"""Optimiser, learning-rate schedule and parameter EMA, as small pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gencast_rmmd.training.config import OptimizerConfig
+
+PyTree = Any
+
+
+def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to `config.learning_rate` over `warmup_steps`, cosine decay to 0 at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+        decay_steps=max(total_steps, config.warmup_steps + 1), end_value=0.0)
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping to `grad_clip_norm`, then AdamW on the warm-up + cosine schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(learning_rate_schedule(config, total_steps), b1=config.b1, b2=config.b2,
+                    weight_decay=config.weight_decay),
+    )
+
+
+def ema_update(ema_params: PyTree, params: PyTree, decay: float) -> PyTree:
+    """Exponential moving average of parameters: `ema <- decay * ema + (1 - decay) * params`."""
+    return jax.tree.map(lambda average, value: decay * average + (1.0 - decay) * value, ema_params, params)
+
+
+def select_tree(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leafwise `jnp.where(condition, a, b)` for a scalar boolean: keeps either whole tree, NaNs included."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)

@@ -1,0 +1,66 @@
+"""Mixed precision: parameters stay float32; a loss may compute in bfloat16.
+
+Two ways for a task to honour `train.compute_dtype`:
+
+- `haiku_compute_policy(module_class, dtype)`: a haiku/jmp policy on a module
+  class (params float32 in storage, cast to `dtype` when the module runs,
+  outputs back to float32). Preferred for large networks: the loss arithmetic
+  stays float32.
+- `with_compute_dtype(loss_fn, dtype)`: wraps a whole loss so that its
+  floating inputs (params, frozen params, batch) are cast to `dtype` and the
+  loss and metrics come back as float32. Gradients reach the float32 params
+  through the cast.
+
+The training loop itself never casts: the task decides where reduced
+precision is safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+
+PyTree = Any
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The dtype named by `train.compute_dtype` ('float32' or 'bfloat16')."""
+    return jnp.dtype(COMPUTE_DTYPES[name])
+
+
+def cast_floating(tree: PyTree, dtype: jnp.dtype) -> PyTree:
+    """Cast every floating-point leaf of `tree` to `dtype`; integer and boolean leaves are untouched."""
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+    return jax.tree.map(cast, tree)
+
+
+def with_compute_dtype(loss_fn: Callable, dtype_name: str) -> Callable:
+    """Wrap `loss_fn(params, frozen, key, batch) -> (loss, metrics)` to compute in `dtype_name`.
+
+    A no-op for 'float32'. For 'bfloat16' params, frozen params and batch are
+    cast on entry; loss and metrics are returned as float32.
+    """
+    dtype = compute_dtype(dtype_name)
+    if dtype == jnp.float32:
+        return loss_fn
+
+    def reduced_precision_loss(params, frozen, key, batch):
+        loss, metrics = loss_fn(cast_floating(params, dtype), cast_floating(frozen, dtype), key,
+                                cast_floating(batch, dtype))
+        return cast_floating(loss, jnp.float32), cast_floating(metrics, jnp.float32)
+
+    return reduced_precision_loss
+
+
+def haiku_compute_policy(module_class: type[hk.Module], dtype_name: str) -> None:
+    """Set a haiku mixed-precision policy on `module_class`: params float32, compute `dtype_name`, output float32."""
+    policy = jmp.get_policy(f"params=float32,compute={dtype_name},output=float32")
+    hk.mixed_precision.set_policy(module_class, policy)
