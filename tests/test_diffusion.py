@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 from scipy.special import eval_legendre, sph_harm_y
 
-from evaluation.regions import latitude_cell_weights
+from gencast_rmmd.data.grid import latitude_cell_weights
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.diffusion.config import LossConfig, NoiseConfig, SamplerConfig

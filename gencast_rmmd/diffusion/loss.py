@@ -7,7 +7,7 @@ distribution and spherical noise eps,
                                       / sum_{j,i} a_j m_jic ]
 
 - a_j: latitude cell-area weights (cell bounds [-pi/2, midpoints, +pi/2],
-  a = sin(upper) - sin(lower); `evaluation.regions.latitude_cell_weights`);
+  a = sin(upper) - sin(lower); `gencast_rmmd.data.grid.latitude_cell_weights`);
 - m: the validity mask (False where the target is NaN, e.g. SST over land); a
   channel's mean runs over its valid points only;
 - w_c: channel weights (`channel_loss_weights`): per-variable weight times, for
