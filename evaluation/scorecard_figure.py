@@ -96,8 +96,8 @@ def plot_scorecard(comparisons: dict[str, dict[str, pd.DataFrame]], baseline_lab
                                 f"{metric_name}: {label} vs {baseline_label}", column == 0, norm, colormap)
     colorbar = figure.colorbar(image, ax=axes, orientation="horizontal", extend="both", shrink=0.6,
                                aspect=40, pad=0.02)
-    colorbar.set_label(f"relative difference (A − B) / B  [%],  clipped at ±{CLIP_PERCENT:g}%   "
-                       "·   blue: A better   ·   red: A worse", fontsize=8)
+    colorbar.set_label(f"relative difference (A − B) / B  [%],  clipped at ±{CLIP_PERCENT:g}%\n"
+                       "blue: A better   ·   red: A worse", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
     figure.suptitle(f"Scorecard, region: {region.replace('_', ' ')}", fontsize=11)
     with atomic_path(out) as temporary:
