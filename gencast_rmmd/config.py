@@ -114,29 +114,91 @@ class LoaderConfig(StrictModel):
 
 
 class StochasticForcingConfig(StrictModel):
-    """Random vorticity forcing that makes the stored 12 h transition uncertain."""
+    """Random vorticity and heating forcing that makes the stored 12 h transition uncertain.
 
-    amplitude: float = Field(4.0e-11, ge=0.0)      # vorticity tendency amplitude [s^-2]
-    correlation_hours: float = Field(6.0, gt=0.0)   # AR(1) decorrelation time
-    min_wavenumber: int = Field(10, ge=1)          # forced total wavenumbers [min, max]
-    max_wavenumber: int = Field(20, ge=1)
+    Two independent AR(1) processes in spectral space,
+    F(n+1) = phi F(n) + sqrt(1 - phi^2) s xi(n) with phi = exp(-dt / correlation_hours),
+    white noise xi restricted to total wavenumbers [min_wavenumber, max_wavenumber]:
+    one added to the vorticity tendency (same pattern at every sigma layer),
+    one to the temperature tendency (weighted by sigma: none at the model top,
+    full at the surface). The amplitudes are the stationary root-mean-square
+    over the sphere at full weight (0 switches a process off).
+    """
+
+    amplitude: float = Field(6.0e-11, ge=0.0)          # RMS vorticity tendency [s^-2]
+    heating_amplitude: float = Field(1.5e-5, ge=0.0)   # RMS temperature tendency at the surface [K s^-1]
+    correlation_hours: float = Field(6.0, gt=0.0)       # AR(1) decorrelation time [h]
+    min_wavenumber: int = Field(6, ge=1)               # forced total wavenumbers [min, max]
+    max_wavenumber: int = Field(18, ge=1)
+
+    @model_validator(mode="after")
+    def _band(self) -> "StochasticForcingConfig":
+        if self.min_wavenumber > self.max_wavenumber:
+            raise ValueError(f"min_wavenumber ({self.min_wavenumber}) must not exceed "
+                             f"max_wavenumber ({self.max_wavenumber})")
+        return self
 
 
 class SimulationConfig(StrictModel):
-    """The embedded Held-Suarez simulation (dinosaur) written in the ERA5/WB2 schema."""
+    """The embedded Held-Suarez simulation (dinosaur) written in the ERA5/WB2 schema.
+
+    Physics-relevant fields (seed, truncation, sigma_layers, time_step_minutes,
+    spinup_days, output_hours, stochastic) key the spin-up cache; `days`,
+    `start`, `levels` and `chunk_days` only shape what is written.
+    """
 
     seed: int = 0
-    truncation: int = Field(31, ge=10)             # spectral truncation simulated (finer than stored)
-    sigma_layers: int = Field(12, ge=4)
-    time_step_minutes: float = Field(20.0, gt=0.0)
+    truncation: int = Field(21, ge=10)             # spectral truncation simulated (T21 ~ the 64x32 grid)
+    sigma_layers: int = Field(12, ge=4)            # equidistant sigma layers
+    time_step_minutes: float = Field(60.0, gt=0.0)
     spinup_days: float = Field(100.0, ge=0.0)
     days: float = Field(365.0, gt=0.0)             # stored period after spin-up
     output_hours: int = Field(6, ge=1)
     start: str = "2000-01-01T00:00"                # calendar time of the first stored state
-    levels: tuple[int, ...] = WB2_LEVELS_13
+    levels: tuple[int, ...] = WB2_LEVELS_13        # pressure levels written [hPa]
     chunk_days: float = Field(30.0, gt=0.0)        # conversion to pressure levels in time chunks
+    initial_perturbation_kelvin: float = Field(1.0, ge=0.0)  # RMS temperature noise at the start of spin-up
     stochastic: StochasticForcingConfig = StochasticForcingConfig()
     cache_dir: str = "~/.cache/gencast_rmmd/simulator"
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_valid(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if not levels:
+            raise ValueError("at least one pressure level is needed")
+        if len(set(levels)) != len(levels):
+            raise ValueError("levels must be unique")
+        if not all(0 < level <= 1100 for level in levels):
+            raise ValueError(f"levels must be pressures in hPa within (0, 1100], got {list(levels)}")
+        return tuple(sorted(levels))
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_date(cls, start: str) -> str:
+        try:
+            pd.Timestamp(start)
+        except (ValueError, TypeError):
+            raise ValueError(f"{start!r} is not an ISO date-time") from None
+        return start
+
+    @model_validator(mode="after")
+    def _consistent_steps(self) -> "SimulationConfig":
+        output_minutes = self.output_hours * 60.0
+        steps = output_minutes / self.time_step_minutes
+        if abs(steps - round(steps)) > 1e-9:
+            raise ValueError(f"time_step_minutes ({self.time_step_minutes:g}) must divide the output "
+                             f"interval ({self.output_hours} h) into whole steps")
+        for name in ("spinup_days", "days", "chunk_days"):
+            outputs = getattr(self, name) * 24.0 / self.output_hours
+            if abs(outputs - round(outputs)) > 1e-9:
+                raise ValueError(f"{name} ({getattr(self, name):g}) must be a whole number of "
+                                 f"{self.output_hours} h output intervals")
+        if round(self.chunk_days * 24.0 / self.output_hours) < 1:
+            raise ValueError("chunk_days must hold at least one output interval")
+        if self.stochastic.max_wavenumber > self.truncation:
+            raise ValueError(f"stochastic.max_wavenumber ({self.stochastic.max_wavenumber}) exceeds "
+                             f"the truncation (T{self.truncation})")
+        return self
 
 
 class DataConfig(StrictModel):

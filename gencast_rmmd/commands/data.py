@@ -8,17 +8,12 @@ from typing import Annotated
 import typer
 
 from gencast_rmmd.commands.common import ConfigOption, DataOption, SetOption, console, load_data_config
+from gencast_rmmd.commands.simulate import simulate as simulate_command
 
 app = typer.Typer(help="Data: simulate the embedded dataset, check a store's schema, compute statistics.",
                   no_args_is_help=True)
 
-try:
-    from gencast_rmmd.commands.simulate import simulate as _simulate_command
-except ImportError as error:
-    if "gencast_rmmd.commands.simulate" not in str(error):
-        raise
-else:
-    app.command("simulate")(_simulate_command)
+app.command("simulate")(simulate_command)
 
 
 @app.command("check")
