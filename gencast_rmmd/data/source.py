@@ -36,6 +36,20 @@ def _derive(dataset: xr.Dataset, name: str, source: str) -> xr.DataArray:
     return derived
 
 
+def _select(raw: xr.Dataset, config: DataConfig, report: SchemaReport, keep: np.ndarray,
+            derive: bool) -> xr.Dataset:
+    """Configured variables and levels at the model time steps `keep` (derived ones only if `derive`)."""
+    selected = xr.Dataset(coords={name: raw[name] for name in ("time", "latitude", "longitude")})
+    for name in config.variables.time_varying:
+        if name not in report.derived:
+            selected[name] = raw[name]
+        elif derive:
+            selected[name] = _derive(raw, name, report.derived[name])
+    if config.variables.atmospheric:
+        selected = selected.sel(level=list(config.levels))
+    return selected.isel(time=keep)
+
+
 @dataclass
 class DataSource:
     """A validated, selected, subsampled, lazy view of one store."""
@@ -45,6 +59,7 @@ class DataSource:
     static: xr.Dataset             # static variables (latitude, longitude), loaded
     report: SchemaReport
     layout: ChannelLayout
+    direct: xr.Dataset             # stored (not derived) variables of `dataset`, read without dask
 
     @classmethod
     def open(cls, config: DataConfig) -> "DataSource":
@@ -52,24 +67,16 @@ class DataSource:
         raw = open_dataset(config.path)
         location = describe_location(config.path)
         report = check_dataset(raw, config, location)
-        variables = config.variables
-        selected = xr.Dataset(coords={name: raw[name] for name in ("time", "latitude", "longitude")})
-        for name in variables.time_varying:
-            if name in report.derived:
-                selected[name] = _derive(raw, name, report.derived[name])
-            else:
-                selected[name] = raw[name]
-        if variables.atmospheric:
-            selected = selected.sel(level=list(config.levels))
-        times = pd.DatetimeIndex(selected["time"].values)
-        keep = subsample_times(times, config.step_hours)
+        keep = subsample_times(pd.DatetimeIndex(raw["time"].values), config.step_hours)
         if keep.size == 0:
             raise UserInputError(f"{location}: no time is aligned to the {config.step_hours} h model step")
-        selected = selected.isel(time=keep)
+        variables = config.variables
         static = xr.Dataset({name: raw[name].isel(time=0) if "time" in raw[name].dims else raw[name]
                              for name in variables.static}).load()
-        return cls(config=config, dataset=selected, static=static, report=report,
-                   layout=ChannelLayout.from_config(config))
+        # The same selection without dask, for fast reads of particular frames.
+        direct = _select(open_dataset(config.path, use_dask=False), config, report, keep, derive=False)
+        return cls(config=config, dataset=_select(raw, config, report, keep, derive=True), static=static,
+                   report=report, layout=ChannelLayout.from_config(config), direct=direct)
 
     @property
     def times(self) -> pd.DatetimeIndex:
@@ -124,15 +131,20 @@ class DataSource:
         """Read frames at time `positions` as `[n, lat, lon, C_frame]` float32 (target channel order)."""
         positions = np.asarray(positions, dtype=np.int64)
         unique, inverse = np.unique(positions, return_inverse=True)
-        chunk = self.dataset.isel(time=unique).compute()
+        chunk = self.direct.isel(time=unique).load()
+        if self.report.derived:
+            chunk = chunk.merge(self.dataset[list(self.report.derived)].isel(time=unique).compute())
         return self._stack(chunk)[inverse]
 
     def _stack(self, chunk: xr.Dataset) -> np.ndarray:
+        def values(name: str, *dims: str) -> np.ndarray:
+            return chunk[name].transpose(*dims).values
+
         blocks = []
         for name in self.layout.surface:
-            blocks.append(chunk[name].values[..., None])
+            blocks.append(values(name, "time", "latitude", "longitude")[..., None])
         for name in self.layout.atmospheric:
-            blocks.append(np.moveaxis(chunk[name].values, 1, -1))   # (t, level, lat, lon) -> (t, lat, lon, level)
+            blocks.append(values(name, "time", "latitude", "longitude", "level"))
         for name in self.layout.target_only:
-            blocks.append(chunk[name].values[..., None])
+            blocks.append(values(name, "time", "latitude", "longitude")[..., None])
         return np.concatenate(blocks, axis=-1).astype(np.float32, copy=False)

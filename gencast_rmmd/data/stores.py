@@ -66,8 +66,12 @@ def _storage_options(url: str) -> dict:
     return {"token": "anon"} if _scheme(url) in ("gs", "gcs") else {}
 
 
-def open_store(url: str) -> xr.Dataset:
+def open_store(url: str, use_dask: bool = True) -> xr.Dataset:
     """Open a zarr store lazily as it is stored (no renaming or reordering).
+
+    With `use_dask` (the default) variables are dask arrays on the store's
+    chunks; without, they are xarray's lazily indexed backend arrays, which
+    read selected frames directly and much faster for many small chunks.
 
     Accepts a local path, `file://`, `gs://` (anonymous gcsfs) or any fsspec
     URL; zarr v2 or v3; consolidated metadata or not. Raises `UserInputError`
@@ -91,8 +95,9 @@ def open_store(url: str) -> xr.Dataset:
     last_error: Exception | None = None
     for consolidated in (True, False):
         try:
-            return xr.open_zarr(target, consolidated=consolidated, storage_options=options or None,
-                                chunks={}, decode_timedelta=True)
+            return xr.open_dataset(target, engine="zarr", consolidated=consolidated,
+                                   storage_options=options or None, chunks={} if use_dask else None,
+                                   cache=False, decode_timedelta=True)
         except (KeyError, FileNotFoundError, ValueError) as error:
             last_error = error
         except OSError as error:
@@ -102,14 +107,15 @@ def open_store(url: str) -> xr.Dataset:
         "give the path of a zarr v2 or v3 store")
 
 
-def normalize_coordinates(dataset: xr.Dataset) -> xr.Dataset:
+def normalize_coordinates(dataset: xr.Dataset, transpose: bool = True) -> xr.Dataset:
     """Return `dataset` in the internal convention, lazily.
 
     Renames coordinate aliases (`lat`, `lon`, `pressure_level`, ...), converts
     levels given in Pa to hPa, makes latitude ascending and longitude ascending
     in [0, 360), and transposes variables to `(time, level, latitude, longitude)`
-    (other dims, e.g. an ensemble member dim, come first). Checks nothing else:
-    see `gencast_rmmd.data.schema` for validation.
+    (other dims, e.g. an ensemble member dim, come first) unless `transpose` is
+    False (a lazy transpose of non-dask arrays makes later selections slow).
+    Checks nothing else: see `gencast_rmmd.data.schema` for validation.
     """
     renames = {alias: name for alias, name in COORDINATE_ALIASES.items()
                if alias in dataset.variables and name not in dataset.variables}
@@ -130,13 +136,18 @@ def normalize_coordinates(dataset: xr.Dataset) -> xr.Dataset:
         dataset = dataset.assign_coords(longitude=("longitude", longitudes, dataset["longitude"].attrs))
         if dataset.sizes.get("longitude", 0) > 1 and np.any(np.diff(longitudes) < 0):
             dataset = dataset.sortby("longitude")
+    if not transpose:
+        return dataset
     canonical = [dim for dim in CANONICAL_DIMS if dim in dataset.dims]
     return dataset.transpose(..., *canonical)
 
 
-def open_dataset(url: str) -> xr.Dataset:
-    """Open a store and bring it to the internal convention (see `normalize_coordinates`)."""
-    return normalize_coordinates(open_store(url))
+def open_dataset(url: str, use_dask: bool = True) -> xr.Dataset:
+    """Open a store and bring it to the internal convention (see `normalize_coordinates`).
+
+    Without dask, variables keep their stored dim order (transpose after reading).
+    """
+    return normalize_coordinates(open_store(url, use_dask), transpose=use_dask)
 
 
 def describe_location(url: str) -> str:
