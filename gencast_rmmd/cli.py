@@ -34,6 +34,8 @@ def _register_commands() -> None:
 
     app.add_typer(data_commands.app, name="data")
     model_commands.register(app)
+    from gencast_rmmd.commands import distill as distill_commands
+    distill_commands.register(app)
     try:
         from evaluation import cli as evaluation_cli
     except ImportError as error:  # evaluation is part of the product; surface a broken install

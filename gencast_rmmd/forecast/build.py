@@ -28,8 +28,14 @@ def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> Sa
     return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude))
 
 
+def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> Sampler:
+    from gencast_rmmd.distill.sampler import build_student_sampler
+    return build_student_sampler(config, latitude, longitude)
+
+
 SAMPLER_BUILDERS: dict[str, Callable[[dict, np.ndarray, np.ndarray], Sampler]] = {
     "dpm_solver_pp_2s": _dpm_solver,
+    "student_kstep": _student_sampler,
 }
 
 

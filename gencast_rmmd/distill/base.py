@@ -1,0 +1,239 @@
+"""The `Distiller` slot and what every distiller shares.
+
+A distiller is a factory: given a `DistillContext` (the teacher's network,
+normalisation and grid, its parameters and those of the phase-1 student and
+aux model, and the distill config) it returns the `TrainTask` whose parameter
+groups, frozen trees and `UpdateRule`s implement the method; the generic loop
+(`gencast_rmmd.training.train`) does the rest. Methods are chosen by name in
+`registry.DISTILLERS`, one mapping in one place.
+
+Shared maths (all in the model's residual-normalised space, EDM sigmas):
+- `weighted_inner(a, b)` = sum_c w_c sum_{j,i} a_j m_bjic a_bjic b_bjic / sum_{j,i} a_j m_bjic per example:
+  the inner product under which the teacher's loss is a squared norm
+  (latitude area a_j, validity mask m, the teacher loss's channel weights w_c);
+- every squared error and surrogate is weighted by the EDM weight
+  lambda(s) = (s^2 + 1)/s^2 of its noise level, as the teacher's loss is;
+- a batch's first target step gives clean targets x_0 (NaN zeroed, masked),
+  the conditioning and the mask (`prepare`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gencast_rmmd.data.batches import Batch
+from gencast_rmmd.data.grid import latitude_cell_weights
+from gencast_rmmd.data.layout import ChannelLayout
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.diffusion.base import Conditioning, Denoiser
+from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.diffusion.loss import channel_loss_weights
+from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
+from gencast_rmmd.distill.config import DistillConfig
+from gencast_rmmd.distill.reward import reward_channel_scale, weighted_fair_crps
+from gencast_rmmd.distill.sampler import StudentSampler, student_noise_levels
+from gencast_rmmd.models.denoiser import DenoiserNetwork
+from gencast_rmmd.teacher.task import first_step
+from gencast_rmmd.training import TrainableState, TrainTask, UpdateRule
+
+PyTree = Any
+
+
+class Anchors(NamedTuple):
+    """Parameter trees a run starts from (host arrays, haiku layout).
+
+    `teacher`: the teacher's denoiser; `student` and `aux`: the phase-1
+    student and aux model (both equal to the teacher before any moment
+    matching, since every student and aux starts from the teacher's weights).
+    """
+
+    teacher: PyTree
+    student: PyTree
+    aux: PyTree
+
+
+class Prepared(NamedTuple):
+    """Model-space view of a batch's first target step."""
+
+    clean: jax.Array            # x_0 [B, lat, lon, C], zero where invalid
+    conditioning: Conditioning
+    valid: jax.Array            # [B, lat, lon, C] bool
+
+
+@dataclass(frozen=True, eq=False)
+class DistillContext:
+    """Everything a distiller needs for one run (one reward weight)."""
+
+    config: DistillConfig
+    network: DenoiserNetwork
+    normalizer: Normalizer
+    layout: ChannelLayout
+    latitude: np.ndarray
+    longitude: np.ndarray
+    loss_config: LossConfig     # the teacher's per-variable loss weights
+    anchors: Anchors
+    payload: dict               # the student checkpoint payload
+
+    @property
+    def reward_weight(self) -> float:
+        """lambda of this run."""
+        return float(self.config.distill.reward_weights[0])
+
+    @functools.cached_property
+    def noise(self) -> SphericalNoise:
+        return SphericalNoise.for_grid(self.latitude, self.longitude)
+
+    @functools.cached_property
+    def latitude_weights(self) -> np.ndarray:
+        return latitude_cell_weights(self.latitude).astype(np.float32)
+
+    @functools.cached_property
+    def channel_weights(self) -> np.ndarray:
+        """w_c of the teacher's loss."""
+        return channel_loss_weights(self.layout, self.loss_config.variable_weights, self.loss_config.default_weight)
+
+    @functools.cached_property
+    def reward_channel_weights(self) -> np.ndarray:
+        """w_c k_c: the teacher loss's channel weights times the reward-unit scale."""
+        return self.channel_weights * reward_channel_scale(self.normalizer, self.config.distill.reward_units)
+
+    @functools.cached_property
+    def levels(self) -> np.ndarray:
+        """The student grid s_0 > ... > s_{K-1} (without the final 0), float32."""
+        return student_noise_levels(self.config.distill.student)[:-1].astype(np.float32)
+
+    @functools.cached_property
+    def sampler(self) -> StudentSampler:
+        return StudentSampler(self.config.distill.student, self.noise)
+
+    def denoiser(self, params: PyTree) -> Denoiser:
+        """D(x; s, cond) = c_skip x + c_out F_params(c_in x; s, cond) for any of the three networks."""
+        return PreconditionedDenoiser(functools.partial(self.network.apply, params))
+
+    def denoise_together(self, calls: list[tuple[PyTree, jax.Array, jax.Array]],
+                         conditioning: Conditioning) -> list[jax.Array]:
+        """[D_{p_i}(x_i; s_i, cond) for (p_i, x_i, s_i) in calls], evaluated as ONE network call vmapped over i.
+
+        Same values as separate calls; the compiled program holds one copy of
+        the network instead of len(calls) (compile time) at the price of a
+        transient stacked copy of the parameter sets; gradients flow to every
+        p_i and x_i that carries one.
+        """
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[call[0] for call in calls])
+        noisy = jnp.stack([call[1] for call in calls])
+        levels = jnp.stack([jnp.broadcast_to(jnp.asarray(call[2], noisy.dtype), noisy.shape[1:2]) for call in calls])
+        outputs = jax.vmap(lambda p, x, s: self.denoiser(p)(x, s, conditioning))(params, noisy, levels)
+        return list(outputs)
+
+    def weighted_inner(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
+        """<a, b>_W per example [B] (see the module docstring)."""
+        area = jnp.asarray(self.latitude_weights, a.dtype)[None, :, None, None] * valid
+        total = jnp.sum(area, axis=(1, 2))
+        per_channel = jnp.sum(area * a * b, axis=(1, 2)) / jnp.where(total > 0, total, 1.0)
+        return per_channel @ jnp.asarray(self.channel_weights, a.dtype)
+
+    def weighted_crps(self, samples: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+        """Mean over conditions of the weighted fair CRPS; samples [M, B, ...] (reward units)."""
+        return jnp.mean(weighted_fair_crps(samples, target, valid, self.latitude_weights,
+                                           self.reward_channel_weights))
+
+
+def prepare(batch: Batch, normalizer: Normalizer) -> Prepared:
+    """(x_0 with invalid points zeroed, conditioning, mask) of a batch's first target step."""
+    clean, conditioning, valid = first_step(batch, normalizer)
+    valid = valid & jnp.isfinite(clean)
+    return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
+
+
+def repeat_members(prepared: Prepared, members: int) -> Prepared:
+    """Each condition repeated M times along the batch (condition-major: row b M + m is member m of b)."""
+    repeat = functools.partial(jnp.repeat, repeats=members, axis=0)
+    conditioning = prepared.conditioning
+    return Prepared(repeat(prepared.clean),
+                    Conditioning(repeat(conditioning.inputs), repeat(conditioning.forcings), conditioning.static),
+                    repeat(prepared.valid))
+
+
+def by_member(rows: jax.Array, members: int) -> jax.Array:
+    """[B M, ...] condition-major rows -> [M, B, ...] (the layout `weighted_fair_crps` takes)."""
+    return jnp.swapaxes(rows.reshape(rows.shape[0] // members, members, *rows.shape[1:]), 0, 1)
+
+
+def per_example(values: jax.Array, like: jax.Array) -> jax.Array:
+    """[B] broadcast against [B, lat, lon, C]."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def validation_crps(context: DistillContext, student_params: PyTree, key: jax.Array,
+                    batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Fair CRPS (reward units) of M K-step student samples per condition: every distiller's validation loss."""
+    members = context.config.distill.reward_samples
+    prepared = prepare(batch, context.normalizer)
+    repeated = repeat_members(prepared, members)
+    samples = context.sampler(context.denoiser(student_params), repeated.conditioning, key, repeated.clean.shape)
+    crps = context.weighted_crps(by_member(samples, members), prepared.clean, prepared.valid)
+    return crps, {"crps": crps}
+
+
+class Distiller(Protocol):
+    """Builds the `TrainTask` of one method from a context.
+
+    `starts_from` is 'teacher' for a phase-1 method (moment matching: student
+    and aux from the teacher) or 'phase1' for a method that fine-tunes a
+    phase-1 student (RMMD and the baselines); `frozen_groups` names the
+    frozen trees its checkpoints hold, a subset of ('teacher', 'student_phase1', 'aux_phase1').
+    """
+
+    starts_from: ClassVar[str]
+    frozen_groups: ClassVar[tuple[str, ...]]
+
+    def __call__(self, context: DistillContext) -> TrainTask:
+        """The task (a class constructor satisfies this)."""
+
+
+FROZEN_SOURCES = {"teacher": "teacher", "student_phase1": "student", "aux_phase1": "aux"}
+
+
+def frozen_trees(context: DistillContext, groups: tuple[str, ...]) -> dict:
+    """The frozen trees `groups` as fresh device arrays, from the context's anchors."""
+    anchors = context.anchors._asdict()
+    return {group: jax.tree.map(jnp.array, anchors[FROZEN_SOURCES[group]]) for group in groups}
+
+
+class StudentFineTune:
+    """Shared shape of the methods that fine-tune a phase-1 student (RMMD and the baselines).
+
+    One group `student` (started from the phase-1 student), the frozen trees
+    `frozen_groups`, one update rule `student` minimising `loss`, and the
+    K-step sample CRPS as validation loss. Subclasses write `loss`.
+    """
+
+    starts_from = "phase1"
+    frozen_groups: tuple[str, ...] = ("teacher",)
+
+    def __init__(self, context: DistillContext):
+        self.context = context
+
+    def init(self, key: jax.Array, example_batch: Batch) -> TrainableState:
+        del key, example_batch  # weights come from the anchors, not from a random init
+        return TrainableState(params={"student": jax.tree.map(jnp.array, self.context.anchors.student)},
+                              frozen=frozen_trees(self.context, self.frozen_groups))
+
+    def loss(self, params, frozen, key: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    def update_rules(self) -> list[UpdateRule]:
+        return [UpdateRule("student", ("student",), self.loss)]
+
+    def validation_loss(self, params, frozen, key: jax.Array, batch: Batch):
+        return validation_crps(self.context, params["student"], key, batch)
+
+    def config_payload(self) -> dict:
+        return self.context.payload

@@ -1,0 +1,155 @@
+"""The distillation config file (`configs/distill/*.yaml`): method, student sampler, reward, training.
+
+Data, model, normalisation and loss weights are not configured here: they come
+from the teacher checkpoint given with `--teacher` (`--data` re-points the
+store). A file holds
+
+    seed: 0
+    distill:   {method: rmmd, student: {steps: 8, rho: 100, eta: 0.5}, reward_weight: 0.3, ...}
+    train:     TrainConfig (steps, batch_size, learning_rate, ...)
+    distributed: DistributedConfig
+
+`distill.reward_weight` may be a list (`[0.1, 0.3, 1.0]`): one run per value
+under `RUN/lambda_<value>/` and a Pareto table in `RUN/`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gencast_rmmd.config import StrictModel, load_config
+from gencast_rmmd.training.config import DistributedConfig, TrainConfig
+
+MAX_STUDENT_STEPS = 8
+
+
+class StudentSamplerConfig(StrictModel):
+    """The K-step student sampler (DESIGN §5): grid s_0 > ... > s_{K-1}, then 0, and the eta-step.
+
+    s_i = (s_max^(1/rho) + i/(K-1) (s_min^(1/rho) - s_max^(1/rho)))^rho; `rho: .inf`
+    gives the log-uniform grid (uniform in log-SNR). eta = 0 is deterministic
+    (DDIM), eta = 1 the exact DDPM posterior; the paper's best is eta = 0.5, rho = 100.
+    """
+
+    steps: int = Field(8, ge=1, le=MAX_STUDENT_STEPS)   # K = denoiser calls per 12 h step
+    rho: float = Field(100.0, gt=0.0)
+    eta: float = Field(0.5, ge=0.0, le=1.0)
+    max_noise_level: float = Field(80.0, gt=0.0)
+    min_noise_level: float = Field(0.03, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "StudentSamplerConfig":
+        if self.min_noise_level >= self.max_noise_level:
+            raise ValueError(f"min_noise_level {self.min_noise_level} must be below "
+                             f"max_noise_level {self.max_noise_level}")
+        return self
+
+
+class DistillSection(StrictModel):
+    """The `distill:` section. Symbols of DESIGN §5 in brackets.
+
+    - `method`: a key of `gencast_rmmd.distill.registry.DISTILLERS`
+      (`mmd`, `rmmd`, `draft`, `crps_only`);
+    - `training_noise`: how off-policy states x_t = x_0 + s_t eps pick s_t: a
+      uniformly drawn `grid` level of the student, or `continuous` (u ~ U[0, 1]
+      through the student's rho-quantile);
+    - `policy_noise` (phase 2): `grid` stops the no-gradient student chain at a
+      uniformly drawn grid step; `continuous` runs it to x~_0 and re-noises it to
+      a continuous s_t; `offline: true` uses forward-diffused data instead;
+    - `moment_min_noise_level`: lower end of the log-uniform level s' at which
+      moments are matched (s' in [s_lo, s_t));
+    - `aux_pull_weight` [beta]: weight of the aux model's pull to the teacher;
+      `aux_learning_rate`: the aux rule's own learning rate (None = train's);
+    - `reward_weight` [lambda], `reward_samples` [M >= 2 samples per condition],
+      `reward_units`: `climatology` (each channel's CRPS in units of its
+      climatological std) or `residual` (the model's residual-normalised space);
+    - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
+      means lambda for `rmmd` (the paper's KL proxy) and 0 for `draft`;
+    - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
+    - `phase1_steps`: phase-2 methods started from a teacher first run this many
+      moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
+      phase-1 student and aux, so RMMD's moment term starts at zero);
+    - `evaluation_batches`: validation batches scored for the Pareto table.
+    """
+
+    method: str = "mmd"
+    student: StudentSamplerConfig = StudentSamplerConfig()
+    training_noise: Literal["grid", "continuous"] = "grid"
+    policy_noise: Literal["grid", "continuous"] = "grid"
+    offline: bool = False
+    moment_min_noise_level: float = Field(0.02, gt=0.0)
+    aux_pull_weight: float = Field(1.0, ge=0.0)
+    aux_learning_rate: float | None = Field(None, gt=0.0)
+    reward_weight: float | tuple[float, ...] = 0.3
+    reward_samples: int = Field(2, ge=2)
+    reward_units: Literal["climatology", "residual"] = "climatology"
+    anchor_weight: float | None = Field(None, ge=0.0)
+    draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
+    phase1_steps: int = Field(0, ge=0)
+    evaluation_batches: int = Field(2, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from gencast_rmmd.distill.registry import DISTILLERS
+        if method not in DISTILLERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(DISTILLERS))}")
+        return method
+
+    @field_validator("reward_weight")
+    @classmethod
+    def _non_negative(cls, value: float | tuple[float, ...]) -> float | tuple[float, ...]:
+        values = value if isinstance(value, tuple) else (value,)
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"reward weights must be finite and >= 0, got {list(values)}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"reward weights must be distinct, got {list(values)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistillSection":
+        if self.is_sweep and self.method in ("mmd", "crps_only"):
+            raise ValueError(f"method {self.method} has no reward weight to sweep; give one value")
+        if self.method == "crps_only" and self.anchor_weight:
+            raise ValueError("crps_only has no distillation terms; leave anchor_weight unset")
+        if self.draft_steps > self.student.steps:
+            raise ValueError(f"draft_steps ({self.draft_steps}) exceeds the student's steps ({self.student.steps})")
+        return self
+
+    @property
+    def is_sweep(self) -> bool:
+        """True when `reward_weight` is a list: one run per value."""
+        return isinstance(self.reward_weight, tuple)
+
+    @property
+    def reward_weights(self) -> tuple[float, ...]:
+        return self.reward_weight if isinstance(self.reward_weight, tuple) else (self.reward_weight,)
+
+
+class DistillConfig(StrictModel):
+    """A `configs/distill/*.yaml` file."""
+
+    seed: int = 0
+    distill: DistillSection = DistillSection()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    def for_reward_weight(self, reward_weight: float) -> "DistillConfig":
+        """A copy for one run of a sweep (a new object; this one is left unchanged)."""
+        return self.model_copy(update={"distill": self.distill.model_copy(update={"reward_weight": reward_weight})})
+
+    def phase1(self) -> "DistillConfig":
+        """The moment-matching run a phase-2 method starts from: `mmd`, `distill.phase1_steps` steps."""
+        steps = self.distill.phase1_steps
+        train = self.train.model_copy(update={"steps": steps, "warmup_steps": max(0, min(self.train.warmup_steps, steps - 1))})
+        distill = self.distill.model_copy(update={"method": "mmd", "reward_weight": self.distill.reward_weights[0]})
+        return self.model_copy(update={"distill": distill, "train": train})
+
+
+def load_distill_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DistillConfig:
+    """Load and validate a distill config with `--set` overrides (UserInputError naming a bad key)."""
+    return load_config(path, DistillConfig, list(overrides))

@@ -1,0 +1,152 @@
+"""Phase 1: moment-matching distillation (MMD; Salimans et al. 2024, alternating form; DESIGN §5).
+
+Symbols (paper -> code). Phi_theta: the student (`params['student']`); g_phi:
+the auxiliary denoiser (`params['aux']`); the teacher (`frozen['teacher']`);
+every one is the EDM-preconditioned graph denoiser D(x; s, cond), and student
+and aux start from the teacher's weights. One optimiser step:
+
+    x_0 ~ data,  s_t ~ student grid (or continuous),  x_t = x_0 + s_t eps                (`offline_state`)
+    x0_hat = Phi_theta(x_t; s_t)
+    s' = s_lo^(1-u) s_t^u  (log-uniform in [s_lo, s_t), u ~ U[0,1])                      (`moment_state`)
+    x_s' = x0_hat + sqrt(s'^2 - gamma^2) (x_t - x0_hat)/s_t + gamma z                    (the eta-step)
+
+    aux rule (phi):      L_aux = E lambda(s') [ ||g_phi(x_s') - sg(x0_hat)||^2_W
+                                               + beta ||g_phi(x_s') - sg(teacher(x_s'))||^2_W ]
+    student rule (theta): L_student = E lambda(s') < x0_hat, sg(g_phi(x_s') - teacher(x_s')) >_W
+
+with lambda(s) = (s^2+1)/s^2 and ||.||_W, <.,.>_W the teacher loss's area /
+level / variable weighted norm (`DistillContext.weighted_inner`); x_s' is held
+fixed (sg) in both. The aux model regresses the student's denoised samples, so
+g_phi -> (m_student + beta m_teacher)/(1 + beta) with m = E[x0 | x_s'], and the
+student's gradient J^T (g_phi - teacher) = J^T (m_student - m_teacher)/(1 + beta)
+moves its conditional mean onto the teacher's: beta (`aux_pull_weight`, 1 in
+the paper) only rescales the step and keeps g_phi near its teacher start.
+
+The moment level s' is drawn below s_t rather than fixed to the next grid
+level so that the last step (to s_K = 0, where x_s' = x0_hat carries no moment
+information) is matched too; s_lo = `moment_min_noise_level` (the teacher's
+smallest training level by default).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gencast_rmmd.diffusion.preconditioning import loss_weight
+from gencast_rmmd.distill.base import DistillContext, frozen_trees, per_example, prepare, validation_crps
+from gencast_rmmd.distill.sampler import eta_step, student_quantile
+from gencast_rmmd.training import TrainableState, UpdateRule
+
+
+class NoisyState(NamedTuple):
+    """A noisy target state and its per-example noise level."""
+
+    noisy: jax.Array   # [B, lat, lon, C]
+    level: jax.Array   # [B]
+
+
+def draw_levels(context: DistillContext, key: jax.Array, count: int, mode: str) -> jax.Array:
+    """s_t [count]: a uniformly drawn student grid level (`grid`) or student_quantile(u), u ~ U[0,1] (`continuous`)."""
+    if mode == "grid":
+        return jnp.asarray(context.levels)[jax.random.randint(key, (count,), 0, len(context.levels))]
+    return student_quantile(jax.random.uniform(key, (count,)), context.config.distill.student).astype(jnp.float32)
+
+
+def offline_state(context: DistillContext, key: jax.Array, clean: jax.Array) -> NoisyState:
+    """Forward-diffused data: x_t = x_0 + s_t eps, eps spherical white noise, s_t by `distill.training_noise`."""
+    level_key, noise_key = jax.random.split(key)
+    levels = draw_levels(context, level_key, clean.shape[0], context.config.distill.training_noise)
+    return NoisyState(clean + per_example(levels, clean) * context.noise(noise_key, clean.shape), levels)
+
+
+def moment_state(context: DistillContext, key: jax.Array, state: NoisyState, denoised: jax.Array) -> NoisyState:
+    """x_s' from the student's eta-step x_t -> s' with s' log-uniform in [min(s_lo, s_t), s_t); no gradient."""
+    level_key, noise_key = jax.random.split(key)
+    lowest = jnp.minimum(context.config.distill.moment_min_noise_level, state.level)
+    u = jax.random.uniform(level_key, state.level.shape)
+    level = lowest ** (1.0 - u) * state.level ** u
+    eta = context.config.distill.student.eta
+    fresh = context.noise(noise_key, denoised.shape) if eta > 0 else None
+    noisy = eta_step(state.noisy, jax.lax.stop_gradient(denoised), state.level, level, eta, fresh)
+    return NoisyState(jax.lax.stop_gradient(noisy), level)
+
+
+def moment_surrogate(context: DistillContext, denoised: jax.Array, aux: jax.Array, teacher: jax.Array,
+                     moment: NoisyState, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(E lambda(s') <x0_hat, sg(g(x_s') - teacher(x_s'))>_W,  E lambda(s') ||g(x_s') - teacher(x_s')||^2_W).
+
+    `aux` = g(x_s') and `teacher` = teacher(x_s') are the two denoised
+    estimates at x_s'. The first value is the student's surrogate (its gradient
+    is J^T times the moment gap); the second, the squared gap, a diagnostic.
+    """
+    gap = jax.lax.stop_gradient(aux - teacher)
+    weight = loss_weight(moment.level)
+    surrogate = jnp.mean(weight * context.weighted_inner(denoised, gap, valid))
+    return surrogate, jnp.mean(weight * context.weighted_inner(gap, gap, valid))
+
+
+class MomentMatching:
+    """Phase 1 (`mmd`): groups `student`, `aux` (both from the teacher); frozen `teacher`; rules aux, student."""
+
+    starts_from = "teacher"
+    frozen_groups = ("teacher",)
+
+    def __init__(self, context: DistillContext):
+        self.context = context
+
+    def init(self, key: jax.Array, example_batch) -> TrainableState:
+        del key, example_batch  # weights come from the anchors, not from a random init
+        anchors = self.context.anchors
+        return TrainableState(params={"student": jax.tree.map(jnp.array, anchors.student),
+                                      "aux": jax.tree.map(jnp.array, anchors.aux)},
+                              frozen=frozen_trees(self.context, self.frozen_groups))
+
+    def _states(self, params, key, batch):
+        prepared = prepare(batch, self.context.normalizer)
+        state_key, moment_key = jax.random.split(key)
+        state = offline_state(self.context, state_key, prepared.clean)
+        denoised = self.context.denoiser(params["student"])(state.noisy, state.level, prepared.conditioning)
+        return prepared, state, denoised, moment_key
+
+    def aux_loss(self, params, frozen, key, batch):
+        """L_aux (module docstring): fit the student's x0_hat, pulled towards the teacher with weight beta."""
+        context = self.context
+        prepared, state, denoised, moment_key = self._states(params, key, batch)
+        denoised = jax.lax.stop_gradient(denoised)
+        moment = moment_state(context, moment_key, state, denoised)
+        aux, teacher = context.denoise_together([(params["aux"], moment.noisy, moment.level),
+                                                 (jax.lax.stop_gradient(frozen["teacher"]), moment.noisy,
+                                                  moment.level)], prepared.conditioning)
+        teacher = jax.lax.stop_gradient(teacher)
+        weight = loss_weight(moment.level)
+        fit = jnp.mean(weight * context.weighted_inner(aux - denoised, aux - denoised, prepared.valid))
+        pull = jnp.mean(weight * context.weighted_inner(aux - teacher, aux - teacher, prepared.valid))
+        return fit + context.config.distill.aux_pull_weight * pull, {"aux_fit": fit, "aux_pull": pull}
+
+    def student_loss(self, params, frozen, key, batch):
+        """L_student (module docstring): x0_hat against the stopped moment gap g_phi - teacher at x_s'."""
+        context = self.context
+        prepared, state, denoised, moment_key = self._states(params, key, batch)
+        moment = moment_state(context, moment_key, state, denoised)
+        aux, teacher = context.denoise_together([(params["aux"], moment.noisy, moment.level),
+                                                 (frozen["teacher"], moment.noisy, moment.level)],
+                                                prepared.conditioning)
+        surrogate, gap = moment_surrogate(context, denoised, aux, teacher, moment, prepared.valid)
+        return surrogate, {"moment_gap": gap}
+
+    def update_rules(self) -> list[UpdateRule]:
+        rate = self.context.config.distill.aux_learning_rate
+        aux_optimizer = None if rate is None else self.context.config.train.optimizer.model_copy(
+            update={"learning_rate": rate})
+        return [UpdateRule("aux", ("aux",), self.aux_loss, aux_optimizer),
+                UpdateRule("student", ("student",), self.student_loss)]
+
+    def validation_loss(self, params, frozen, key, batch):
+        return validation_crps(self.context, params["student"], key, batch)
+
+    def config_payload(self) -> dict:
+        return self.context.payload
+

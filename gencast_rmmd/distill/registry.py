@@ -1,0 +1,15 @@
+"""The distillation methods, by the name `distill.method` selects (one mapping, in one place)."""
+
+from __future__ import annotations
+
+from gencast_rmmd.distill.base import Distiller
+from gencast_rmmd.distill.draft import DraftK
+from gencast_rmmd.distill.moment_matching import MomentMatching
+from gencast_rmmd.distill.rewarded import CrpsOnly, RewardedMomentMatching
+
+DISTILLERS: dict[str, Distiller] = {
+    "mmd": MomentMatching,                # phase 1: moment matching, from the teacher
+    "rmmd": RewardedMomentMatching,       # phase 2: rewarded moment matching (on-policy, or offline: true)
+    "draft": DraftK,                      # baseline: reward backpropagated through the last K_d student steps
+    "crps_only": CrpsOnly,                # baseline: reward alone, one differentiated step on-policy
+}

@@ -1,0 +1,215 @@
+"""`distill(...)`: the driver behind `gencast-rmmd distill`.
+
+`--teacher` is a teacher checkpoint (or run), or a phase-1 student (a run of
+method `mmd`). Data, model, normalisation and loss weights come from its
+payload; `--data` re-points the store. Layout of `RUN/`:
+
+    single reward weight:   RUN/checkpoints ...                 (the student)
+    phase 1 inside the run: RUN/phase1/checkpoints ...          (an `mmd` student, `distill.phase1_steps` steps)
+    reward-weight sweep:    RUN/lambda_<value>/checkpoints ...  + RUN/pareto.json, RUN/pareto.md
+
+Phase 1 -> phase 2 handoff. A phase-2 method (rmmd, draft, crps_only) needs a
+phase-1 student: from `--teacher` when that is an `mmd` run, else trained
+first in `RUN/phase1/` (shared by every reward weight of a sweep), else (with
+`phase1_steps: 0`) the teacher itself. The handoff reads the phase-1 run's
+final checkpoint from disk (raw params of student and aux; the teacher's EMA
+params): an uninterrupted and a resumed run read the same bytes, and each
+phase is a separate run of the generic loop with its own exact kill -9
+resume, so the whole chain resumes bit-identically. Phase 2 stores its anchors
+as frozen trees in its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gencast_rmmd.config import config_to_dict
+from gencast_rmmd.data.layout import ChannelLayout
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.distill.base import Anchors, DistillContext
+from gencast_rmmd.distill.config import DistillConfig
+from gencast_rmmd.distill.pareto import pareto_is_current, write_pareto
+from gencast_rmmd.distill.registry import DISTILLERS
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.forecast.build import sampler_payload
+from gencast_rmmd.forecast.run import data_config_of
+from gencast_rmmd.models.builder import network_for_grid
+from gencast_rmmd.models.config import ModelConfig
+from gencast_rmmd.models.denoiser import DenoiserNetwork
+from gencast_rmmd.teacher.train import batch_stream
+from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
+from gencast_rmmd.training.checkpoint import read_meta
+from gencast_rmmd.training.loop import check_run_dir
+
+STUDENT_SAMPLER = "student_kstep"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSource:
+    """What `--teacher` provides: its payload, the anchors and provenance records."""
+
+    payload: dict
+    anchors: Anchors
+    teacher_checkpoint: dict        # provenance of the teacher
+    phase1_checkpoint: dict | None  # provenance of the phase-1 student, when the source is one
+
+
+def _record(loaded, kind: str) -> dict:
+    return {"path": str(Path(loaded.path).resolve()), "step": loaded.step, "kind": kind,
+            "params_sha256": loaded.meta.get("params_sha256", "")}
+
+
+def load_source(path: str | Path) -> TeacherSource:
+    """Read `--teacher`: a teacher (EMA params) or a phase-1 `mmd` student (raw student and aux params)."""
+    loaded = load_checkpoint(path)
+    payload = loaded.meta.get("task") or {}
+    kind = payload.get("kind")
+    if kind == "teacher":
+        teacher = loaded.ema_params[payload.get("params_group", "denoiser")]
+        return TeacherSource(payload, Anchors(teacher, teacher, teacher),
+                             {**_record(loaded, "teacher"), "sampler": payload["sampler"]}, None)
+    if kind == "student" and payload.get("method") == "mmd":
+        anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
+        return TeacherSource(payload, anchors, payload["teacher_checkpoint"], _record(loaded, "student"))
+    described = f"a {kind} checkpoint of method {payload.get('method')}" if kind else "not a gencast-rmmd model"
+    raise UserInputError(f"--teacher {path} is {described}; give a teacher checkpoint or run, or a phase-1 "
+                         "(method mmd) student run")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Environment:
+    """What every run of one `distill` call shares: data, network, normalisation."""
+
+    source: TeacherSource
+    data: DataSource
+    normalizer: Normalizer
+    layout: ChannelLayout
+    latitude: np.ndarray
+    longitude: np.ndarray
+    network: DenoiserNetwork
+
+
+def _environment(source: TeacherSource, data: str | None) -> _Environment:
+    payload = source.payload
+    data_source = DataSource.open(data_config_of(payload, data))
+    latitude = np.asarray(payload["grid"]["latitude"], np.float64)
+    longitude = np.asarray(payload["grid"]["longitude"], np.float64)
+    if not (data_source.latitude.shape == latitude.shape and np.allclose(data_source.latitude, latitude)
+            and data_source.longitude.shape == longitude.shape and np.allclose(data_source.longitude, longitude)):
+        raise UserInputError(f"{data_source.report.location} has a {len(data_source.latitude)}x"
+                             f"{len(data_source.longitude)} grid; the teacher was trained on "
+                             f"{len(latitude)}x{len(longitude)}")
+    layout = ChannelLayout.from_dict(payload["layout"])
+    network = network_for_grid(ModelConfig(**payload["model"]), latitude, longitude, layout.n_target_channels)
+    return _Environment(source, data_source, Normalizer.from_dict(payload["normalizer"]), layout, latitude,
+                        longitude, network)
+
+
+def student_payload(config: DistillConfig, environment: _Environment, phase1_checkpoint: dict | None) -> dict:
+    """The student checkpoint payload: rebuildable by `predictor_from_payload`, with provenance."""
+    source = environment.source
+    teacher_payload = source.payload
+    payload = {
+        "kind": "student", "method": config.distill.method, "params_group": "student",
+        "config": {"seed": config.seed, "data": config_to_dict(environment.data.config),
+                   "model": teacher_payload["model"], "loss": teacher_payload["config"]["loss"],
+                   "distill": config_to_dict(config.distill), "train": config_to_dict(config.train),
+                   "distributed": config_to_dict(config.distributed)},
+        "model": teacher_payload["model"], "layout": teacher_payload["layout"],
+        "normalizer": teacher_payload["normalizer"], "grid": teacher_payload["grid"],
+        "sampler": sampler_payload(STUDENT_SAMPLER, config.distill.student, config.distill.student.steps),
+        "data_source": environment.data.report.location,
+        "teacher_checkpoint": source.teacher_checkpoint,
+    }
+    if phase1_checkpoint is not None:
+        payload["phase1_checkpoint"] = phase1_checkpoint
+    return payload
+
+
+def _check_resumable(run_dir: Path, payload: dict) -> None:
+    """A resumed run must continue with the same teacher and method."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    previous = read_meta(latest).get("task", {})
+    same_teacher = (previous.get("teacher_checkpoint", {}).get("params_sha256")
+                    == payload["teacher_checkpoint"]["params_sha256"])
+    if not same_teacher or previous.get("method") != payload["method"]:
+        raise UserInputError(f"{run_dir} was distilled with method {previous.get('method')} from another teacher "
+                             "or method; resume with the --teacher and config it was started with")
+
+
+def _context(config: DistillConfig, environment: _Environment, anchors: Anchors,
+             phase1_checkpoint: dict | None) -> DistillContext:
+    payload = student_payload(config, environment, phase1_checkpoint)
+    return DistillContext(config, environment.network, environment.normalizer, environment.layout,
+                          environment.latitude, environment.longitude, LossConfig(**payload["config"]["loss"]),
+                          anchors, payload)
+
+
+def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchors, phase1_checkpoint: dict | None,
+               run_dir: Path, log: Callable[[str], None]) -> TrainResult:
+    context = _context(config, environment, anchors, phase1_checkpoint)
+    _check_resumable(run_dir, context.payload)
+    task = DISTILLERS[config.distill.method](context)
+    log(f"{config.distill.method} -> {run_dir}")
+    source, batch_size = environment.data, config.train.batch_size
+    validation = batch_stream(source, "validation", batch_size) if config.train.validate_every else None
+    return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", batch_size),
+                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed)
+
+
+def _phase1_anchors(run_dir: Path) -> tuple[Anchors, dict]:
+    loaded = load_checkpoint(run_dir)
+    anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
+    return anchors, _record(loaded, "student")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillOutcome:
+    """The runs one `distill` call made (reward weight -> result) and the Pareto table, if a sweep."""
+
+    runs: dict[float, TrainResult]
+    pareto: Path | None
+
+
+def distill(config: DistillConfig, teacher: str | Path, run_dir: str | Path, data: str | None = None,
+            resume: bool = False, log: Callable[[str], None] = print) -> DistillOutcome:
+    """Distill `teacher` with `config` into `run_dir` (module docstring); resume exactly with `resume`."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    initialize_distributed(config.distributed)
+    source = load_source(teacher)
+    distiller = DISTILLERS[config.distill.method]
+    if distiller.starts_from == "teacher" and source.phase1_checkpoint is not None:
+        raise UserInputError(f"method {config.distill.method} starts from a teacher; --teacher {teacher} is "
+                             "already a moment-matching student")
+    environment = _environment(source, data)
+    log(f"distilling {teacher} with {config.distill.method} on {environment.data.report.location} -> {run_dir}"
+        f"{' (resuming)' if resume else ''}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    anchors, phase1 = source.anchors, source.phase1_checkpoint
+    if distiller.starts_from == "phase1" and phase1 is None and config.distill.phase1_steps > 0:
+        phase1_config = config.phase1()
+        _train_one(phase1_config, environment, anchors, None, run_dir / "phase1", log)
+        anchors, phase1 = _phase1_anchors(run_dir / "phase1")
+
+    runs: dict[float, TrainResult] = {}
+    for reward_weight in config.distill.reward_weights:
+        target = run_dir / f"lambda_{reward_weight:g}" if config.distill.is_sweep else run_dir
+        runs[reward_weight] = _train_one(config.for_reward_weight(reward_weight), environment, anchors, phase1,
+                                         target, log)
+    if not config.distill.is_sweep:
+        return DistillOutcome(runs, None)
+    checkpoints = {weight: result.checkpoint for weight, result in runs.items()}
+    if pareto_is_current(run_dir, checkpoints):
+        log(f"{run_dir / 'pareto.json'} already scores these runs")
+        return DistillOutcome(runs, run_dir / "pareto.json")
+    return DistillOutcome(runs, write_pareto(run_dir, _context(config, environment, anchors, phase1), environment.data,
+                                             source.teacher_checkpoint["sampler"], checkpoints, log))

@@ -1,0 +1,365 @@
+"""Distillation: the fair-CRPS reward, the one-step gradient of RMMD, frozen anchors, and the CLI end to end.
+
+Structural tests use a toy network (a few parameters, compiles in a blink)
+inside a real `DistillContext`; the end-to-end tests distill a 2-step tiny
+teacher with `configs/distill/tiny.yaml` (phase 1 + a two-value lambda sweep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import REPO
+from gencast_rmmd.data.batches import Batch
+from gencast_rmmd.data.grid import latitude_cell_weights
+from gencast_rmmd.data.layout import ChannelLayout
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.distill.base import Anchors, DistillContext, prepare, repeat_members
+from gencast_rmmd.distill.config import DistillConfig
+from gencast_rmmd.distill.registry import DISTILLERS
+from gencast_rmmd.distill.reward import fair_crps, reward_channel_scale, weighted_fair_crps
+from gencast_rmmd.distill.rewarded import policy_state
+
+TEACHER = REPO / "configs" / "teacher" / "tiny.yaml"
+TINY = REPO / "configs" / "distill" / "tiny.yaml"
+LEVELS = "data.levels=[500,850]"
+
+# --------------------------------------------------------------------------- reward
+
+
+def brute_force_fair_crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(1/M) sum_i |x_i - y| - 1/(2M(M-1)) sum_i sum_j |x_i - x_j|, written as the double loop."""
+    members = len(samples)
+    skill = sum(np.abs(samples[i] - truth) for i in range(members)) / members
+    pairs = sum(np.abs(samples[i] - samples[j]) for i in range(members) for j in range(members))
+    return skill - pairs / (2 * members * (members - 1))
+
+
+@pytest.mark.parametrize("members", [2, 3, 5])
+def test_fair_crps_matches_the_double_sum(members):
+    rng = np.random.default_rng(members)
+    samples, truth = rng.normal(size=(members, 6, 7)), rng.normal(size=(6, 7))
+    np.testing.assert_allclose(fair_crps(jnp.asarray(samples), jnp.asarray(truth)),
+                               brute_force_fair_crps(samples, truth), rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_fair_crps_masks_and_weights_like_a_direct_sum():
+    rng = np.random.default_rng(0)
+    members, batch, n_lat, n_lon, channels = 3, 2, 5, 4, 3
+    samples = rng.normal(size=(members, batch, n_lat, n_lon, channels)).astype(np.float32)
+    truth = rng.normal(size=(batch, n_lat, n_lon, channels)).astype(np.float32)
+    truth[0, :2, :, 1] = np.nan                        # e.g. SST over land
+    truth[1, :, :, 2] = np.nan                         # a channel with no valid point
+    latitude = np.linspace(-80, 80, n_lat)
+    area, weights = latitude_cell_weights(latitude), np.array([1.0, 0.5, 2.0])
+    expected = np.zeros(batch)
+    for b in range(batch):
+        for c in range(channels):
+            valid = np.isfinite(truth[b, ..., c])
+            if valid.any():
+                crps = brute_force_fair_crps(samples[:, b, ..., c][:, valid], truth[b, ..., c][valid])
+                cell = np.broadcast_to(area[:, None], valid.shape)[valid]
+                expected[b] += weights[c] * np.sum(cell * crps) / np.sum(cell)
+    got = weighted_fair_crps(jnp.asarray(samples), jnp.asarray(truth), jnp.isfinite(truth), area, weights)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    gradient = jax.grad(lambda x: jnp.sum(weighted_fair_crps(x, jnp.asarray(truth), jnp.isfinite(truth), area,
+                                                             weights)))(jnp.asarray(samples))
+    assert bool(jnp.all(jnp.isfinite(gradient))) and float(jnp.abs(gradient[:, 1, ..., 2]).max()) == 0.0
+
+
+def test_fair_crps_gradient_is_the_analytic_one():
+    samples, truth = jnp.array([0.3, -1.2, 2.0]), jnp.array(0.5)
+    members = 3
+    gradient = jax.grad(lambda x: fair_crps(x, truth))(samples)
+    signs = np.sign(np.asarray(samples)[:, None] - np.asarray(samples)[None, :])
+    analytic = np.sign(np.asarray(samples) - 0.5) / members - signs.sum(axis=1) / (members * (members - 1))
+    np.testing.assert_allclose(gradient, analytic, rtol=1e-6)
+
+
+def test_weighted_fair_crps_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    samples = jnp.asarray(rng.normal(size=(2, 1, 3, 4, 2)), jnp.float32)
+    truth = jnp.asarray(rng.normal(size=(1, 3, 4, 2)), jnp.float32)
+    valid, area, weights = jnp.ones(truth.shape, bool), latitude_cell_weights(np.array([-45.0, 0.0, 45.0])), \
+        np.array([1.0, 0.3])
+
+    def loss(x):
+        return jnp.sum(weighted_fair_crps(x, truth, valid, area, weights))
+
+    direction = jnp.asarray(rng.normal(size=samples.shape), jnp.float32)
+    step = 1e-3  # |x| is piecewise linear: central differences are exact unless a kink is crossed
+    numeric = (loss(samples + step * direction) - loss(samples - step * direction)) / (2 * step)
+    assert float(jnp.vdot(jax.grad(loss)(samples), direction)) == pytest.approx(float(numeric), rel=2e-3)
+
+
+def test_reward_units_scale_channels_to_climatological_std():
+    normalizer = _normalizer(4)
+    normalizer = Normalizer(**{**normalizer.__dict__, "target_scale": np.array([2.0, 3.0, 1.0, 5.0], np.float32),
+                               "input_std": np.array([4.0, 6.0, 1.0, 1.0], np.float32),
+                               "target_input_index": np.array([0, 1, 2, -1])})
+    np.testing.assert_allclose(reward_channel_scale(normalizer, "climatology"), [0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(reward_channel_scale(normalizer, "residual"), 1.0)
+
+
+# --------------------------------------------------------------------------- toy context
+
+LAT, LON = np.linspace(-78.75, 78.75, 8), np.arange(16) * 22.5
+LAYOUT = ChannelLayout(surface=("2m_temperature", "mean_sea_level_pressure"), atmospheric=("temperature",),
+                       target_only=(), static=("land_sea_mask",), levels=(500, 850), input_frames=2)
+
+
+@dataclass(frozen=True)
+class ToyNetwork:
+    """F(x; s, cond) = sin(w x + b cond) + 0.01 log s: each call with differentiated inputs adds one `cos`."""
+
+    def apply(self, params, x, sigma, conditioning):
+        toy = params["toy"]
+        return (jnp.sin(toy["w"] * x + toy["b"] * conditioning.inputs[..., :x.shape[-1]])
+                + 0.01 * jnp.log(sigma)[:, None, None, None])
+
+
+def _normalizer(channels: int) -> Normalizer:
+    zeros, ones = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    return Normalizer(input_mean=zeros, input_std=2 * ones, input_fill=zeros, target_center=zeros,
+                      target_scale=ones, target_fill=zeros, target_input_index=np.arange(channels),
+                      static_mean=np.zeros(1, np.float32), static_std=np.ones(1, np.float32),
+                      static_fill=np.zeros(1, np.float32), input_frames=2)
+
+
+def _toy(w: float, b: float = 0.1) -> dict:
+    return {"toy": {"w": np.full(4, w, np.float32), "b": np.full(4, b, np.float32)}}
+
+
+def toy_context(**distill) -> DistillContext:
+    config = DistillConfig(distill={"student": {"steps": 4}, **distill}, train={"steps": 2, "warmup_steps": 0})
+    anchors = Anchors(teacher=_toy(1.0), student=_toy(1.1), aux=_toy(0.9))
+    return DistillContext(config, ToyNetwork(), _normalizer(4), LAYOUT, LAT, LON, LossConfig(), anchors, {})
+
+
+def toy_batch(seed: int = 0, batch: int = 2) -> Batch:
+    rng = np.random.default_rng(seed)
+    grid = (len(LAT), len(LON))
+    targets = rng.normal(size=(batch, 1, *grid, 4)).astype(np.float32)
+    targets[0, 0, :3, :, 1] = np.nan
+    return Batch(inputs=rng.normal(size=(batch, *grid, 8)).astype(np.float32),
+                 forcings=rng.normal(size=(batch, 1, *grid, 4)).astype(np.float32), targets=targets,
+                 static=rng.normal(size=(*grid, 1)).astype(np.float32))
+
+
+def differentiated_calls(loss, params) -> int:
+    """`cos` equations in the jaxpr of grad(loss), sub-jaxprs (scan bodies) included: one per differentiated call."""
+    def count(jaxpr) -> int:
+        total = 0
+        for equation in jaxpr.eqns:
+            total += equation.primitive.name == "cos"
+            for value in equation.params.values():
+                for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                    inner = getattr(sub, "jaxpr", None)
+                    if inner is not None:
+                        total += count(inner if hasattr(inner, "eqns") else inner.jaxpr)
+        return total
+    return count(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params).jaxpr)
+
+
+@pytest.mark.parametrize("distill,expected", [
+    ({"method": "rmmd", "policy_noise": "grid"}, 1),
+    ({"method": "rmmd", "policy_noise": "continuous"}, 1),
+    ({"method": "rmmd", "offline": True}, 1),
+    ({"method": "crps_only"}, 1),
+    ({"method": "draft", "draft_steps": 2}, 2),
+    ({"method": "draft", "draft_steps": 3, "anchor_weight": 0.5}, 3),
+])
+def test_gradient_reaches_the_student_through_the_expected_steps(distill, expected):
+    """On-policy methods differentiate ONE student call (the K-step chain runs without gradient); DRaFT-K, K."""
+    context = toy_context(**distill)
+    task = DISTILLERS[distill["method"]](context)
+    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(3)
+    (rule,) = task.update_rules()
+    params = {"student": state.params["student"]}
+    assert differentiated_calls(lambda p: rule.loss(p, state.frozen, key, batch), params) == expected
+    loss, metrics = rule.loss(params, state.frozen, key, batch)
+    assert np.isfinite(float(loss)) and all(np.isfinite(float(value)) for value in metrics.values())
+    crps, _ = task.validation_loss(state.params, state.frozen, key, batch)   # K-step samples, M per condition
+    assert np.isfinite(float(crps)) and float(crps) > 0
+
+
+@pytest.mark.parametrize("policy_noise", ["grid", "continuous"])
+def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(policy_noise):
+    context = toy_context(method="rmmd", policy_noise=policy_noise, reward_weight=0.7)
+    task = DISTILLERS["rmmd"](context)
+    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(0)
+    full = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])(state.params)
+    prepared = prepare(batch, context.normalizer)
+    policy_key, objective_key = jax.random.split(key)
+    policy = policy_state(context, state.params["student"], policy_key, repeat_members(prepared, 2))
+    assert float(policy.state.level.min()) < context.levels[0], "some chain must have run (stop index > 0)"
+    fixed = jax.grad(lambda p: task.objective(p, state.frozen, objective_key, policy, prepared)[0])(state.params)
+    for got, want in zip(jax.tree.leaves(full), jax.tree.leaves(fixed)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(full["student"]["toy"]["w"]).max()) > 0
+
+
+def test_moment_matching_differentiates_one_call_per_rule_and_starts_at_its_fixed_point():
+    context = toy_context(method="mmd")
+    context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))
+    task = DISTILLERS["mmd"](context)
+    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(0)
+    aux_rule, student_rule = task.update_rules()
+    assert (aux_rule.groups, student_rule.groups) == (("aux",), ("student",))
+    for rule in (aux_rule, student_rule):
+        group = rule.groups[0]
+        loss = lambda p, rule=rule: rule.loss({**state.params, **p}, state.frozen, key, batch)  # noqa: E731
+        assert differentiated_calls(loss, {group: state.params[group]}) == 1
+    # aux = teacher: the moment gap, the student surrogate and its gradient vanish.
+    gradient, (loss, metrics) = jax.grad(lambda p: student_rule.loss({**state.params, **p}, state.frozen, key, batch),
+                                         has_aux=True)({"student": state.params["student"]}), \
+        student_rule.loss(state.params, state.frozen, key, batch)
+    assert float(loss) == 0.0 and float(metrics["moment_gap"]) == 0.0
+    assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(gradient))
+
+
+def test_distill_config_rejects_inconsistent_sections():
+    from gencast_rmmd.config import validate_config
+    from gencast_rmmd.errors import UserInputError
+    for raw, phrase in [({"distill": {"method": "mmd", "reward_weight": [0.1, 0.3]}}, "no reward weight to sweep"),
+                        ({"distill": {"method": "distil"}}, "unknown method"),
+                        ({"distill": {"reward_samples": 1}}, "reward_samples"),
+                        ({"distill": {"draft_steps": 5, "student": {"steps": 4}}}, "draft_steps")]:
+        with pytest.raises(UserInputError, match=phrase):
+            validate_config(raw, DistillConfig, "x.yaml")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, wb2_store):
+    """A tiny teacher (one transformer layer, for quick compiles) trained for 2 steps: plumbing needs no good one."""
+    from gencast_rmmd.cli import main
+    run = tmp_path_factory.mktemp("distill_teacher") / "teacher"
+    assert main(["train", "--config", str(TEACHER), "--data", str(wb2_store), "--set", LEVELS, "--set",
+                 "train.steps=2", "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=2",
+                 "--set", "model.processor.num_layers=1", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory, wb2_store, teacher_run):
+    """configs/distill/tiny.yaml (2 MMD steps in RUN/phase1, then RMMD) swept over lambda = 0.1 and 1."""
+    from gencast_rmmd.cli import main
+    run = tmp_path_factory.mktemp("distill") / "sweep"
+    assert main(["distill", "--config", str(TINY), "--teacher", str(teacher_run), "--data", str(wb2_store),
+                 "--set", "distill.reward_weight=[0.1,1.0]", "--out", str(run)]) == 0
+    return run
+
+
+def test_a_lambda_list_gives_one_run_per_value_and_a_pareto_table(sweep_run):
+    assert sorted(path.name for path in sweep_run.iterdir()) == [
+        "lambda_0.1", "lambda_1", "pareto.json", "pareto.md", "phase1"]
+    table = json.loads((sweep_run / "pareto.json").read_text())
+    assert [row["lambda"] for row in table["runs"]] == [0.1, 1.0]
+    assert table["teacher"]["nfe_per_step"] == 39 and table["teacher"]["student_nfe_per_step"] == 4
+    for row in table["runs"]:
+        assert row["step"] == 2 and np.isfinite(row["crps"]) and row["spectral_distance"] >= 0
+    assert any(row["pareto_optimal"] for row in table["runs"])
+    assert "| 0.1 | lambda_0.1 |" in (sweep_run / "pareto.md").read_text()
+
+
+def test_student_and_aux_start_from_the_teacher_and_anchors_stay_frozen(sweep_run, teacher_run):
+    from gencast_rmmd.distill.run import load_source
+    from gencast_rmmd.training import load_checkpoint
+    teacher = load_checkpoint(teacher_run).ema_params["denoiser"]
+    source = load_source(teacher_run)
+    phase1_task = DISTILLERS["mmd"](DistillContext(
+        DistillConfig(), None, None, None, LAT, LON, LossConfig(), source.anchors, {}))
+    started = phase1_task.init(None, None)
+    for group in ("student", "aux"):
+        assert jax.tree.all(jax.tree.map(np.array_equal, started.params[group], teacher))
+    phase1 = load_checkpoint(sweep_run / "phase1")
+    final = load_checkpoint(sweep_run / "lambda_0.1")
+    assert phase1.meta["task"]["method"] == "mmd" and final.meta["task"]["method"] == "rmmd"
+    assert sorted(final.frozen) == ["aux_phase1", "student_phase1", "teacher"] and sorted(final.params) == ["student"]
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
+    assert same(phase1.frozen["teacher"], teacher) and same(final.frozen["teacher"], teacher)
+    assert same(final.frozen["student_phase1"], phase1.params["student"])
+    assert same(final.frozen["aux_phase1"], phase1.params["aux"])
+    assert not same(final.params["student"], phase1.params["student"]), "the student must have trained"
+    assert final.meta["task"]["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
+
+
+def test_a_phase1_run_can_be_given_as_the_teacher(sweep_run, teacher_run):
+    from gencast_rmmd.distill.run import load_source
+    from gencast_rmmd.training import load_checkpoint
+    source, phase1 = load_source(sweep_run / "phase1"), load_checkpoint(sweep_run / "phase1")
+    assert source.phase1_checkpoint["params_sha256"] == phase1.meta["params_sha256"]
+    assert source.teacher_checkpoint["params_sha256"] == load_checkpoint(teacher_run).meta["params_sha256"]
+    assert jax.tree.all(jax.tree.map(np.array_equal, source.anchors.aux, phase1.params["aux"]))
+
+
+def test_student_checkpoint_forecasts_and_inspects_with_k_nfe(run_cli, sweep_run, wb2_store, tmp_path):
+    summary = json.loads(run_cli("inspect", sweep_run / "lambda_1", "--json").out)
+    assert summary["kind"] == "student" and summary["nfe_per_step"] == 4 and summary["sampler"] == "student_kstep"
+    assert summary["config"]["distill"]["reward_weight"] == 1.0 and summary["step"] == 2
+    out = tmp_path / "student.nc"
+    result = run_cli("forecast", "--checkpoint", sweep_run / "lambda_1", "--data", wb2_store, "--init",
+                     "2001-01-08T00", "--steps", "2", "--members", "2", "--out", out)
+    assert result.code == 0, result.err
+    forecast = xr.open_dataset(out)
+    assert forecast.attrs["nfe_per_step"] == 4 and forecast.attrs["model_kind"] == "student"
+    assert forecast.attrs["sampler"] == "student_kstep" and np.all(np.isfinite(forecast["temperature"].values))
+    assert float(forecast["temperature"].std("number").mean()) > 0.0, "members must differ"
+
+
+def test_resuming_a_finished_sweep_changes_and_recomputes_nothing(run_cli, sweep_run, teacher_run, wb2_store,
+                                                                  tmp_path):
+    """Each phase resumes exactly through the generic loop (tests/test_training.py); here: the handoff re-reads
+    the same phase-1 bytes, finished runs are not retrained and the Pareto table of the same params is kept."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_run, copy)
+    result = run_cli("distill", "--config", TINY, "--teacher", teacher_run, "--data", wb2_store, "--set",
+                     "distill.reward_weight=[0.1,1.0]", "--out", copy, "--resume")
+    assert result.code == 0, result.err
+    assert "already scores these runs" in result.err
+    for run in ("phase1", "lambda_0.1", "lambda_1"):
+        assert sorted(path.name for path in (copy / run / "checkpoints").iterdir()) == ["step_00000001",
+                                                                                        "step_00000002"]
+        hashes = [json.loads(run_cli("inspect", root / run, "--json").out)["params_sha256"]
+                  for root in (copy, sweep_run)]
+        assert hashes[0] == hashes[1]
+    assert (copy / "pareto.json").read_text() == (sweep_run / "pareto.json").read_text()
+
+
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "a_config_file", "an_rmmd_student", "typo_set", "typo_file",
+                                  "existing_out"])
+def test_bad_input_exits_2_with_one_line(run_cli, sweep_run, teacher_run, wb2_store, tmp_path, case):
+    teacher, config, extra, out = teacher_run, TINY, [], tmp_path / "out"
+    phrase = {"not_a_checkpoint": "neither a checkpoint", "a_config_file": "neither a checkpoint",
+              "an_rmmd_student": "phase-1", "typo_set": "distill.reward_weigth: unknown key",
+              "typo_file": "distil: unknown key", "existing_out": "--resume"}[case]
+    if case == "not_a_checkpoint":
+        teacher = tmp_path / "empty"
+        teacher.mkdir()
+    elif case == "a_config_file":
+        teacher = TINY
+    elif case == "an_rmmd_student":
+        teacher = sweep_run / "lambda_1"
+    elif case == "typo_set":
+        extra = ["--set", "distill.reward_weigth=0.3"]
+    elif case == "typo_file":
+        config = tmp_path / "typo.yaml"
+        config.write_text("distil:\n  method: mmd\n")
+    else:
+        out = sweep_run
+    result = run_cli("distill", "--config", config, "--teacher", teacher, "--data", wb2_store, "--out", out, *extra)
+    assert result.code == 2 and phrase in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
