@@ -1,0 +1,154 @@
+"""Reproduce the RMMD paper's table on the embedded demo data.
+
+Usage:
+    python benchmarks/rmmd_demo.py --teacher runs/quality_gate/teacher [--store data/demo.zarr]
+        [--workdir runs/rmmd_demo] [--inits 20] [--members 8] [--steps 10]
+        [--phase1-steps 600] [--phase2-steps 300] [--set k=v ...]
+
+Methods (each a `gencast-rmmd distill` run from the same teacher):
+- mmd               plain moment matching, eta = 1, rho = 7       (configs/distill/mmd.yaml)
+- mmd_tuned         moment matching, eta = 0.5, rho = 100         (configs/distill/mmd_tuned.yaml)
+- rmmd_offline      + CRPS reward on forward-diffused data states (phase 1 = mmd_tuned)
+- rmmd_on_policy    + CRPS reward on the student's own states     (phase 1 = mmd_tuned)
+- rmmd_on_policy_4step  the same with a 4-step student (its own 4-step phase 1)
+- draft             DRaFT-K: reward through the last K student steps (phase 1 = mmd_tuned)
+- crps_only         the reward alone, no distillation terms      (phase 1 = mmd_tuned)
+Every model forecasts the same held-out inits; scores are fair CRPS from
+`gencast-rmmd evaluate`. Per method: CRPS % change vs the teacher (mean over
+(variable, level, lead) targets), win rate over those targets, mean
+spread/skill, measured speedup (benchmarks/bench_speedup.py) and NFE per step.
+Writes results/rmmd_demo.{json,md} and a scorecard of on-policy RMMD against
+the teacher (results/rmmd_scorecard.{md,png}). Finished runs and files are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from teacher_quality_gate import cli, held_out_inits, target_table  # noqa: E402
+
+from gencast_rmmd.config import load_config  # noqa: E402
+from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
+
+DISTILL = REPO / "configs" / "distill"
+# name -> (config, phase-1 source: None = teacher, or the method whose run is the phase-1 student, extra sets)
+METHODS: dict[str, tuple[str, str | None, list[str]]] = {
+    "mmd": ("mmd.yaml", None, []),
+    "mmd_tuned": ("mmd_tuned.yaml", None, []),
+    "mmd_tuned_4step": ("mmd_tuned.yaml", None, ["distill.student.steps=4"]),
+    "rmmd_offline": ("rmmd_offline.yaml", "mmd_tuned", []),
+    "rmmd_on_policy": ("rmmd.yaml", "mmd_tuned", []),
+    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4"]),
+    "draft": ("draft.yaml", "mmd_tuned", []),
+    "crps_only": ("crps_only.yaml", "mmd_tuned", []),
+}
+REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rmmd_on_policy_4step", "draft",
+            "crps_only"]
+
+
+def speed(teacher: Path, student: Path, store: str, members: int) -> dict:
+    """bench_speedup.py's JSON for a teacher/student pair."""
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_speedup.py"), "--teacher", str(teacher),
+               "--student", str(student), "--data", store, "--members", str(members), "--json"]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def compare(scores: xr.Dataset, teacher: xr.Dataset) -> dict:
+    """CRPS % change vs the teacher (mean over targets), win rate, mean SSR."""
+    mine, theirs = target_table(scores, "crps"), target_table(teacher, "crps")
+    changes = np.concatenate([100.0 * (mine[k] - theirs[k]) / theirs[k] for k in theirs])
+    wins = np.concatenate([mine[k] < theirs[k] for k in theirs])
+    ssr = np.concatenate(list(target_table(scores, "spread_skill_ratio").values()))
+    return {"crps_change_pct": float(np.mean(changes)), "win_rate": float(np.mean(wins)),
+            "ssr": float(np.nanmean(ssr)), "targets": int(wins.size)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--store", default=str(REPO / "data" / "demo.zarr"))
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "rmmd_demo"))
+    parser.add_argument("--inits", type=int, default=20)
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--phase1-steps", type=int, default=600)
+    parser.add_argument("--phase2-steps", type=int, default=300)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--results", default=str(REPO / "results"))
+    args = parser.parse_args()
+    work, results = Path(args.workdir), Path(args.results)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "rmmd_demo.log"
+    teacher_run = Path(args.teacher)
+    teacher_config = load_config(REPO / "configs" / "teacher" / "demo.yaml", TeacherConfig, [], args.store)
+    inits = held_out_inits(teacher_config, args.store, args.inits, args.steps)
+    init_args = [item for init in inits for item in ("--init", init)]
+    sets = [item for override in args.overrides for item in ("--set", override)]
+
+    runs = {"teacher": teacher_run}
+    for name in args.methods.split(","):
+        config, phase1, extra = METHODS[name]
+        source = runs[phase1] if phase1 else teacher_run
+        steps = args.phase2_steps if phase1 else args.phase1_steps
+        run = work / name
+        extra_sets = [item for override in [f"train.steps={steps}", *extra] for item in ("--set", override)]
+        cli("distill", "--config", DISTILL / config, "--teacher", source, "--data", args.store, "--out", run,
+            *extra_sets, *sets, *(["--resume"] if run.exists() else []), log=log)
+        runs[name] = run
+
+    table = {}
+    scores = {}
+    for name, run in runs.items():
+        forecast, score = work / f"{name}.nc", work / f"scores_{name}.nc"
+        if not forecast.exists():
+            cli("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
+                "--members", args.members, "--out", forecast, log=log)
+        if not score.exists():
+            cli("evaluate", "--forecast", forecast, "--truth", args.store, "--out", score, "--label", name,
+                "--no-progress", log=log)
+        scores[name] = xr.open_dataset(score).load()
+    for name in runs:
+        entry = compare(scores[name], scores["teacher"])
+        nfe = int(xr.open_dataset(work / f"{name}.nc").attrs["nfe_per_step"])
+        entry["nfe_per_step"] = nfe
+        entry["speedup"] = 1.0 if name == "teacher" else speed(teacher_run, runs[name], args.store, 4)["speedup"]
+        table[name] = entry
+    reported = {name: table[name] for name in REPORTED if name in table}
+    summary = {"methods": reported, "inits": inits, "members": args.members, "leads_hours": 12 * args.steps,
+               "phase1_steps": args.phase1_steps, "phase2_steps": args.phase2_steps, "overrides": args.overrides}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "rmmd_demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["# RMMD on the embedded demo data", "",
+             f"{len(inits)} held-out inits, {args.members} members, leads 12 h to {12 * args.steps} h; "
+             f"phase 1 {args.phase1_steps} steps, phase 2 {args.phase2_steps} steps.", "",
+             "| method | CRPS change vs teacher (%) | win rate | SSR | speedup | NFE per step |",
+             "|---|---|---|---|---|---|"]
+    for name, entry in reported.items():
+        lines.append(f"| {name} | {entry['crps_change_pct']:+.2f} | {entry['win_rate']:.1%} | {entry['ssr']:.3f} | "
+                     f"{entry['speedup']:.2f}x | {entry['nfe_per_step']} |")
+    (results / "rmmd_demo.md").write_text("\n".join(lines) + "\n")
+    if "rmmd_on_policy" in runs:
+        cli("scorecard", "--scores", work / "scores_rmmd_on_policy.nc", "--baseline", work / "scores_teacher.nc",
+            "--out", work / "scorecard_rmmd", log=log)
+        shutil.copy(work / "scorecard_rmmd" / "summary.md", results / "rmmd_scorecard.md")
+        shutil.copy(work / "scorecard_rmmd" / "scorecard.png", results / "rmmd_scorecard.png")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
