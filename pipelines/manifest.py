@@ -1,0 +1,116 @@
+"""`DIR/manifest.json`: what each stage ran with, what it made, when, and on what software.
+
+    {"pipeline": {name, config_file, config_sha256},
+     "environment": {python, platform, host, packages: {name: version}, git_commit},
+     "stages": {NAME: {state, order, group, description, config_sha256, inputs: {stage.output: digest},
+                       identity, outputs: {key: {path, kind, digest, ...}}, commands, log,
+                       started, ended, seconds, attempts, action, error, pid}},
+     "runs": [{started, ended, command, result, actions: {NAME: ran|resumed|skipped|not applicable}}]}
+
+`state` is pending, running, done, failed or not_applicable. A stage's
+`identity` hashes its config and its inputs' digests; a stage is skipped when
+its recorded identity matches and its outputs exist. Written atomically after
+every change, so a kill leaves the last consistent state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import socket
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from gencast_rmmd.config import REPO_ROOT
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.io_utils import write_json_atomic
+
+MANIFEST_FILE = "manifest.json"
+PACKAGES = ("gencast-rmmd", "jax", "jaxlib", "dm-haiku", "optax", "numpy", "xarray", "zarr", "dask",
+            "distributed", "pydantic", "dinosaur", "netCDF4")
+STATES = ("pending", "running", "done", "failed", "not_applicable")
+
+
+def now() -> str:
+    """UTC time as ISO text (seconds)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit(repo: Path = REPO_ROOT) -> str | None:
+    """HEAD's commit of the source checkout, read from `.git` without running git (None outside a checkout)."""
+    git = repo / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def environment() -> dict:
+    """Python, platform, host, versions of the packages that decide results, and the git commit."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
+            "packages": versions, "git_commit": git_commit()}
+
+
+class Manifest:
+    """The manifest of one work directory, saved after every change."""
+
+    def __init__(self, path: Path, content: dict):
+        self.path = path
+        self.content = content
+
+    @classmethod
+    def load(cls, workdir: Path) -> "Manifest":
+        """Read `workdir/manifest.json` (an empty manifest when there is none)."""
+        path = Path(workdir) / MANIFEST_FILE
+        if not path.exists():
+            return cls(path, {"stages": {}, "runs": []})
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise UserInputError(f"{path} is not a readable manifest ({error}); move it away to start over") from None
+        content.setdefault("stages", {})
+        content.setdefault("runs", [])
+        return cls(path, content)
+
+    @property
+    def stages(self) -> dict[str, dict]:
+        return self.content["stages"]
+
+    def ordered_stages(self) -> list[tuple[str, dict]]:
+        """Stage records in execution order (the file keeps them sorted by name)."""
+        return sorted(self.stages.items(), key=lambda item: item[1].get("order", len(self.stages)))
+
+    @property
+    def current_run(self) -> dict:
+        return self.content["runs"][-1]
+
+    def stage(self, name: str) -> dict:
+        return self.stages.setdefault(name, {"state": "pending"})
+
+    def update_stage(self, name: str, **fields: Any) -> dict:
+        record = self.stage(name)
+        record.update(fields)
+        self.save()
+        return record
+
+    def save(self) -> None:
+        self.content["updated"] = now()
+        write_json_atomic(self.path, self.content)

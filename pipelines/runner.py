@@ -1,0 +1,270 @@
+"""Run a pipeline's stages in a work directory: skip what is unchanged, resume what was cut short.
+
+For every stage, in order:
+- its identity is the hash of its settings and of its inputs' output digests;
+- it is skipped when the manifest records it done with that identity and its
+  outputs exist (a rerun with nothing changed skips every stage);
+- otherwise its commands run as subprocesses inside the work directory, output
+  appended to `logs/STAGE.log`; a training stage whose run was interrupted
+  with the same identity continues from its last checkpoint (`--resume`),
+  one whose identity changed starts again from an empty run directory;
+- its outputs are digested and recorded; the manifest is saved after every change.
+
+A failing command stops the pipeline with an error naming the stage and its
+log. Stage processes die with the runner (Linux: PR_SET_PDEATHSIG), so a
+`kill -9` of the runner leaves no orphan writing into the work directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from gencast_rmmd.config import config_to_dict
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.io_utils import atomic_path
+from pipelines.config import PipelineConfig, ResolvedConfigs, resolve
+from pipelines.digests import output_record, sha256_json
+from pipelines.lock import WorkdirLock
+from pipelines.manifest import Manifest, environment, now
+from pipelines.stages import SCORECARD_HTML, Stage, StageContext, build_stages
+
+NOT_APPLICABLE = "not applicable"
+Log = Callable[[str], None]
+
+
+class StageFailed(Exception):
+    """A stage's command exited non-zero; the message names the stage and its log."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    workdir: Path
+    actions: dict[str, str]        # stage -> ran | resumed | skipped | not applicable
+    scorecard: Path
+
+
+def default_workdir(config_file: str | Path, config: PipelineConfig) -> Path:
+    """`runs/pipelines/NAME` under the current directory (NAME: the config's name or file stem)."""
+    return Path("runs") / "pipelines" / (config.name or Path(config_file).stem)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_configs(workdir: Path, config: PipelineConfig, resolved: ResolvedConfigs) -> None:
+    files = {"pipeline.yaml": config_to_dict(config), **resolved.files()}
+    for name, content in files.items():
+        with atomic_path(workdir / "configs" / name) as temporary:
+            temporary.write_text(yaml.safe_dump(content, sort_keys=False))
+
+
+class PipelineRunner:
+    """Runs the stages of one pipeline in one work directory (the caller holds the lock)."""
+
+    def __init__(self, workdir: Path, stages: list[Stage], manifest: Manifest, config: PipelineConfig,
+                 resume: bool, force: tuple[str, ...], log: Log):
+        self.workdir, self.stages, self.manifest = workdir, stages, manifest
+        self.config, self.resume, self.force, self.log = config, resume, force, log
+        self.width = max(len(stage.name) for stage in stages)
+
+    # ----------------------------------------------------------------- identity
+
+    def _input_digest(self, reference: str) -> str:
+        stage, output = reference.rsplit(".", 1)
+        record = self.manifest.stages.get(stage, {})
+        if record.get("state") == "not_applicable":
+            return NOT_APPLICABLE
+        return record["outputs"][output]["digest"]
+
+    def _outputs_exist(self, stage: Stage) -> bool:
+        return all((self.workdir / output.path).exists() for output in stage.outputs.values())
+
+    def _forced(self, stage: Stage) -> bool:
+        return any(fnmatch.fnmatchcase(stage.name, pattern) for pattern in self.force)
+
+    # ----------------------------------------------------------------- running
+
+    def _context(self, resume_run: bool) -> StageContext:
+        return StageContext(self.workdir, resume_run,
+                            {name: record.get("state", "pending") for name, record in self.manifest.stages.items()})
+
+    def _say(self, stage: Stage, message: str) -> None:
+        self.log(f"[{stage.group}/7] {stage.name:<{self.width}}  {message}")
+
+    def run_stage(self, stage: Stage, order: int) -> str:
+        """Run, resume or skip one stage (the `order`-th); return the action taken."""
+        record = self.manifest.stage(stage.name)
+        record.update(order=order, group=stage.group, description=stage.description, log=f"logs/{stage.name}.log")
+        if stage.applies is not None and not stage.applies(self._context(False)):
+            self.manifest.update_stage(stage.name, state="not_applicable", outputs={}, action=NOT_APPLICABLE)
+            self._say(stage, NOT_APPLICABLE)
+            return NOT_APPLICABLE
+        inputs = {reference: self._input_digest(reference) for reference in stage.inputs}
+        config_sha256 = sha256_json(stage.settings)
+        identity = sha256_json({"config": config_sha256, "inputs": inputs})
+        if (record.get("state") == "done" and record.get("identity") == identity and self._outputs_exist(stage)
+                and not self._forced(stage)):
+            self.manifest.update_stage(stage.name, action="skipped")
+            self._say(stage, "unchanged, skipped")
+            return "skipped"
+        resume_run = self._prepare_run_directory(stage, record, identity)
+        action = "resumed" if resume_run else "ran"
+        commands = stage.commands(self._context(resume_run))
+        self.manifest.update_stage(
+            stage.name, state="running", action=action, identity=identity, config_sha256=config_sha256,
+            inputs=inputs, outputs={}, commands=[command.display() for command in commands], started=now(),
+            ended=None, seconds=None, error=None, attempts=record.get("attempts", 0) + 1)
+        began = time.monotonic()
+        self._say(stage, f"{'resuming' if resume_run else 'running'} (log: {self.workdir / record['log']})")
+        for command in commands:
+            self._run_command(stage, command)
+        outputs = {key: {"path": output.path, "kind": output.kind, **output_record(output.kind, self.workdir / output.path)}
+                   for key, output in stage.outputs.items()}
+        seconds = round(time.monotonic() - began, 2)
+        self.manifest.update_stage(stage.name, state="done", outputs=outputs, ended=now(), seconds=seconds, pid=None)
+        self._say(stage, f"done in {seconds:.1f} s")
+        return action
+
+    def _prepare_run_directory(self, stage: Stage, record: dict, identity: str) -> bool:
+        """For a training stage: True to continue its run; False after clearing a run made with other inputs."""
+        if not stage.training:
+            return False
+        run_dir = self.workdir / stage.outputs["run"].path
+        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+            return False
+        forced, same = self._forced(stage), record.get("identity") == identity
+        if same and not forced and self.resume and record.get("state") in ("running", "failed"):
+            return True
+        reason = ("--force" if forced else "its config or inputs changed" if not same
+                  else "without --resume a failed stage starts again")
+        self._say(stage, f"removing the previous run in {run_dir} ({reason})")
+        shutil.rmtree(run_dir)
+        return False
+
+    def _run_command(self, stage: Stage, command) -> None:
+        log_path = self.workdir / "logs" / f"{stage.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            process = start_command(command, stage, self.config, self.workdir, log)
+            self.manifest.update_stage(stage.name, pid=process.pid)
+            try:
+                code = process.wait()
+            except BaseException:
+                _stop(process)
+                self.manifest.update_stage(stage.name, state="failed", ended=now(), error="interrupted", pid=None)
+                log.write(f"== {now()} interrupted\n")
+                raise
+            log.write(f"== {now()} exit code {code}\n")
+        if code != 0:
+            last = _last_line(log_path)
+            message = (f"stage {stage.name} failed (exit code {code}): {last}; "
+                       f"full log: {log_path}")
+            self.manifest.update_stage(stage.name, state="failed", ended=now(), error=last, pid=None)
+            raise StageFailed(message, 2 if code == 2 else 1)
+
+
+
+def stage_environment(config: PipelineConfig, stage: Stage) -> dict[str, str]:
+    """The environment of a stage's processes: ours, the compilation cache, the stage's own variables."""
+    cache = config.runtime.compilation_cache
+    cached = ({"JAX_COMPILATION_CACHE_DIR": str(Path(cache).expanduser()),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+              if cache else {})
+    return {**os.environ, **cached, **stage.environment, "PYTHONUNBUFFERED": "1"}
+
+
+def start_command(command, stage: Stage, config: PipelineConfig, workdir: Path, log) -> subprocess.Popen:
+    """Start one command of `stage` in `workdir`, appending its output to the open `log`; it dies with us."""
+    log.write(f"\n== {now()} stage {stage.name}\n$ {command.display()}\n")
+    log.flush()
+    return subprocess.Popen(command.argv(), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=stage_environment(config, stage),
+                            preexec_fn=_die_with_parent)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _last_line(log_path: Path) -> str:
+    """The last meaningful line a failing command wrote (its one-line error), for the failure message."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()
+             if line.strip() and not line.startswith("== ")]
+    return lines[-1] if lines else "(no output)"
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str | Path | None = None,
+                 resume: bool = False, force: tuple[str, ...] = (), log: Log = print) -> RunSummary:
+    """Run the pipeline of `config` (loaded from `config_file`) in `workdir`; return what each stage did."""
+    workdir = Path(workdir or default_workdir(config_file, config)).resolve()
+    resolved = resolve(config, config_file)
+    stages = build_stages(config, resolved)
+    unknown = [pattern for pattern in force if not any(fnmatch.fnmatchcase(s.name, pattern) for s in stages)]
+    if unknown:
+        raise UserInputError(f"--force {unknown[0]!r} matches no stage; stages: {', '.join(s.name for s in stages)}")
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with WorkdirLock(workdir, log=log):
+            manifest = Manifest.load(workdir)
+            interrupted = [name for name, record in manifest.stages.items() if record.get("state") == "running"]
+            if interrupted and not resume:
+                raise UserInputError(
+                    f"stage {interrupted[0]} in {workdir} was interrupted (started {manifest.stages[interrupted[0]].get('started')}); "
+                    "pass --resume to continue from it (training stages from their last checkpoint)")
+            for run in manifest.content["runs"]:
+                if run.get("result") == "running":          # its process is gone: we hold the lock
+                    run["result"] = "killed"
+            _write_configs(workdir, config, resolved)
+            for name in [name for name in manifest.stages if name not in {stage.name for stage in stages}]:
+                log(f"stage {name} is no longer in the pipeline; its record is dropped (outputs are kept)")
+                del manifest.stages[name]
+            manifest.content.update(
+                pipeline={"name": config.name or Path(config_file).stem, "config_file": str(Path(config_file).resolve()),
+                          "config_sha256": sha256_json(config_to_dict(config))},
+                environment=environment())
+            manifest.content["runs"].append({"started": now(), "resume": resume, "force": list(force),
+                                             "result": "running", "actions": {}})
+            manifest.save()
+            runner = PipelineRunner(workdir, stages, manifest, config, resume, force, log)
+            log(f"pipeline {manifest.content['pipeline']['name']} in {workdir}: {len(stages)} stages")
+            try:
+                for order, stage in enumerate(stages):
+                    manifest.current_run["actions"][stage.name] = runner.run_stage(stage, order)
+            except BaseException as error:
+                manifest.current_run.update(ended=now(), result="failed" if isinstance(error, StageFailed)
+                                            else "interrupted")
+                manifest.save()
+                raise
+            manifest.current_run.update(ended=now(), result="ok")
+            manifest.save()
+            return RunSummary(workdir, dict(manifest.current_run["actions"]), workdir / SCORECARD_HTML)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

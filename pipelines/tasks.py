@@ -1,0 +1,257 @@
+"""Pipeline stage steps that are not product commands: `python -m pipelines.tasks data|inits|devices|speed|scorecards`.
+
+- `data`: simulate the embedded store (or check the given one) with the
+  product's `data simulate` / `data check`, then write `summary.json`: the
+  store, whether it was simulated, each split's range and fingerprint (store
+  attributes, variables, levels and the split's model times: cheap, and the
+  same for the same data wherever the work directory lies);
+- `inits`: choose forecast initialisation times in the test split;
+- `devices`: print the devices a training stage sees (with `distributed.cpu_devices`);
+- `speed`: time a 12 h step of the teacher and every student
+  (`gencast_rmmd.forecast.speed`), writing details and the scorecard's `timing.json`;
+- `scorecards`: the product's `scorecard` command twice (students against the
+  teacher with the speed table; every forecast against persistence), then the
+  landing page `scorecard/index.html` (`pipelines.report`).
+
+Exit codes as the product's: 0 ok, 2 bad input (one line), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gencast_rmmd.errors import UserInputError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Pipeline stage steps that are not product commands.")
+
+
+class ProductCommandFailed(Exception):
+    """A product command run by a task exited non-zero (it has already printed its error)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"exit code {exit_code}")
+        self.exit_code = exit_code
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_product_command(args: list[str]) -> None:
+    """Run `gencast-rmmd ARGS` in this process, echoing it like a shell would; stop with its exit code if it fails."""
+    import shlex
+
+    from gencast_rmmd.cli import main
+
+    _say(f"$ gencast-rmmd {shlex.join(args)}")
+    code = main(args)
+    if code:
+        raise ProductCommandFailed(code)
+
+
+def _may_simulate(path: str) -> bool:
+    """A local store that is missing or was written by the simulator (anything else is opened as it is)."""
+    if "://" in path:
+        return False
+    from gencast_rmmd.data.simulator.store import existing_store_hash
+
+    return not Path(path).exists() or existing_store_hash(Path(path)) is not None
+
+
+def split_fingerprints(source, store_attrs: dict) -> dict:
+    """Per split: its time range, model-time count and a fingerprint of what the store holds for it."""
+    from pipelines.digests import sha256_json
+
+    dataset = source.dataset
+    layout = {name: [list(map(str, dataset[name].dims)), [size for dim, size in dataset[name].sizes.items()
+                                                          if dim != "time"], str(dataset[name].dtype)]
+              for name in sorted(map(str, dataset.data_vars))}
+    common = {"location": source.report.location, "variables": layout, "levels": list(source.config.levels),
+              "static": sorted(source.config.variables.static), "store_attrs": {k: str(v) for k, v in store_attrs.items()}}
+    splits = {}
+    for split in ("train", "validation", "test"):
+        start, end = source.time_range(split)
+        times = source.times[(source.times >= start) & (source.times <= end)]
+        splits[split] = {"start": start.isoformat(), "end": end.isoformat(), "count": len(times),
+                         "fingerprint": sha256_json({**common, "times": [t.isoformat() for t in times]})}
+    return splits
+
+
+@app.command("data")
+def data(config: Annotated[Path, typer.Option("--config", help="Resolved data config (DIR/configs/data.yaml).")],
+         out: Annotated[Path, typer.Option("--out", help="summary.json to write.")],
+         simulate: Annotated[bool, typer.Option("--simulate", help="Simulate the store when missing.")] = False) -> None:
+    """Open (or simulate) the store, check it against the data config and write its summary."""
+    from gencast_rmmd.config import DataFileConfig, load_config
+    from gencast_rmmd.data.source import DataSource
+    from gencast_rmmd.data.stores import open_dataset
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    data_config = load_config(config, DataFileConfig).data
+    simulated = simulate and _may_simulate(data_config.path)
+    if simulate and not simulated:
+        _say(f"{data_config.path} is not a store written by the simulator: opening it as it is "
+             "(no perfect-model reference)")
+    if simulated:
+        _run_product_command(["data", "simulate", "--out", data_config.path, "--config", str(config)])
+    _run_product_command(["data", "check", "--data", data_config.path, "--config", str(config)])
+    source = DataSource.open(data_config)
+    summary = {"location": source.report.location, "path": data_config.path, "simulated": simulated,
+               "step_hours": data_config.step_hours, "first_time": source.times[0].isoformat(),
+               "last_time": source.times[-1].isoformat(),
+               "splits": split_fingerprints(source, dict(open_dataset(data_config.path).attrs))}
+    write_json_atomic(out, summary)
+    for split, entry in summary["splits"].items():
+        _say(f"{split:<10} {entry['start']} .. {entry['end']}: {entry['count']} model times, "
+             f"fingerprint {entry['fingerprint'][:12]}")
+
+
+def choose_inits(times, test_range, step, input_frames: int, steps: int, every_hours: int,
+                 count: int | None, explicit: list[str]) -> list:
+    """Init times whose input frames and leads are all in `times` and whose last lead is in the test split.
+
+    Explicit times must all qualify (UserInputError naming the first that does
+    not); otherwise the first qualifying time of the split and then one at
+    least `every_hours` after the previous, at most `count` of them.
+    """
+    import pandas as pd
+
+    available = set(pd.DatetimeIndex(times))
+    start, end = test_range
+
+    def qualifies(init) -> bool:
+        frames = [init + offset * step for offset in range(-(input_frames - 1), steps + 1)]
+        return start <= init and init + steps * step <= end and all(frame in available for frame in frames)
+
+    if explicit:
+        chosen = []
+        for text in explicit:
+            try:
+                init = pd.Timestamp(text)
+            except (ValueError, TypeError):
+                raise UserInputError(f"forecast.inits.times: {text!r} is not an ISO time") from None
+            if not qualifies(init):
+                raise UserInputError(f"forecast.inits.times: {text} is not a usable init: it needs "
+                                     f"{input_frames} input frames and {steps} leads in the store, the last "
+                                     f"lead inside the test split {start} .. {end}")
+            chosen.append(init)
+        return sorted(set(chosen))
+    chosen = []
+    for init in sorted(t for t in available if start <= t <= end):
+        if qualifies(init) and (not chosen or init - chosen[-1] >= pd.Timedelta(hours=every_hours)):
+            chosen.append(init)
+        if count is not None and len(chosen) == count:
+            break
+    if not chosen:
+        raise UserInputError(f"the test split {start} .. {end} holds no init with {input_frames} input frames "
+                             f"and {steps} leads of {step}; reduce forecast.steps or widen the test split")
+    return chosen
+
+
+@app.command("inits")
+def inits(config: Annotated[Path, typer.Option("--config", help="Resolved data config.")],
+          steps: Annotated[int, typer.Option("--steps", help="Lead steps.")],
+          out: Annotated[Path, typer.Option("--out", help="inits.json to write.")],
+          every_hours: Annotated[int, typer.Option("--every-hours")] = 24,
+          count: Annotated[Optional[int], typer.Option("--count")] = None,
+          time: Annotated[Optional[list[str]], typer.Option("--time", help="Explicit init (repeatable).")] = None,
+          ) -> None:
+    """Choose the forecast initialisation times (see `choose_inits`) and write them as JSON."""
+    from gencast_rmmd.config import DataFileConfig, load_config
+    from gencast_rmmd.data.source import DataSource
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    source = DataSource.open(load_config(config, DataFileConfig).data)
+    test_range = source.time_range("test")
+    chosen = choose_inits(source.times, test_range, source.step, source.config.input_frames, steps, every_hours,
+                          count, list(time or []))
+    texts = [init.isoformat() for init in chosen]
+    write_json_atomic(out, {"inits": texts, "steps": steps, "step_hours": source.config.step_hours,
+                            "test_split": [test_range[0].isoformat(), test_range[1].isoformat()]})
+    _say(f"{len(texts)} init(s): {', '.join(texts)}")
+
+
+@app.command("speed")
+def speed(model: Annotated[list[str], typer.Option("--model", help="LABEL=CHECKPOINT_OR_RUN (repeatable).")],
+          out: Annotated[Path, typer.Option("--out", help="speed.json (details) to write.")],
+          timing_out: Annotated[Path, typer.Option("--timing-out", help="timing.json for the scorecard.")],
+          data: Annotated[Optional[str], typer.Option("--data")] = None,
+          members: Annotated[int, typer.Option("--members")] = 2,
+          inits: Annotated[int, typer.Option("--inits")] = 1,
+          repeats: Annotated[int, typer.Option("--repeats")] = 3) -> None:
+    """Median wall time of one 12 h step per model, models interleaved."""
+    import jax
+
+    from gencast_rmmd.forecast.speed import measure_step_times, scorecard_timing
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    checkpoints = dict(entry.split("=", 1) for entry in model)
+    timings = measure_step_times(checkpoints, data, members, inits, repeats)
+    details = {"device": jax.devices()[0].platform, "device_count": jax.device_count(), "members": members,
+               "inits": inits, "repeats": repeats,
+               "models": {label: {"seconds_per_step": t.seconds_per_step, "nfe_per_step": t.nfe_per_step,
+                                  "compile_seconds": t.compile_seconds, "samples": list(t.samples)}
+                          for label, t in timings.items()}}
+    write_json_atomic(out, details)
+    write_json_atomic(timing_out, scorecard_timing(timings))
+    for label, timing in timings.items():
+        _say(f"{label}: {timing.seconds_per_step * 1000:.1f} ms per 12 h step, {timing.nfe_per_step} denoiser calls")
+
+
+@app.command("devices")
+def devices() -> None:
+    """Print the JAX devices this process sees (training stages use all of them)."""
+    import jax
+
+    _say(f"{jax.device_count()} {jax.devices()[0].platform} device(s): {', '.join(map(str, jax.devices()))}")
+
+
+@app.command("scorecards")
+def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard directory (scorecard/).")],
+               forecast: Annotated[list[str], typer.Option("--forecast", help="Label with scores/LABEL.nc.")],
+               student: Annotated[Optional[list[str]], typer.Option("--student", help="Student label.")] = None,
+               timing: Annotated[Optional[Path], typer.Option("--timing", help="timing.json of the speed stage.")]
+               = None,
+               region: Annotated[str, typer.Option("--region")] = "global") -> None:
+    """`gencast-rmmd scorecard` twice (students vs teacher; everything vs persistence), then the landing page."""
+    from pipelines.report import write_report
+
+    students = list(student or [])
+    region_option = ["--region", region]
+    if students:
+        _run_product_command(["scorecard", *(a for name in students for a in ("--scores", f"scores/{name}.nc")),
+                              "--baseline", "scores/teacher.nc", "--out", str(out / "students_vs_teacher"),
+                              *(["--timing", str(timing)] if timing else []), *region_option])
+    others = [label for label in forecast if label != "persistence"]
+    _run_product_command(["scorecard", *(a for label in others for a in ("--scores", f"scores/{label}.nc")),
+                          "--baseline", "scores/persistence.nc", "--out", str(out / "vs_persistence"),
+                          *region_option])
+    for line in write_report(Path("."), out / "index.html", region):
+        _say(line)
+    _say(f"wrote {out / 'index.html'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a task; bad input is one line and exit 2."""
+    try:
+        code = app(args=argv, prog_name="pipelines.tasks", standalone_mode=False)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ProductCommandFailed as failure:
+        return failure.exit_code
+    except Exception as error:                   # usage errors of (typer's vendored) click
+        if not (hasattr(error, "show") and hasattr(error, "exit_code")):
+            raise
+        error.show()
+        return error.exit_code
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

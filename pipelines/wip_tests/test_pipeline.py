@@ -1,0 +1,217 @@
+"""The tiny pipeline end to end on a WB2-layout store, reruns, resume after kill -9, and the lock.
+
+One uninterrupted run (`tiny_run`, training on 2 forced CPU devices, scoring
+through a dask.distributed LocalCluster) is the reference; the other tests
+work on copies of its work directory so that only the stages under test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "pipelines" / "tiny.yaml"
+# Stages whose outputs are deterministic (speed and scorecard hold wall times).
+DETERMINISTIC = ("data", "stats", "teacher", "distill.tiny", "forecast.inits", "forecast.teacher", "forecast.tiny",
+                 "forecast.persistence", "evaluate.teacher", "evaluate.tiny", "evaluate.persistence")
+DISTILL_AND_AFTER = ("distill.tiny", "forecast.tiny", "evaluate.tiny", "speed", "scorecard")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """A LocalCluster in this process (threads), reachable over TCP by the evaluate stages."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def pipeline_args(wb2_store, dask_scheduler):
+    """Arguments shared by every run of the module: the store, 2 CPU devices, the cluster.
+
+    Runs use the default persistent compilation cache (~/.cache/gencast_rmmd/jax):
+    it only ever replaces a compilation by its identical result.
+    """
+    return ["--data", str(wb2_store), "--set", "distributed.cpu_devices=2",
+            "--set", f"evaluate.dask_scheduler={dask_scheduler.scheduler_address}"]
+
+
+def pipeline(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gencast_rmmd.cli", "pipeline", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_pipeline(*args: str, timeout: float = 400) -> tuple[int, str, str, float]:
+    began = time.monotonic()
+    process = pipeline("run", TINY, *args)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err, time.monotonic() - began
+
+
+def manifest(workdir: Path) -> dict:
+    return json.loads((workdir / "manifest.json").read_text())
+
+
+def digests(workdir: Path) -> dict[str, dict[str, str]]:
+    stages = manifest(workdir)["stages"]
+    return {name: {key: output["digest"] for key, output in stages[name]["outputs"].items()} for name in DETERMINISTIC}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, pipeline_args, dask_scheduler):
+    workdir = tmp_path_factory.mktemp("pipelines") / "tiny"
+    code, out, err, seconds = run_pipeline("--workdir", workdir, *pipeline_args)
+    assert code == 0, err[-3000:]
+    return workdir, out, err, seconds, dask_scheduler.scheduler.transition_counter
+
+
+def test_tiny_pipeline_end_to_end(tiny_run):
+    """Every stage runs and records its state, hashes and log; the run ends printing the scorecard page."""
+    workdir, out, err, seconds, transitions = tiny_run
+    # Target 3 min on 2 quiet cores; the bound leaves room for a cold compilation cache on busy ones.
+    assert seconds < 300, f"the tiny pipeline took {seconds:.0f} s"
+    scorecard = Path(out.strip().splitlines()[-1])
+    assert scorecard == workdir / "scorecard" / "index.html" and scorecard.is_file()
+    page = scorecard.read_text()
+    assert "tiny better than teacher on" in page and "teacher better than persistence on" in page
+    assert "ms per 12 h step" in page                           # the speed table
+    for card in ("students_vs_teacher", "vs_persistence"):
+        assert (workdir / "scorecard" / card / "scorecard.png").is_file()
+    content = manifest(workdir)
+    assert {record["state"] for record in content["stages"].values()} == {"done", "not_applicable"}
+    assert content["stages"]["forecast.reference"]["state"] == "not_applicable"   # not a simulated store
+    assert content["environment"]["packages"]["jax"] and content["environment"]["python"]
+    for name, record in content["stages"].items():
+        if record["state"] == "done":
+            assert record["identity"] and record["config_sha256"] and record["seconds"] >= 0, name
+            assert (workdir / record["log"]).is_file() and record["outputs"], name
+    assert content["stages"]["teacher"]["outputs"]["run"]["step"] == 20
+    assert content["stages"]["distill.tiny"]["inputs"]["teacher.run"] == \
+        content["stages"]["teacher"]["outputs"]["run"]["digest"]
+    # Training saw 2 devices; scoring ran on the dask cluster.
+    assert "2 cpu device(s)" in (workdir / "logs" / "teacher.log").read_text()
+    assert "--dask-scheduler tcp://" in (workdir / "logs" / "evaluate.teacher.log").read_text()
+    assert transitions > 0
+    assert set(json.loads((workdir / "scorecard" / "timing.json").read_text())) == {"teacher", "tiny"}
+
+
+def test_status_prints_the_stage_table(tiny_run, run_cli):
+    workdir = tiny_run[0]
+    result = run_cli("pipeline", "status", workdir)
+    assert result.code == 0
+    table = result.out
+    for stage in ("data", "stats", "teacher", "distill.tiny", "forecast.teacher", "evaluate.tiny", "scorecard"):
+        assert stage in table
+    assert table.index("data") < table.index("teacher") < table.index("scorecard")
+    assert run_cli("pipeline", "status", workdir.parent / "nothing").code == 2
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(tiny_run, pipeline_args):
+    workdir = tiny_run[0]
+    code, out, err, seconds = run_pipeline("--workdir", workdir, *pipeline_args)
+    assert code == 0, err[-2000:]
+    actions = manifest(workdir)["runs"][-1]["actions"]
+    assert set(actions.values()) == {"skipped", "not applicable"}
+    assert seconds < 30
+    assert Path(out.strip().splitlines()[-1]).is_file()
+
+
+def test_changed_distill_config_reruns_only_distill_and_what_follows(tiny_run, pipeline_args, tmp_path):
+    workdir = tmp_path / "changed"
+    shutil.copytree(tiny_run[0], workdir)
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args,
+                                   "--set", "distill.tiny.overrides.seed=1")
+    assert code == 0, err[-2000:]
+    actions = manifest(workdir)["runs"][-1]["actions"]
+    ran = {name for name, action in actions.items() if action == "ran"}
+    assert ran == set(DISTILL_AND_AFTER)
+    assert {actions[name] for name in actions if name not in ran} <= {"skipped", "not applicable"}
+    assert digests(workdir)["distill.tiny"] != digests(tiny_run[0])["distill.tiny"]
+    assert digests(workdir)["teacher"] == digests(tiny_run[0])["teacher"]
+
+
+def _wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_kill_9_then_resume_matches_the_uninterrupted_run_and_the_lock_refuses_a_second_run(
+        tiny_run, pipeline_args, tmp_path):
+    """kill -9 mid-distill; the lock refused a concurrent run before; --resume finishes from the checkpoint."""
+    workdir = tmp_path / "killed"
+    shutil.copytree(tiny_run[0], workdir)
+    phase1 = workdir / "students" / "tiny" / "phase1" / "checkpoints"
+    attempts = manifest(workdir)["stages"]["distill.tiny"]["attempts"]
+
+    def distill_rerunning() -> bool:            # the forced rerun removed the copied run and started again
+        record = manifest(workdir)["stages"]["distill.tiny"]
+        return record["attempts"] == attempts + 1 and record["state"] == "running"
+
+    def checkpoint_written() -> bool:
+        return phase1.is_dir() and any((path / "meta.json").is_file() for path in phase1.iterdir()
+                                       if not path.name.startswith("."))
+
+    runner = pipeline("run", TINY, "--workdir", workdir, *pipeline_args, "--force", "distill.tiny")
+    _wait_for(distill_rerunning, 120, runner)
+    second = pipeline("run", TINY, "--workdir", workdir, *pipeline_args)
+    _, second_err = second.communicate(timeout=60)
+    assert second.returncode == 2
+    assert "locked by a running pipeline" in second_err and f"pid {runner.pid}" in second_err
+
+    _wait_for(checkpoint_written, 180, runner)
+    stage_pid = manifest(workdir)["stages"]["distill.tiny"]["pid"]
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.communicate()
+    deadline = time.monotonic() + 10                      # the stage process dies with the runner
+    while _alive(stage_pid):
+        assert time.monotonic() < deadline, "the distill process outlived the killed runner"
+        time.sleep(0.05)
+    assert manifest(workdir)["stages"]["distill.tiny"]["state"] == "running"
+    assert (workdir / ".lock").exists()
+
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args)
+    assert code == 2 and "pass --resume" in err
+    assert f"taking over the stale lock of pid {runner.pid}" in err
+
+    code, out, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, "--resume")
+    assert code == 0, err[-3000:]
+    actions = manifest(workdir)["runs"][-1]["actions"]
+    assert actions["distill.tiny"] == "resumed"
+    assert "--out students/tiny --resume" in (workdir / "logs" / "distill.tiny.log").read_text()
+    # The resumed student is bit-identical to the uninterrupted one, so every later stage is unchanged.
+    assert digests(workdir)["distill.tiny"] == digests(tiny_run[0])["distill.tiny"]
+    assert {name for name, action in actions.items() if action in ("ran", "resumed")} == {"distill.tiny"}
+    assert digests(workdir) == digests(tiny_run[0])
+    assert not (workdir / ".lock").exists()
+
+
+def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
+    result = run_cli("pipeline", "run", TINY, "--workdir", tmp_path / "w", "--data", tmp_path / "missing.zarr",
+                     "--set", "data.simulate=false")
+    assert result.code == 2
+    assert "stage data failed (exit code 2)" in result.err and str(tmp_path / "w" / "logs" / "data.log") in result.err
+    assert "missing.zarr" in result.err
