@@ -43,6 +43,8 @@ def _register_commands() -> None:
             raise
     else:
         evaluation_cli.register(app)
+    from pipelines import cli as pipeline_cli
+    pipeline_cli.register(app)
 
 
 _register_commands()
@@ -51,7 +53,8 @@ _register_commands()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map errors to exit codes (0 ok, 2 bad input, 1 internal)."""
     try:
-        app(args=argv, prog_name="gencast-rmmd", standalone_mode=False)
+        # With standalone_mode=False click returns (not raises) the code of `typer.Exit(code)`.
+        code = app(args=argv, prog_name="gencast-rmmd", standalone_mode=False)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(error).__name__}: {error} "
               "(set GENCAST_RMMD_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

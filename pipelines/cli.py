@@ -107,5 +107,8 @@ def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pip
 
 
 def register(parent: typer.Typer) -> None:
-    """Add `pipeline` to the `gencast-rmmd` app."""
+    """Add `pipeline` (with its hidden `task` steps) to the `gencast-rmmd` app."""
+    from pipelines import tasks
+
+    app.add_typer(tasks.app, name="task", hidden=True)
     parent.add_typer(app, name="pipeline")

@@ -41,7 +41,7 @@ def follower_command(stage: Stage, workdir: Path, record: dict, process_id: int)
     """The training command of `stage` as process `process_id` runs it (resuming when process 0 resumes)."""
     context = StageContext(workdir, record.get("action") == "resumed", {})
     training = stage.commands(context)[-1]
-    return Command((*training.args, "--set", f"distributed.process_id={process_id}"), training.module)
+    return Command((*training.args, "--set", f"distributed.process_id={process_id}"))
 
 
 def _run_share(stage: Stage, command: Command, config: PipelineConfig, workdir: Path, process_id: int) -> None:

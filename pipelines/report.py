@@ -61,7 +61,8 @@ def _comparison_section(title: str, link: str, candidates: list, baseline, regio
     parts = [f"<h2>{html.escape(title)}</h2>", f"<p><a href='{link}/index.html'>Full scorecard</a> "
              f"(tables of CRPS, spread/skill and RMSE per variable, level and lead)</p>",
              *(f"<p><b>{html.escape(line)}</b></p>" for line in headlines),
-             f"<p>Targets (variable, level) where the forecast's fair CRPS is lower than {html.escape(baseline.label)}'s, "
+             "<p>Targets (variable, level) where the forecast's fair CRPS is lower than "
+             f"{html.escape(baseline.label)}'s, "
              "by lead time in days:</p>",
              _table(rows, ["forecast", *(lead_label(lead) for lead in leads)], classes),
              f"<a href='{link}/index.html'><img src='{link}/scorecard.png' alt='{html.escape(title)}'></a>"]
@@ -72,7 +73,7 @@ def _speed_section(speed_file: Path) -> str:
     if not speed_file.is_file():
         return ""
     speed = json.loads(speed_file.read_text())
-    models = speed["models"]
+    models = dict(sorted(speed["models"].items(), key=lambda item: item[0] != "teacher"))   # teacher first
     teacher = models.get("teacher")
     rows = [[html.escape(label), f"{entry['seconds_per_step'] * 1000:.1f}", str(entry["nfe_per_step"]),
              f"{teacher['seconds_per_step'] / entry['seconds_per_step']:.2f}x" if teacher else "–",

@@ -137,7 +137,8 @@ class PipelineRunner:
         self._say(stage, f"{'resuming' if resume_run else 'running'} (log: {self.workdir / record['log']})")
         for command in commands:
             self._run_command(stage, command)
-        outputs = {key: {"path": output.path, "kind": output.kind, **output_record(output.kind, self.workdir / output.path)}
+        outputs = {key: {"path": output.path, "kind": output.kind,
+                         **output_record(output.kind, self.workdir / output.path)}
                    for key, output in stage.outputs.items()}
         seconds = round(time.monotonic() - began, 2)
         self.manifest.update_stage(stage.name, state="done", outputs=outputs, ended=now(), seconds=seconds, pid=None)
@@ -237,7 +238,8 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
             interrupted = [name for name, record in manifest.stages.items() if record.get("state") == "running"]
             if interrupted and not resume:
                 raise UserInputError(
-                    f"stage {interrupted[0]} in {workdir} was interrupted (started {manifest.stages[interrupted[0]].get('started')}); "
+                    f"stage {interrupted[0]} in {workdir} was interrupted "
+                    f"(started {manifest.stages[interrupted[0]].get('started')}); "
                     "pass --resume to continue from it (training stages from their last checkpoint)")
             for run in manifest.content["runs"]:
                 if run.get("result") == "running":          # its process is gone: we hold the lock
@@ -247,7 +249,8 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
                 log(f"stage {name} is no longer in the pipeline; its record is dropped (outputs are kept)")
                 del manifest.stages[name]
             manifest.content.update(
-                pipeline={"name": config.name or Path(config_file).stem, "config_file": str(Path(config_file).resolve()),
+                pipeline={"name": config.name or Path(config_file).stem,
+                          "config_file": str(Path(config_file).resolve()),
                           "config_sha256": sha256_json(config_to_dict(config))},
                 environment=environment())
             manifest.content["runs"].append({"started": now(), "resume": resume, "force": list(force),

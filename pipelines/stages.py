@@ -33,8 +33,6 @@ from typing import Callable
 from gencast_rmmd.config import config_to_dict
 from pipelines.config import STATS_FILE, PipelineConfig, ResolvedConfigs
 
-CLI_MODULE, TASKS_MODULE = "gencast_rmmd.cli", "pipelines.tasks"
-PROGRAM_NAMES = {CLI_MODULE: "gencast-rmmd", TASKS_MODULE: "python -m pipelines.tasks"}
 GROUP_TITLES = {1: "data", 2: "stats", 3: "teacher", 4: "distill", 5: "forecast", 6: "evaluate", 7: "scorecard"}
 INITS_FILE = "forecasts/inits.json"
 SCORECARD_HTML = "scorecard/index.html"
@@ -42,17 +40,21 @@ SCORECARD_HTML = "scorecard/index.html"
 
 @dataclass(frozen=True)
 class Command:
-    """One process of a stage: `python -m MODULE ARGS...`."""
+    """One process of a stage: `gencast-rmmd ARGS...`, run with this interpreter."""
 
     args: tuple[str, ...]
-    module: str = CLI_MODULE
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", self.module, *self.args]
+        return [sys.executable, "-m", "gencast_rmmd.cli", *self.args]
 
     def display(self) -> str:
         """The command as a user would type it."""
-        return f"{PROGRAM_NAMES[self.module]} {shlex.join(self.args)}"
+        return f"gencast-rmmd {shlex.join(self.args)}"
+
+
+def task(*args: str) -> Command:
+    """A pipeline step that is not a product command: `gencast-rmmd pipeline task ...` (pipelines/tasks.py)."""
+    return Command(("pipeline", "task", *args))
 
 
 @dataclass(frozen=True)
@@ -118,14 +120,14 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
     training_environment = ({"XLA_FLAGS": f"--xla_force_host_platform_device_count={config.distributed.cpu_devices}"}
                             if config.distributed.cpu_devices else {})
     # With a forced device count the log first says which devices training sees.
-    show_devices = [Command(("devices",), TASKS_MODULE)] if config.distributed.cpu_devices else []
+    show_devices = [task("devices")] if config.distributed.cpu_devices else []
     stages = [
         Stage("data", 1, "open the store, or simulate the embedded dataset; fingerprint each split",
               {"data": config_to_dict(data), "simulate": config.data.simulate}, (),
               {"summary": Output("file", "data/summary.json"), **{
                   split: Output(f"split:{split}", "data/summary.json") for split in ("train", "validation", "test")}},
-              lambda _: [Command(("data", "--config", data_file, "--out", "data/summary.json",
-                                  *(["--simulate"] if config.data.simulate else [])), TASKS_MODULE)]),
+              lambda _: [task("data", "--config", data_file, "--out", "data/summary.json",
+                              *(["--simulate"] if config.data.simulate else []))]),
         Stage("stats", 2, "mean, std and 12 h-difference std per variable and level over the training split",
               {"variables": config_to_dict(data.variables), "levels": list(data.levels), "step_hours": data.step_hours},
               ("data.train",), {"stats": Output("netcdf", STATS_FILE)},
@@ -161,16 +163,17 @@ def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[
         "forecast.inits", 5, "choose the initialisation times in the test split",
         {**config_to_dict(inits), **lead, "input_frames": resolved.data.input_frames}, ("data.test",),
         {"inits": Output("file", INITS_FILE)},
-        lambda _: [Command(("inits", "--config", data_file, "--steps", str(forecast.steps),
-                            "--every-hours", str(inits.every_hours), "--out", INITS_FILE,
-                            *(["--count", str(inits.count)] if inits.count else []),
-                            *(argument for time in inits.times for argument in ("--time", time))), TASKS_MODULE)])]
+        lambda _: [task("inits", "--config", data_file, "--steps", str(forecast.steps),
+                        "--every-hours", str(inits.every_hours), "--out", INITS_FILE,
+                        *(["--count", str(inits.count)] if inits.count else []),
+                        *(argument for time in inits.times for argument in ("--time", time)))])]
     members = {"members": forecast.members, "seed": forecast.seed}
     models = {"teacher": ("teacher.run", "teacher"),
               **{name: (f"distill.{name}.run", f"students/{name}") for name in resolved.distill}}
     for label, (run_output, run_dir) in models.items():
         stages.append(Stage(
-            f"forecast.{label}", 5, f"{forecast.members}-member forecasts of the {label if label == 'teacher' else 'student ' + label}",
+            f"forecast.{label}", 5,
+            f"{forecast.members}-member forecasts of the {label if label == 'teacher' else 'student ' + label}",
             {**lead, **members}, (run_output, "forecast.inits.inits", "data.test"),
             {"forecast": Output("netcdf", f"forecasts/{label}.nc")},
             lambda context, run_dir=run_dir, label=label: [Command((
@@ -227,18 +230,18 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
             "speed", 7, "wall time per 12 h step of teacher and students (median, interleaved)",
             config_to_dict(speed), ("teacher.run", *(f"distill.{name}.run" for name in students)),
             {"timing": Output("file", "scorecard/timing.json"), "speed": Output("file", "scorecard/speed.json")},
-            lambda _: [Command(("speed", "--data", store, "--model", "teacher=teacher",
-                                *(argument for name in students for argument in ("--model", f"{name}=students/{name}")),
-                                "--members", str(speed.members), "--inits", str(speed.inits), "--repeats",
-                                str(speed.repeats), "--out", "scorecard/speed.json",
-                                "--timing-out", "scorecard/timing.json"), TASKS_MODULE)]))
+            lambda _: [task("speed", "--data", store, "--model", "teacher=teacher",
+                            *(argument for name in students for argument in ("--model", f"{name}=students/{name}")),
+                            "--members", str(speed.members), "--inits", str(speed.inits), "--repeats",
+                            str(speed.repeats), "--out", "scorecard/speed.json",
+                            "--timing-out", "scorecard/timing.json")]))
 
     def scorecards(context: StageContext) -> list[Command]:
         scored = [label for label in labels if context.applies(f"evaluate.{label}")]
-        return [Command(("scorecards", *(a for name in students for a in ("--student", name)),
-                         *(a for label in scored for a in ("--forecast", label)),
-                         *(("--timing", "scorecard/timing.json") if timed else ()),
-                         "--region", config.scorecard.region, "--out", "scorecard"), TASKS_MODULE)]
+        return [task("scorecards", *(a for name in students for a in ("--student", name)),
+                     *(a for label in scored for a in ("--forecast", label)),
+                     *(("--timing", "scorecard/timing.json") if timed else ()),
+                     "--region", config.scorecard.region, "--out", "scorecard")]
 
     stages.append(Stage(
         "scorecard", 7, "scorecards: students vs teacher (with the speed table), everything vs persistence",

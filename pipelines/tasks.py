@@ -1,4 +1,6 @@
-"""Pipeline stage steps that are not product commands: `python -m pipelines.tasks data|inits|devices|speed|scorecards`.
+"""Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|devices|speed|scorecards`.
+
+Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not.
 
 - `data`: simulate the embedded store (or check the given one) with the
   product's `data simulate` / `data check`, then write `summary.json`: the
@@ -26,16 +28,7 @@ import typer
 
 from gencast_rmmd.errors import UserInputError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Pipeline stage steps that are not product commands.")
-
-
-class ProductCommandFailed(Exception):
-    """A product command run by a task exited non-zero (it has already printed its error)."""
-
-    def __init__(self, exit_code: int):
-        super().__init__(f"exit code {exit_code}")
-        self.exit_code = exit_code
+app = typer.Typer(no_args_is_help=True, help="Pipeline stage steps that are not product commands.")
 
 
 def _say(message: str) -> None:
@@ -51,7 +44,7 @@ def _run_product_command(args: list[str]) -> None:
     _say(f"$ gencast-rmmd {shlex.join(args)}")
     code = main(args)
     if code:
-        raise ProductCommandFailed(code)
+        raise typer.Exit(code)
 
 
 def _may_simulate(path: str) -> bool:
@@ -72,7 +65,8 @@ def split_fingerprints(source, store_attrs: dict) -> dict:
                                                           if dim != "time"], str(dataset[name].dtype)]
               for name in sorted(map(str, dataset.data_vars))}
     common = {"location": source.report.location, "variables": layout, "levels": list(source.config.levels),
-              "static": sorted(source.config.variables.static), "store_attrs": {k: str(v) for k, v in store_attrs.items()}}
+              "static": sorted(source.config.variables.static),
+              "store_attrs": {key: str(value) for key, value in store_attrs.items()}}
     splits = {}
     for split in ("train", "validation", "test"):
         start, end = source.time_range(split)
@@ -85,7 +79,8 @@ def split_fingerprints(source, store_attrs: dict) -> dict:
 @app.command("data")
 def data(config: Annotated[Path, typer.Option("--config", help="Resolved data config (DIR/configs/data.yaml).")],
          out: Annotated[Path, typer.Option("--out", help="summary.json to write.")],
-         simulate: Annotated[bool, typer.Option("--simulate", help="Simulate the store when missing.")] = False) -> None:
+         simulate: Annotated[bool, typer.Option("--simulate", help="Simulate the store when missing.")] = False
+         ) -> None:
     """Open (or simulate) the store, check it against the data config and write its summary."""
     from gencast_rmmd.config import DataFileConfig, load_config
     from gencast_rmmd.data.source import DataSource
@@ -234,24 +229,3 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
     for line in write_report(Path("."), out / "index.html", region):
         _say(line)
     _say(f"wrote {out / 'index.html'}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a task; bad input is one line and exit 2."""
-    try:
-        code = app(args=argv, prog_name="pipelines.tasks", standalone_mode=False)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ProductCommandFailed as failure:
-        return failure.exit_code
-    except Exception as error:                   # usage errors of (typer's vendored) click
-        if not (hasattr(error, "show") and hasattr(error, "exit_code")):
-            raise
-        error.show()
-        return error.exit_code
-    return code if isinstance(code, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
