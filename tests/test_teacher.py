@@ -94,6 +94,20 @@ def test_members_do_not_depend_on_ensemble_size(run_cli, tiny_run, wb2_store, tm
     np.testing.assert_allclose(outputs[0], outputs[1][:, :, :2], rtol=1e-5, atol=1e-3)
 
 
+
+def test_members_do_not_depend_on_the_batch_size(run_cli, tiny_run, wb2_store, tmp_path):
+    """6 (member, init) samples in chunks of 1, 4 (one ragged chunk) and 6 give the same forecast."""
+    outputs = []
+    for batch_size in (1, 4, 6):
+        out = tmp_path / f"b{batch_size}.nc"
+        assert run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", "2001-01-08T00",
+                       "--init", "2001-01-08T12", "--steps", "2", "--members", "3", "--batch-size",
+                       str(batch_size), "--out", out).code == 0
+        outputs.append(xr.open_dataset(out)["geopotential"].values)
+    for other in outputs[1:]:
+        np.testing.assert_allclose(other, outputs[0], rtol=1e-5, atol=1e-3)
+    assert np.abs(outputs[0][:, :, 0] - outputs[0][:, :, 1]).max() > 1.0, "members must differ"
+
 @pytest.mark.parametrize("args,phrase", [
     (["--init", "1999-01-01"], "has no complete window"),
     (["--init", "yesterday-ish"], "not an ISO date-time"),

@@ -3,8 +3,11 @@
 Member i of the forecast from init t uses the key
 fold_in(fold_in(fold_in(key, i), hours(t)), step), so a member does not depend
 on the ensemble size, on which other inits are forecast with it, or on batching.
-All (member, init) pairs of a step run in one jitted, vmapped call; shapes are
-the same at every step, so it compiles once.
+All (member, init) pairs of a step run in one jitted call, `batch_size`
+samples at a time (`jax.lax.map` over vmapped chunks): on CPU a few samples
+per network call run ~2.5x faster per sample than hundreds at once (the
+activations stay in cache), and memory stays bounded by the chunk, not the
+ensemble. Shapes are the same at every step, so it compiles once.
 """
 
 from __future__ import annotations
@@ -41,15 +44,30 @@ def member_keys(key: jax.Array, members: int, init_times: pd.DatetimeIndex, step
                                  for hour in hours]) for member_key in per_member])
 
 
-def make_step_function(predictor: Predictor) -> Callable:
-    """jit(vmap over members and inits) of one predictor step, examples of batch 1 inside."""
+DEFAULT_BATCH_SIZE = 4
+"""Samples per network call in a rollout step (measured best on 2 CPU cores for the demo model)."""
+
+
+def make_step_function(predictor: Predictor, batch_size: int = DEFAULT_BATCH_SIZE) -> Callable:
+    """jit of one predictor step over [M, B] (member, init) pairs, `batch_size` samples per network call.
+
+    Each sample is an example of batch 1 with its own key, so a sample does not
+    depend on the chunking (up to float rounding of differently shaped kernels).
+    """
 
     def one(params, inputs, forcings, static, key):
         return predictor.sample(params, inputs[None], forcings[None], static, key)[0]
 
-    over_inits = jax.vmap(one, in_axes=(None, 0, 0, None, 0))
-    over_members = jax.vmap(over_inits, in_axes=(None, 0, None, None, 0))
-    return jax.jit(over_members)
+    def step(params, inputs, forcings, static, keys):
+        members, inits = inputs.shape[:2]
+        pairs = members * inits
+        flat_forcings = jnp.broadcast_to(forcings, (members, *forcings.shape)).reshape(pairs, *forcings.shape[1:])
+        flat = (inputs.reshape(pairs, *inputs.shape[2:]), flat_forcings, keys.reshape(pairs, *keys.shape[2:]))
+        samples = jax.lax.map(lambda example: one(params, *example[:2], static, example[2]), flat,
+                              batch_size=min(batch_size, pairs))
+        return samples.reshape(members, inits, *samples.shape[1:])
+
+    return jax.jit(step)
 
 
 def initial_inputs(source: DataSource, init_times: pd.DatetimeIndex, steps: int) -> np.ndarray:
@@ -64,13 +82,13 @@ def initial_inputs(source: DataSource, init_times: pd.DatetimeIndex, steps: int)
 
 def rollout(predictor: Predictor, params, source: DataSource, init_times: pd.DatetimeIndex, steps: int,
             members: int, key: jax.Array, writer: ForecastWriter,
-            progress: Callable[[int], None] | None = None) -> RolloutTiming:
+            progress: Callable[[int], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> RolloutTiming:
     """Forecast `steps` 12 h steps of `members` members from each init, writing each step to `writer`."""
     init_times = pd.DatetimeIndex(init_times)
     inputs = jnp.asarray(initial_inputs(source, init_times, steps))
     inputs = jnp.broadcast_to(inputs, (members, *inputs.shape))
     static = jnp.asarray(source.static_channels)
-    step_function = make_step_function(predictor)
+    step_function = make_step_function(predictor, batch_size)
     layout = source.layout
     compile_seconds, step_seconds = 0.0, []
     for step in range(1, steps + 1):

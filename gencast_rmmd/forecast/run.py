@@ -14,7 +14,7 @@ from gencast_rmmd.config import DataConfig
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import predictor_from_payload
-from gencast_rmmd.forecast.rollout import RolloutTiming, rollout
+from gencast_rmmd.forecast.rollout import DEFAULT_BATCH_SIZE, RolloutTiming, rollout
 from gencast_rmmd.forecast.writer import ForecastWriter
 from gencast_rmmd.training import load_checkpoint
 
@@ -40,7 +40,7 @@ def data_config_of(payload: dict, data: str | None) -> DataConfig:
 
 def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, members: int, out: str | os.PathLike,
                  data: str | None = None, seed: int = 0, use_ema: bool = True,
-                 log: Callable[[str], None] = print) -> RolloutTiming:
+                 log: Callable[[str], None] = print, batch_size: int = DEFAULT_BATCH_SIZE) -> RolloutTiming:
     """Forecast from `checkpoint` (or a run directory's latest) and write `out`."""
     init_times = parse_inits(init)
     loaded = load_checkpoint(checkpoint)
@@ -72,4 +72,4 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
     with ForecastWriter(out, init_times=init_times, leads=leads, members=members, layout=source.layout,
                         latitude=source.latitude, longitude=source.longitude, attrs=attrs) as writer:
         return rollout(predictor, params, source, init_times, steps, members, jax.random.PRNGKey(seed), writer,
-                       progress=lambda step: log(f"step {step}/{steps} done"))
+                       progress=lambda step: log(f"step {step}/{steps} done"), batch_size=batch_size)
