@@ -335,3 +335,17 @@ def test_bfloat16_compute_keeps_float32_params_and_gradients():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
     assert float(loss) != float(full) and float(loss) == pytest.approx(float(full), rel=3e-2)
     assert with_compute_dtype(task.loss, "float32") == task.loss
+
+
+def test_ema_warm_up_follows_a_short_run():
+    """The EMA decay warms up as min(decay, (1+n)/(10+n)): a 300-update run is not averaged into its start."""
+    from gencast_rmmd.training.optim import ema_decay_at, ema_update
+
+    assert float(ema_decay_at(0, 0.999)) == pytest.approx(0.1)
+    assert float(ema_decay_at(90, 0.999)) == pytest.approx(0.91)
+    assert float(ema_decay_at(10**7, 0.999)) == pytest.approx(0.999)
+    ema = {"w": jnp.zeros(())}
+    for update in range(300):          # a parameter moving linearly from 0 to 1
+        ema = ema_update(ema, {"w": jnp.asarray((update + 1) / 300)}, ema_decay_at(update, 0.999))
+    plain = sum((1 - 0.999) * 0.999 ** (299 - n) * (n + 1) / 300 for n in range(300))
+    assert float(ema["w"]) > 0.85 and plain < 0.15

@@ -41,7 +41,7 @@ class TrainConfig(OptimizerConfig):
 
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1)                 # global batch, split over all devices
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # ema <- decay * ema + (1 - decay) * params
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # ema <- d * ema + (1 - d) * params, d = min(decay, (1+n)/(10+n))
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)           # the newest N are kept, plus the best on validation
     validate_every: int = Field(0, ge=0)

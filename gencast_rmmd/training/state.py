@@ -7,7 +7,7 @@ One step s, for update rules r_1..r_n (see `task.py`):
         g         = grad_{params[r.groups]} r.loss(params, frozen, fold_in(key_s, i), batch)
         params[r.groups], opt[r] = AdamW_r(clip(g), opt[r])
     finite = every rule's loss and gradient norm is finite
-    if finite: ema <- decay * ema + (1 - decay) * params
+    if finite: ema <- d_n * ema + (1 - d_n) * params,  d_n = min(decay, (1 + n) / (10 + n)), n updates so far
     else:      params, opt, ema keep their values from before the step
 
 The skip is a `jnp.where` inside the step (no host round trip, no change to
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from gencast_rmmd.training.config import TrainConfig
-from gencast_rmmd.training.optim import ema_update, learning_rate_schedule, make_optimizer, select_tree
+from gencast_rmmd.training.optim import ema_decay_at, ema_update, learning_rate_schedule, make_optimizer, select_tree
 from gencast_rmmd.training.task import TrainableState, UpdateRule
 
 PyTree = Any
@@ -100,7 +100,7 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers,
             finite = finite & rule_finite
         params = select_tree(finite, params, state.params)
         opt_states = select_tree(finite, opt_states, state.opt_states)
-        ema_params = select_tree(finite, ema_update(state.ema_params, params, ema_decay), state.ema_params)
+        ema_params = select_tree(finite, ema_update(state.ema_params, params, ema_decay_at(applied_updates, ema_decay)), state.ema_params)
         skipped = (~finite).astype(jnp.int32)
         new_state = TrainState(
             step=state.step + 1, params=params, ema_params=ema_params, opt_states=opt_states,
