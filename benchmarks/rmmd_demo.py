@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,8 +77,8 @@ def reuse_teacher_forecast(source: Path, out: Path, inits: list[str], members: i
     members of a larger ensemble are exactly the M-member forecast.
     """
     forecast = xr.open_dataset(source)
-    have = [str(np.datetime_as_string(time, unit="s")) for time in forecast["time"].values]
-    if [np.datetime64(init, "s") for init in inits] != [np.datetime64(time, "s") for time in have]:
+    have = pd.DatetimeIndex(forecast["time"].values)
+    if not have.equals(pd.DatetimeIndex(inits)):
         raise SystemExit(f"{source} holds inits {have[0]}..{have[-1]} ({len(have)}), not the {len(inits)} "
                          "held-out inits of this run")
     if forecast.sizes["number"] < members or forecast.sizes["prediction_timedelta"] < steps:

@@ -100,7 +100,8 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers,
             finite = finite & rule_finite
         params = select_tree(finite, params, state.params)
         opt_states = select_tree(finite, opt_states, state.opt_states)
-        ema_params = select_tree(finite, ema_update(state.ema_params, params, ema_decay_at(applied_updates, ema_decay)), state.ema_params)
+        ema_params = ema_update(state.ema_params, params, ema_decay_at(applied_updates, ema_decay))
+        ema_params = select_tree(finite, ema_params, state.ema_params)
         skipped = (~finite).astype(jnp.int32)
         new_state = TrainState(
             step=state.step + 1, params=params, ema_params=ema_params, opt_states=opt_states,
