@@ -209,6 +209,31 @@ def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(p
     assert float(jnp.abs(full["student"]["toy"]["w"]).max()) > 0
 
 
+@pytest.mark.parametrize("reference", ["drift_corrected", "frozen"])
+def test_rmmd_moment_reference_pulls_a_drifted_student_back_only_when_drift_corrected(reference):
+    """Phase 1 ended at its fixed point (aux = teacher = phase-1 student), so the frozen gap is zero.
+
+    A student displaced from phase 1 must feel a restoring moment term when the
+    reference is drift-corrected (<grad, theta - theta0> > 0: a descent step
+    moves it back), and none at all when the frozen aux is used as it is.
+    """
+    context = toy_context(method="rmmd", reward_weight=0.0, anchor_weight=0.0, moment_reference=reference)
+    context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))
+    task = DISTILLERS["rmmd"](context)
+    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(5)
+    displaced = {"student": _toy(1.05, b=0.12)}
+    gradient = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])(displaced)
+    drift = jax.tree.map(lambda a, b: jnp.asarray(a) - jnp.asarray(b), displaced, {"student": state.params["student"]})
+    along = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(drift)))
+    if reference == "frozen":
+        assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(gradient))
+    else:
+        assert along > 0
+    # At the phase-1 student itself the correction is zero: both references give the same (zero) gradient.
+    at_start = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])({"student": state.params["student"]})
+    assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(at_start))
+
+
 def test_moment_matching_differentiates_one_call_per_rule_and_starts_at_its_fixed_point():
     context = toy_context(method="mmd")
     context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))

@@ -69,6 +69,13 @@ class DistillSection(StrictModel):
       climatological std) or `residual` (the model's residual-normalised space);
     - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
       means lambda for `rmmd` (the paper's KL proxy) and 0 for `draft`;
+    - `moment_reference` (`rmmd`): how the frozen phase-1 aux model g_phi0
+      serves as the moment reference. `drift_corrected` (default) adds the
+      student's own drift from phase 1, sg(Phi_theta - Phi_theta0)/(1 + beta),
+      to g_phi0: the first-order change a live aux would make, so the moment
+      term vanishes when the student's moments reach the teacher's; `frozen`
+      uses g_phi0 as it is, a fixed push that grows the student's distance to
+      phase 1 without bound (measured in `results/rmmd_demo.md`);
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
@@ -88,6 +95,7 @@ class DistillSection(StrictModel):
     reward_samples: int = Field(2, ge=2)
     reward_units: Literal["climatology", "residual"] = "climatology"
     anchor_weight: float | None = Field(None, ge=0.0)
+    moment_reference: Literal["drift_corrected", "frozen"] = "drift_corrected"
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
