@@ -15,7 +15,7 @@ Methods (each a `gencast-rmmd distill` run from the same teacher):
 - rmmd_on_policy_4step  the same with a 4-step student (its own 4-step phase 1)
 - draft             DRaFT-K: reward through the last K student steps (phase 1 = mmd_tuned)
 - crps_only         the reward alone, no distillation terms      (phase 1 = mmd_tuned)
-- rmmd_on_policy_lambda1, _lambda3   on-policy RMMD at lambda = 1 and 3 (the sweep's other points)
+- rmmd_on_policy_lambda1, _3, _30    on-policy RMMD at lambda = 1, 3 and 30 (a lambda sweep's other points)
 - rmmd_on_policy_frozen_reference    on-policy RMMD with the uncorrected phase-1 aux as moment reference
 Every model forecasts the same held-out inits; scores are fair CRPS from
 `gencast-rmmd evaluate`. Per method: CRPS % change vs the teacher (mean over
@@ -56,17 +56,19 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "rmmd_offline": ("rmmd_offline.yaml", "mmd_tuned", []),
     "rmmd_on_policy": ("rmmd.yaml", "mmd_tuned", []),
     "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4"]),
-    # the lambda sweep's other points (rmmd.yaml has lambda = 0.3); the same runs as
-    # `distill --set 'distill.reward_weight=[1.0,3.0]'` makes under RUN/lambda_1, RUN/lambda_3
+    # a lambda sweep's other points (rmmd.yaml has lambda = 0.3); the same runs as
+    # `distill --set 'distill.reward_weight=[1.0,3.0,30.0]'` makes under RUN/lambda_1, RUN/lambda_3, ...
     "rmmd_on_policy_lambda1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=1.0"]),
     "rmmd_on_policy_lambda3": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0"]),
+    "rmmd_on_policy_lambda30": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=30.0"]),
     # the uncorrected moment reference (the phase-1 aux as it is), for comparison
     "rmmd_on_policy_frozen_reference": ("rmmd.yaml", "mmd_tuned", ["distill.moment_reference=frozen"]),
     "draft": ("draft.yaml", "mmd_tuned", []),
     "crps_only": ("crps_only.yaml", "mmd_tuned", []),
 }
 REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rmmd_on_policy_4step", "draft",
-            "crps_only", "rmmd_on_policy_lambda1", "rmmd_on_policy_lambda3", "rmmd_on_policy_frozen_reference"]
+            "crps_only", "rmmd_on_policy_lambda1", "rmmd_on_policy_lambda3", "rmmd_on_policy_lambda30",
+            "rmmd_on_policy_frozen_reference"]
 
 
 def speed(teacher: Path, student: Path, store: str, members: int, repeats: int) -> dict:
