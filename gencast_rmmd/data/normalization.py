@@ -101,6 +101,13 @@ class Normalizer:
         n = self.input_mean.shape[0]
         return inputs[..., (self.input_frames - 1) * n:]
 
+    def input_change_scale(self) -> np.ndarray:
+        """The 12 h-change standard deviation (`diffs_std`) of every input channel [C_in]; 0 where not a target."""
+        scale = np.zeros_like(self.input_mean)
+        residual = self.target_input_index >= 0
+        scale[self.target_input_index[residual]] = self.target_scale[residual]
+        return scale
+
     @staticmethod
     def fill_nan(values, fill):
         """Replace NaN by the per-channel `fill` value."""

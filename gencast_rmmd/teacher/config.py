@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from gencast_rmmd.config import DataConfig, StrictModel
 from gencast_rmmd.diffusion.config import LossConfig, NoiseConfig, SamplerConfig
 from gencast_rmmd.models.config import ModelConfig
@@ -14,7 +16,10 @@ class TeacherConfig(StrictModel):
     `data` and `model` may be written as paths to `configs/data/*.yaml` and
     `configs/model/*.yaml`; `--set` overrides apply after they are read.
     `stats` names a statistics NetCDF; unset, statistics are computed from the
-    training split and saved in the run directory.
+    training split and saved in the run directory. `input_perturbation` > 0
+    perturbs the input frames during training (not validation) with spherical
+    noise of that many 12 h-change standard deviations (`diffs_std`) per
+    channel; 0 is GenCast's training (see `gencast_rmmd.teacher.task`).
     """
 
     seed: int = 0
@@ -26,3 +31,4 @@ class TeacherConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
     stats: str | None = None
+    input_perturbation: float = Field(0.0, ge=0.0)

@@ -6,6 +6,15 @@ For a batch with physical inputs X (two frames), forcings and targets Y:
     loss = E_sigma,eps [ lambda(sigma) sum_c w_c |D(x0 + sigma eps; sigma, cond) - x0|^2_area ]
 with sigma from the rho-schedule, eps spherical white noise, D the EDM-preconditioned
 graph denoiser. NaN targets (SST over land) are masked.
+
+Optional input perturbation (`input_perturbation` = a > 0, training only): every
+input frame becomes X + a * diffs_std * eta, eta independent spherical noise per
+frame and channel, while Y stays the truth. The residual target is then taken
+from the perturbed last frame, x0 = (Y - X~_t) / diffs_std, so the denoiser
+learns to correct errors in its inputs instead of carrying them forward, the
+errors an autoregressive rollout feeds it (the noise-injection remedy of
+Sanchez-Gonzalez et al. 2020, "Learning to simulate complex physics with graph
+networks"). a = 0 is GenCast's training, unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +47,18 @@ def first_step(batch: Batch, normalizer: Normalizer) -> tuple[jax.Array, Conditi
     return normalizer.normalize_targets(targets, last), conditioning, jnp.isfinite(targets)
 
 
+def perturb_inputs(batch: Batch, normalizer: Normalizer, noise: SphericalNoise, key: jax.Array,
+                   amount: float) -> Batch:
+    """The batch with inputs X + `amount` * diffs_std * eta (eta spherical, independent per frame and channel).
+
+    Channels that are not targets (no diffs_std) are left as they are; NaN
+    (SST over land) stays NaN. Targets are unchanged.
+    """
+    scale = np.tile(normalizer.input_change_scale(), normalizer.input_frames) * np.float32(amount)
+    eta = noise(key, batch.inputs.shape).astype(batch.inputs.dtype)
+    return batch._replace(inputs=batch.inputs + jnp.asarray(scale, batch.inputs.dtype) * eta)
+
+
 @dataclass(frozen=True, eq=False)
 class TeacherTask:
     """A `TrainTask` with one parameter group, `denoiser`."""
@@ -54,8 +75,12 @@ class TeacherTask:
     def noise(self) -> SphericalNoise:
         return SphericalNoise.for_grid(self.latitude, self.longitude)
 
-    def loss(self, params, frozen, key, batch: Batch):
+    def loss(self, params, frozen, key, batch: Batch, perturb: bool = True):
         del frozen
+        if perturb and self.config.input_perturbation > 0.0:
+            # fold_in keeps `key` for the noise levels and noise: the same draws as unperturbed training
+            batch = perturb_inputs(batch, self.normalizer, self.noise, jax.random.fold_in(key, 1),
+                                   self.config.input_perturbation)
         clean, conditioning, valid = first_step(batch, self.normalizer)
         denoiser = PreconditionedDenoiser(lambda x, sigma, cond: self.network.apply(params["denoiser"], x, sigma, cond))
         weights = channel_loss_weights(self.layout, self.config.loss.variable_weights, self.config.loss.default_weight)
@@ -72,7 +97,7 @@ class TeacherTask:
         return [UpdateRule("denoiser", ("denoiser",), self.loss)]
 
     def validation_loss(self, params, frozen, key, batch: Batch):
-        return self.loss(params, frozen, key, batch)
+        return self.loss(params, frozen, key, batch, perturb=False)
 
     def config_payload(self) -> dict:
         return self.payload

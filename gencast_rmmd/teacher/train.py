@@ -53,14 +53,8 @@ def grid_payload(source: DataSource) -> dict:
     return {"latitude": source.latitude.tolist(), "longitude": source.longitude.tolist()}
 
 
-def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train (or resume) the teacher of `config` in `run_dir`."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume)
-    initialize_distributed(config.distributed)
-    source = DataSource.open(config.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    normalizer = Normalizer.from_stats(run_statistics(source, config, run_dir), source.layout)
+def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normalizer) -> TeacherTask:
+    """The training task of `config` on `source`, with the checkpoint payload that rebuilds its model."""
     network = network_for_grid(config.model, source.latitude, source.longitude, source.layout.n_target_channels)
     sampler = DPMSolverPlusPlus2S(config.sampler, SphericalNoise.for_grid(source.latitude, source.longitude))
     payload = {
@@ -73,8 +67,19 @@ def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = Fal
         "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
         "data_source": source.report.location,
     }
-    task = TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
+    return TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
                        np.asarray(source.longitude), payload)
+
+
+def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train (or resume) the teacher of `config` in `run_dir`."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    initialize_distributed(config.distributed)
+    source = DataSource.open(config.data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    normalizer = Normalizer.from_stats(run_statistics(source, config, run_dir), source.layout)
+    task = teacher_task(config, source, normalizer)
     validation = (batch_stream(source, "validation", config.train.batch_size)
                   if config.train.validate_every else None)
     return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", config.train.batch_size),
