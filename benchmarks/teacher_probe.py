@@ -1,0 +1,107 @@
+"""A short teacher run and a small held-out forecast: is a config change worth a full quality gate?
+
+Usage:
+    python benchmarks/teacher_probe.py NAME [--set key=value ...] [--train-steps 800] [--inits 4]
+        [--members 4] [--steps 10] [--workdir runs/probes] [--store data/demo.zarr]
+        [--config configs/teacher/demo.yaml]
+
+Trains `--config` with the overrides for `--train-steps` steps in WORKDIR/NAME (resumed if
+there), forecasts `--members` members from `--inits` evenly spaced test-split inits for
+`--steps` 12 h steps, and reports per lead, for z500 and t850, the fair CRPS, its ratio to
+a climatological ensemble drawn for the same inits, the spread/skill ratio and the
+activity (`teacher_stability.py`: 1 = members stay on the climate's attractor). Appends
+one JSON line to WORKDIR/probes.jsonl and prints a markdown table.
+
+A probe costs ~12 min on 2 cores at the defaults (800 steps, 4 x 4 members); the gate
+(`teacher_quality_gate.py`) costs ~90 min, so probes pick what the gate then confirms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from teacher_quality_gate import GATE_TARGETS, cli, held_out_inits  # noqa: E402
+from teacher_stability import target_rows  # noqa: E402
+
+from evaluation.io import align_truth, open_forecast  # noqa: E402
+from gencast_rmmd.config import load_config  # noqa: E402
+from gencast_rmmd.data.stores import open_dataset  # noqa: E402
+from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
+
+
+def rows_of(path: Path, store: str) -> dict[str, dict[str, list[float]]]:
+    """{'z500': {'crps': [...], 'ssr': [...], 'activity': [...]}, 't850': ...} of one forecast file."""
+    forecast, truth_store = open_forecast(path), open_dataset(store)
+    truth, _ = align_truth(forecast, truth_store)
+    table = {}
+    for label, (name, level) in GATE_TARGETS.items():
+        climate = truth_store[name].sel(level=level).mean("time").load()
+        rows = target_rows(forecast[name].sel(level=level).load(), truth[name].sel(level=level).load(), climate)
+        table[label] = {row: np.asarray(values).tolist() for row, values in rows.items()}
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--train-steps", type=int, default=800)
+    parser.add_argument("--inits", type=int, default=4)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "probes"))
+    parser.add_argument("--store", default=str(REPO / "data" / "demo.zarr"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "teacher" / "demo.yaml"))
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"{args.name}.log"
+    overrides = [f"train.steps={args.train_steps}", *args.overrides]
+    config = load_config(args.config, TeacherConfig, overrides, args.store)
+    run = work / args.name
+    sets = [item for override in overrides for item in ("--set", override)]
+    started = time.perf_counter()
+    cli("train", "--config", args.config, "--data", args.store, "--out", run, *sets,
+        *(["--resume"] if run.exists() else []), log=log)
+    train_s = time.perf_counter() - started
+    inits = held_out_inits(config, args.store, args.inits, args.steps)
+    init_args = [item for init in inits for item in ("--init", init)]
+    forecast = work / f"{args.name}.nc"
+    started = time.perf_counter()
+    cli("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
+        "--members", args.members, "--out", forecast, log=log)
+    forecast_s = time.perf_counter() - started
+    climatology = work / f"climatology_{args.inits}x{args.steps}.nc"
+    if not climatology.exists():
+        cli("baseline", "climatology", "--truth", args.store, *init_args, "--steps", args.steps, "--members", 8,
+            "--config", REPO / "configs" / "data" / "demo.yaml", "--out", climatology, log=log)
+    rows, baseline = rows_of(forecast, args.store), rows_of(climatology, args.store)
+    for label in rows:
+        rows[label]["crps_vs_climatology"] = (np.asarray(rows[label]["crps"])
+                                              / np.asarray(baseline[label]["crps"])).tolist()
+    record = {"name": args.name, "overrides": overrides, "inits": inits, "members": args.members,
+              "train_s": round(train_s, 1), "forecast_s": round(forecast_s, 1), "rows": rows}
+    with open(work / "probes.jsonl", "a") as sink:
+        sink.write(json.dumps(record) + "\n")
+    leads = [12 * (k + 1) for k in range(args.steps)]
+    print(f"## {args.name}: {' '.join(overrides)}\n")
+    print(f"train {train_s:.0f} s, forecast {forecast_s:.0f} s; {len(inits)} inits x {args.members} members\n")
+    print("| target | row | " + " | ".join(f"{h} h" for h in leads) + " |\n|---|---|" + "---|" * len(leads))
+    for label, table in rows.items():
+        for row in ("crps", "crps_vs_climatology", "ssr", "activity"):
+            print(f"| {label} | {row} | " + " | ".join(f"{v:.3g}" for v in table[row]) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
