@@ -3,14 +3,17 @@
 Usage:
     python benchmarks/teacher_probe.py NAME [--set key=value ...] [--train-steps 800] [--inits 4]
         [--members 4] [--steps 10] [--workdir runs/probes] [--store data/demo.zarr]
-        [--config configs/teacher/demo.yaml]
+        [--config configs/teacher/demo.yaml] [--sampler key=value ...] [--from-run OTHER]
 
 Trains `--config` with the overrides for `--train-steps` steps in WORKDIR/NAME (resumed if
 there), forecasts `--members` members from `--inits` evenly spaced test-split inits for
 `--steps` 12 h steps, and reports per lead, for z500 and t850, the fair CRPS, its ratio to
 a climatological ensemble drawn for the same inits, the spread/skill ratio and the
 activity (`teacher_stability.py`: 1 = members stay on the climate's attractor). Appends
-one JSON line to WORKDIR/probes.jsonl and prints a markdown table.
+one JSON line to WORKDIR/probes.jsonl and prints a markdown table. `--sampler key=value`
+changes the sampler for the forecast only (`gencast-rmmd forecast --sampler`); with
+`--from-run OTHER` the probe trains nothing and forecasts from WORKDIR/OTHER, so sampler
+settings can be compared on one set of weights.
 
 A probe costs ~12 min on 2 cores at the defaults (800 steps, 4 x 4 members); the gate
 (`teacher_quality_gate.py`) costs ~90 min, so probes pick what the gate then confirms.
@@ -62,24 +65,30 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "probes"))
     parser.add_argument("--store", default=str(REPO / "data" / "demo.zarr"))
     parser.add_argument("--config", default=str(REPO / "configs" / "teacher" / "demo.yaml"))
+    parser.add_argument("--sampler", action="append", default=[])
+    parser.add_argument("--from-run", default=None)
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"{args.name}.log"
     overrides = [f"train.steps={args.train_steps}", *args.overrides]
     config = load_config(args.config, TeacherConfig, overrides, args.store)
-    run = work / args.name
+    run = work / (args.from_run or args.name)
     sets = [item for override in overrides for item in ("--set", override)]
     started = time.perf_counter()
-    cli("train", "--config", args.config, "--data", args.store, "--out", run, *sets,
-        *(["--resume"] if run.exists() else []), log=log)
+    if args.from_run is None:
+        cli("train", "--config", args.config, "--data", args.store, "--out", run, *sets,
+            *(["--resume"] if run.exists() else []), log=log)
+    elif not run.is_dir():
+        parser.error(f"--from-run {args.from_run}: no run directory {run}")
     train_s = time.perf_counter() - started
     inits = held_out_inits(config, args.store, args.inits, args.steps)
     init_args = [item for init in inits for item in ("--init", init)]
     forecast = work / f"{args.name}.nc"
     started = time.perf_counter()
     cli("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
-        "--members", args.members, "--out", forecast, log=log)
+        "--members", args.members, "--out", forecast,
+        *[item for override in args.sampler for item in ("--sampler", override)], log=log)
     forecast_s = time.perf_counter() - started
     climatology = work / f"climatology_{args.inits}x{args.steps}.nc"
     if not climatology.exists():
@@ -89,12 +98,14 @@ def main() -> int:
     for label in rows:
         rows[label]["crps_vs_climatology"] = (np.asarray(rows[label]["crps"])
                                               / np.asarray(baseline[label]["crps"])).tolist()
-    record = {"name": args.name, "overrides": overrides, "inits": inits, "members": args.members,
+    record = {"name": args.name, "overrides": overrides, "sampler": args.sampler, "from_run": args.from_run,
+              "inits": inits, "members": args.members,
               "train_s": round(train_s, 1), "forecast_s": round(forecast_s, 1), "rows": rows}
     with open(work / "probes.jsonl", "a") as sink:
         sink.write(json.dumps(record) + "\n")
     leads = [12 * (k + 1) for k in range(args.steps)]
-    print(f"## {args.name}: {' '.join(overrides)}\n")
+    print(f"## {args.name}: {' '.join(overrides)} {' '.join(args.sampler)} "
+          f"{'(weights of ' + args.from_run + ')' if args.from_run else ''}\n")
     print(f"train {train_s:.0f} s, forecast {forecast_s:.0f} s; {len(inits)} inits x {args.members} members\n")
     print("| target | row | " + " | ".join(f"{h} h" for h in leads) + " |\n|---|---|" + "---|" * len(leads))
     for label, table in rows.items():

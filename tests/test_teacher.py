@@ -108,9 +108,30 @@ def test_members_do_not_depend_on_the_batch_size(run_cli, tiny_run, wb2_store, t
         np.testing.assert_allclose(other, outputs[0], rtol=1e-5, atol=1e-3)
     assert np.abs(outputs[0][:, :, 0] - outputs[0][:, :, 1]).max() > 1.0, "members must differ"
 
+
+def test_sampler_overrides_apply_to_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
+    """Restating the checkpoint's own sampler value changes nothing; a new one is used and recorded."""
+    outputs = {}
+    for name, overrides in {"plain": [], "same": ["--sampler", "num_noise_levels=20"],
+                            "short": ["--sampler", "num_noise_levels=5", "--sampler", "churn=0"]}.items():
+        out = tmp_path / f"{name}.nc"
+        result = run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", "2001-01-08T00",
+                         "--steps", "1", "--members", "2", "--out", out, *overrides)
+        assert result.code == 0, result.err
+        outputs[name] = xr.open_dataset(out)
+    np.testing.assert_array_equal(outputs["same"]["geopotential"].values, outputs["plain"]["geopotential"].values)
+    assert outputs["plain"].attrs["nfe_per_step"] == 39 and outputs["short"].attrs["nfe_per_step"] == 9
+    assert "'num_noise_levels': 5" in outputs["short"].attrs["sampler_config"]
+    assert "'churn': 0" in outputs["short"].attrs["sampler_config"]
+    assert not np.allclose(outputs["short"]["geopotential"].values, outputs["plain"]["geopotential"].values)
+
+
 @pytest.mark.parametrize("args,phrase", [
     (["--init", "1999-01-01"], "has no complete window"),
     (["--init", "yesterday-ish"], "not an ISO date-time"),
+    (["--init", "2001-01-08T00", "--sampler", "bogus=1"], "bogus: unknown key"),
+    (["--init", "2001-01-08T00", "--sampler", "churn=-1"], "churn: Input should be greater than or equal to 0"),
+    (["--init", "2001-01-08T00", "--sampler", "churn"], "expected key=value"),
 ])
 def test_forecast_bad_input(run_cli, tiny_run, wb2_store, tmp_path, args, phrase):
     result = run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, *args, "--steps", "1",

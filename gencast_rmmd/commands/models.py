@@ -38,12 +38,15 @@ def forecast(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Chec
              seed: Annotated[int, typer.Option("--seed", help="Seed of the ensemble keys.")] = 0,
              ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA parameters.")] = True,
              batch_size: Annotated[int, typer.Option(
-                 "--batch-size", min=1, help="Samples per network call (memory grows with it).")] = 4) -> None:
+                 "--batch-size", min=1, help="Samples per network call (memory grows with it).")] = 4,
+             sampler: Annotated[list[str] | None, typer.Option(
+                 "--sampler", help="key=value override of the checkpoint's sampler config "
+                                   "(e.g. noise_inflation=1.0), repeatable.")] = None) -> None:
     """Autoregressive ensemble forecast from a checkpoint, written to CF NetCDF (WB2 forecast layout)."""
     from gencast_rmmd.forecast.run import run_forecast
 
     timing = run_forecast(checkpoint, init, steps, members, out, data=data, seed=seed, use_ema=ema,
-                          log=console.print, batch_size=batch_size)
+                          log=console.print, batch_size=batch_size, sampler_overrides=sampler or ())
     console.print(f"wrote {out}: {len(init)} init(s) x {steps} steps x {members} members; "
                   f"{timing.seconds_per_step:.2f} s per 12 h step after {timing.compile_seconds:.1f} s compile")
 

@@ -12,6 +12,9 @@ from typing import Callable
 
 import numpy as np
 
+from pydantic import ValidationError
+
+from gencast_rmmd.config import _format_validation_error
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Sampler
@@ -62,5 +65,9 @@ def predictor_from_payload(payload: dict) -> Predictor:
     except KeyError as missing:
         raise UserInputError(f"the checkpoint does not describe its model completely (no {missing}); "
                              "it was not written by gencast-rmmd train or distill") from None
+    try:
+        sampler = builder(sampler_entry["config"], latitude, longitude)
+    except ValidationError as error:
+        raise UserInputError(_format_validation_error(f"sampler {sampler_entry['name']}", error)) from None
     network = network_for_grid(model, latitude, longitude, layout.n_target_channels)
-    return Predictor(network, builder(sampler_entry["config"], latitude, longitude), normalizer)
+    return Predictor(network, sampler, normalizer)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from gencast_rmmd.config import DataConfig
+from gencast_rmmd.config import DataConfig, apply_overrides
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import predictor_from_payload
@@ -38,13 +38,31 @@ def data_config_of(payload: dict, data: str | None) -> DataConfig:
     return DataConfig(**config)
 
 
+def with_sampler_overrides(payload: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """`payload` with `key=value` overrides of its sampler's config (validated when the sampler is built)."""
+    if not overrides:
+        return payload
+    for override in overrides:
+        if "=" not in override or "." in override.split("=", 1)[0]:
+            raise UserInputError(f"--sampler {override!r}: expected key=value of the checkpoint's sampler config, "
+                                 f"one of {', '.join(sorted(payload['sampler']['config']))}")
+    sampler = dict(payload["sampler"])
+    sampler["config"] = apply_overrides(sampler["config"], list(overrides))
+    return {**payload, "sampler": sampler}
+
+
 def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, members: int, out: str | os.PathLike,
                  data: str | None = None, seed: int = 0, use_ema: bool = True,
-                 log: Callable[[str], None] = print, batch_size: int = DEFAULT_BATCH_SIZE) -> RolloutTiming:
-    """Forecast from `checkpoint` (or a run directory's latest) and write `out`."""
+                 log: Callable[[str], None] = print, batch_size: int = DEFAULT_BATCH_SIZE,
+                 sampler_overrides: list[str] | tuple[str, ...] = ()) -> RolloutTiming:
+    """Forecast from `checkpoint` (or a run directory's latest) and write `out`.
+
+    `sampler_overrides` (`key=value`) change the checkpoint's sampler config for this
+    forecast only, e.g. `noise_inflation=1.0` or `churn=0`; the file records the config used.
+    """
     init_times = parse_inits(init)
     loaded = load_checkpoint(checkpoint)
-    payload = loaded.meta["task"]
+    payload = with_sampler_overrides(loaded.meta["task"], sampler_overrides)
     predictor = predictor_from_payload(payload)
     source = DataSource.open(data_config_of(payload, data))
     expected = (payload["grid"]["latitude"], payload["grid"]["longitude"])
