@@ -36,7 +36,7 @@ from evaluation.metrics import ensemble_variance, fair_crps  # noqa: E402
 from gencast_rmmd.data.grid import latitude_cell_weights  # noqa: E402
 from gencast_rmmd.data.stores import open_dataset  # noqa: E402
 
-BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, 32))
+BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, 21), (22, 32))
 BAND_LEADS = (0, 1, 3)
 
 

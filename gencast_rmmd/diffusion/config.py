@@ -22,11 +22,22 @@ from gencast_rmmd.config import StrictModel
 
 
 class NoiseConfig(StrictModel):
-    """Training noise levels: sigma = (s_min^(1/rho) + u (s_max^(1/rho) - s_min^(1/rho)))^rho, u ~ U[0, 1]."""
+    """The diffusion noise: its training levels and its spatial truncation.
+
+    Levels: sigma = (s_min^(1/rho) + u (s_max^(1/rho) - s_min^(1/rho)))^rho, u ~ U[0, 1].
+    `max_wavenumber`: the spherical-harmonic truncation L of the noise fields
+    (`SphericalNoise`), used for training, input perturbation and every sampler of
+    the model and of its students; None is the grid's largest resolvable wavenumber
+    (GenCast). Data that are smoother than their grid (a spectral model's T21 output
+    stored on 64x32) have no content above their truncation: noise there is only
+    something the denoiser must learn to remove, and what it leaves is spread with
+    no error to match.
+    """
 
     min_noise_level: float = Field(0.02, gt=0.0)
     max_noise_level: float = Field(88.0, gt=0.0)
     rho: float = Field(7.0, gt=0.0)
+    max_wavenumber: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "NoiseConfig":

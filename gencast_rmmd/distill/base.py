@@ -88,7 +88,8 @@ class DistillContext:
 
     @functools.cached_property
     def noise(self) -> SphericalNoise:
-        return SphericalNoise.for_grid(self.latitude, self.longitude)
+        """The teacher's diffusion noise (its truncation is in the payload's grid; absent = the grid's)."""
+        return SphericalNoise.for_grid(self.latitude, self.longitude, self.payload["grid"].get("noise_max_wavenumber"))
 
     @functools.cached_property
     def latitude_weights(self) -> np.ndarray:

@@ -139,6 +139,7 @@ class StudentSampler:
         return denoise(x, jnp.float32(levels[-1]))
 
 
-def build_student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> StudentSampler:
+def build_student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray,
+                          max_wavenumber: int | None = None) -> StudentSampler:
     """`SAMPLER_BUILDERS['student_kstep']`: the sampler a student checkpoint describes."""
-    return StudentSampler(StudentSamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude))
+    return StudentSampler(StudentSamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude, max_wavenumber))

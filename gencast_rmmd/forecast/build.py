@@ -27,22 +27,26 @@ from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.models.config import ModelConfig
 
 
-def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> Sampler:
-    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude))
+def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray,
+                max_wavenumber: int | None = None) -> Sampler:
+    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude, max_wavenumber))
 
 
-def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray) -> Sampler:
+def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray,
+                     max_wavenumber: int | None = None) -> Sampler:
     from gencast_rmmd.distill.sampler import build_student_sampler
-    return build_student_sampler(config, latitude, longitude)
+    return build_student_sampler(config, latitude, longitude, max_wavenumber)
 
 
-SAMPLER_BUILDERS: dict[str, Callable[[dict, np.ndarray, np.ndarray], Sampler]] = {
+# (sampler config, latitudes, longitudes, noise truncation L or None = the grid's) -> Sampler
+SamplerBuilder = Callable[..., Sampler]
+SAMPLER_BUILDERS: dict[str, SamplerBuilder] = {
     "dpm_solver_pp_2s": _dpm_solver,
     "student_kstep": _student_sampler,
 }
 
 
-def register_sampler(name: str, builder: Callable[[dict, np.ndarray, np.ndarray], Sampler]) -> None:
+def register_sampler(name: str, builder: SamplerBuilder) -> None:
     """Make a sampler kind rebuildable from checkpoints."""
     SAMPLER_BUILDERS[name] = builder
 
@@ -66,7 +70,8 @@ def predictor_from_payload(payload: dict) -> Predictor:
         raise UserInputError(f"the checkpoint does not describe its model completely (no {missing}); "
                              "it was not written by gencast-rmmd train or distill") from None
     try:
-        sampler = builder(sampler_entry["config"], latitude, longitude)
+        # checkpoints from before the noise truncation existed used the grid's
+        sampler = builder(sampler_entry["config"], latitude, longitude, payload["grid"].get("noise_max_wavenumber"))
     except ValidationError as error:
         raise UserInputError(_format_validation_error(f"sampler {sampler_entry['name']}", error)) from None
     network = network_for_grid(model, latitude, longitude, layout.n_target_channels)

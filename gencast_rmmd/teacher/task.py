@@ -70,10 +70,7 @@ class TeacherTask:
     latitude: np.ndarray
     longitude: np.ndarray
     payload: dict
-
-    @property
-    def noise(self) -> SphericalNoise:
-        return SphericalNoise.for_grid(self.latitude, self.longitude)
+    noise: SphericalNoise       # the diffusion noise (`config.noise.max_wavenumber` on this grid)
 
     def loss(self, params, frozen, key, batch: Batch, perturb: bool = True):
         del frozen

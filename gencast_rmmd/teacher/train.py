@@ -11,8 +11,9 @@ from gencast_rmmd.data.batches import make_iterator
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.data.stats import compute_stats, load_stats, save_stats
-from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.diffusion.noise import SphericalNoise, resolvable_wavenumber
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
+from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import sampler_payload
 from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.teacher.config import TeacherConfig
@@ -49,26 +50,40 @@ def batch_stream(source: DataSource, split: str, batch_size: int):
     return batches
 
 
-def grid_payload(source: DataSource) -> dict:
-    return {"latitude": source.latitude.tolist(), "longitude": source.longitude.tolist()}
+def grid_payload(source: DataSource, noise: SphericalNoise) -> dict:
+    """The checkpoint's grid: coordinates and the truncation of the diffusion noise on it."""
+    return {"latitude": source.latitude.tolist(), "longitude": source.longitude.tolist(),
+            "noise_max_wavenumber": int(noise.max_wavenumber)}
+
+
+def diffusion_noise(config: TeacherConfig, source: DataSource) -> SphericalNoise:
+    """The spherical noise of `config.noise` on the grid of `source` (UserInputError if L does not fit)."""
+    resolvable = resolvable_wavenumber(len(source.latitude), len(source.longitude))
+    wavenumber = config.noise.max_wavenumber
+    if wavenumber is not None and wavenumber > resolvable:
+        raise UserInputError(f"noise.max_wavenumber {wavenumber} is above {resolvable}, the largest wavenumber the "
+                             f"{len(source.longitude)}x{len(source.latitude)} grid of {source.report.location} "
+                             "resolves; lower it or leave it unset")
+    return SphericalNoise.for_grid(source.latitude, source.longitude, wavenumber)
 
 
 def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normalizer) -> TeacherTask:
     """The training task of `config` on `source`, with the checkpoint payload that rebuilds its model."""
     network = network_for_grid(config.model, source.latitude, source.longitude, source.layout.n_target_channels)
-    sampler = DPMSolverPlusPlus2S(config.sampler, SphericalNoise.for_grid(source.latitude, source.longitude))
+    noise = diffusion_noise(config, source)
+    sampler = DPMSolverPlusPlus2S(config.sampler, noise)
     payload = {
         "kind": "teacher",
         "config": config_to_dict(config),
         "model": config_to_dict(config.model),
         "layout": source.layout.to_dict(),
         "normalizer": normalizer.to_dict(),
-        "grid": grid_payload(source),
+        "grid": grid_payload(source, noise),
         "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
         "data_source": source.report.location,
     }
     return TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
-                       np.asarray(source.longitude), payload)
+                       np.asarray(source.longitude), payload, noise)
 
 
 def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
@@ -77,6 +92,7 @@ def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = Fal
     check_run_dir(run_dir, resume)
     initialize_distributed(config.distributed)
     source = DataSource.open(config.data)
+    diffusion_noise(config, source)  # a bad truncation fails before statistics are computed
     run_dir.mkdir(parents=True, exist_ok=True)
     normalizer = Normalizer.from_stats(run_statistics(source, config, run_dir), source.layout)
     task = teacher_task(config, source, normalizer)
