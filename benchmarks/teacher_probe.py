@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/teacher_probe.py NAME [--set key=value ...] [--train-steps 800] [--inits 4]
         [--members 4] [--steps 10] [--workdir runs/probes] [--store data/demo.zarr]
-        [--config configs/teacher/demo.yaml] [--sampler key=value ...] [--from-run OTHER]
+        [--config configs/teacher/demo.yaml] [--sampler key=value ...] [--from-run OTHER] [--no-ema]
 
 Trains `--config` with the overrides for `--train-steps` steps in WORKDIR/NAME (resumed if
 there), forecasts `--members` members from `--inits` evenly spaced test-split inits for
@@ -13,7 +13,7 @@ activity (`teacher_stability.py`: 1 = members stay on the climate's attractor). 
 one JSON line to WORKDIR/probes.jsonl and prints a markdown table. `--sampler key=value`
 changes the sampler for the forecast only (`gencast-rmmd forecast --sampler`); with
 `--from-run OTHER` the probe trains nothing and forecasts from WORKDIR/OTHER, so sampler
-settings can be compared on one set of weights.
+settings can be compared on one set of weights; `--no-ema` forecasts with the raw parameters.
 
 A probe costs ~12 min on 2 cores at the defaults (800 steps, 4 x 4 members); the gate
 (`teacher_quality_gate.py`) costs ~90 min, so probes pick what the gate then confirms.
@@ -67,6 +67,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "teacher" / "demo.yaml"))
     parser.add_argument("--sampler", action="append", default=[])
     parser.add_argument("--from-run", default=None)
+    parser.add_argument("--no-ema", action="store_true")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,8 @@ def main() -> int:
     started = time.perf_counter()
     cli("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
         "--members", args.members, "--out", forecast,
-        *[item for override in args.sampler for item in ("--sampler", override)], log=log)
+        *[item for override in args.sampler for item in ("--sampler", override)],
+        *(["--no-ema"] if args.no_ema else []), log=log)
     forecast_s = time.perf_counter() - started
     climatology = work / f"climatology_{args.inits}x{args.steps}.nc"
     if not climatology.exists():
@@ -99,6 +101,7 @@ def main() -> int:
         rows[label]["crps_vs_climatology"] = (np.asarray(rows[label]["crps"])
                                               / np.asarray(baseline[label]["crps"])).tolist()
     record = {"name": args.name, "overrides": overrides, "sampler": args.sampler, "from_run": args.from_run,
+              "ema": not args.no_ema,
               "inits": inits, "members": args.members,
               "train_s": round(train_s, 1), "forecast_s": round(forecast_s, 1), "rows": rows}
     with open(work / "probes.jsonl", "a") as sink:

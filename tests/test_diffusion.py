@@ -96,12 +96,14 @@ def test_spherical_noise_sample_variance_is_one_in_every_row(latitudes):
     assert np.abs(per_point - 1.0).max() < 0.4
 
 
-def test_spherical_noise_spectrum_is_flat_and_truncated():
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+def test_spherical_noise_spectrum_is_as_asked_and_truncated(exponent):
     """Projected on an independent (scipy) real SH basis, samples lie in the span of l <= L and
-    carry equal power per total wavenumber l (the power of l is 4 pi / (L + 1) for unit variance)."""
+    carry power 4 pi w_l in total wavenumber l, w_l = (l + 1)^p / sum_k (k + 1)^p
+    (p = 0: equal power per wavenumber, GenCast's)."""
     n_lat, n_lon = 16, 32
     latitudes, longitudes = np.linspace(-84.375, 84.375, n_lat), np.arange(n_lon) * 11.25
-    noise = SphericalNoise.for_grid(latitudes, longitudes)
+    noise = SphericalNoise.for_grid(latitudes, longitudes, spectral_exponent=exponent)
     top = noise.max_wavenumber
     colatitude, azimuth = np.meshgrid(np.deg2rad(90.0 - latitudes), np.deg2rad(longitudes), indexing="ij")
     columns, degree = [], []
@@ -120,7 +122,8 @@ def test_spherical_noise_spectrum_is_flat_and_truncated():
     power = np.array([(coefficients[degree == l] ** 2).sum(axis=0).mean() for l in range(top + 1)])
     n_samples = fields.shape[1]
     tolerance = 5.0 * np.sqrt(2.0 / ((2 * np.arange(top + 1) + 1) * n_samples))
-    np.testing.assert_array_less(np.abs(power / (4 * np.pi / (top + 1)) - 1.0), tolerance)
+    share = (np.arange(top + 1) + 1.0) ** exponent
+    np.testing.assert_array_less(np.abs(power / (4 * np.pi * share / share.sum()) - 1.0), tolerance)
 
 
 def test_spherical_noise_is_isotropic_and_unlike_iid_noise():

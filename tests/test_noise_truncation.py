@@ -1,4 +1,4 @@
-"""`noise.max_wavenumber`: one truncation of the diffusion noise for training, the checkpoint and every sampler."""
+"""`noise.max_wavenumber` / `spectral_exponent`: one diffusion noise for training, the checkpoint and every sampler."""
 
 from __future__ import annotations
 
@@ -22,27 +22,27 @@ def truncated_run(tmp_path_factory, wb2_store):
     from gencast_rmmd.cli import main
     run = tmp_path_factory.mktemp("truncated") / "run"
     assert main(["train", "--config", str(TINY), "--data", str(wb2_store), *SETS,
-                 "--set", "noise.max_wavenumber=10", "--out", str(run)]) == 0
+                 "--set", "noise.max_wavenumber=10", "--set", "noise.spectral_exponent=1.5", "--out", str(run)]) == 0
     return run
 
 
-def test_the_checkpoint_and_its_samplers_carry_the_truncation(truncated_run):
+def test_the_checkpoint_and_its_samplers_carry_the_noise_spec(truncated_run):
     payload = load_checkpoint(truncated_run).meta["task"]
-    assert payload["grid"]["noise_max_wavenumber"] == 10
-    assert predictor_from_payload(payload).sampler.noise.max_wavenumber == 10
+    assert payload["grid"]["noise"] == {"max_wavenumber": 10, "spectral_exponent": 1.5}
+    assert predictor_from_payload(payload).sampler.noise.spec == payload["grid"]["noise"]
     student = copy.deepcopy(payload)   # a student's payload copies its teacher's grid
     student["sampler"] = {"name": "student_kstep", "config": StudentSamplerConfig(steps=2).model_dump(mode="json"),
                           "nfe_per_step": 2}
-    assert predictor_from_payload(student).sampler.noise.max_wavenumber == 10
+    assert predictor_from_payload(student).sampler.noise.spec == payload["grid"]["noise"]
     older = copy.deepcopy(payload)     # checkpoints from before the option: the grid's own truncation
-    del older["grid"]["noise_max_wavenumber"]
-    assert predictor_from_payload(older).sampler.noise.max_wavenumber == 31
+    del older["grid"]["noise"]
+    assert predictor_from_payload(older).sampler.noise.spec == {"max_wavenumber": 31, "spectral_exponent": 0.0}
 
 
 def test_the_default_is_the_grids_resolvable_wavenumber(run_cli, wb2_store, tmp_path):
     run = tmp_path / "run"
     assert run_cli("train", "--config", TINY, "--data", wb2_store, *SETS, "--out", run).code == 0
-    assert load_checkpoint(run).meta["task"]["grid"]["noise_max_wavenumber"] == 31
+    assert load_checkpoint(run).meta["task"]["grid"]["noise"] == {"max_wavenumber": 31, "spectral_exponent": 0.0}
 
 
 def test_truncated_teacher_forecasts(run_cli, truncated_run, wb2_store, tmp_path):

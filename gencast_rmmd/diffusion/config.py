@@ -31,13 +31,15 @@ class NoiseConfig(StrictModel):
     (GenCast). Data that are smoother than their grid (a spectral model's T21 output
     stored on 64x32) have no content above their truncation: noise there is only
     something the denoiser must learn to remove, and what it leaves is spread with
-    no error to match.
+    no error to match. `spectral_exponent` p gives total wavenumber l a share of the
+    noise variance proportional to (l + 1)^p; 0 is GenCast's flat spectrum.
     """
 
     min_noise_level: float = Field(0.02, gt=0.0)
     max_noise_level: float = Field(88.0, gt=0.0)
     rho: float = Field(7.0, gt=0.0)
     max_wavenumber: int | None = Field(None, ge=1)
+    spectral_exponent: float = Field(0.0, ge=-4.0, le=4.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "NoiseConfig":

@@ -10,10 +10,11 @@ a random spherical-harmonic series truncated at total wavenumber L,
 with real, L2(sphere)-orthonormal Y_lm. The addition theorem
 sum_m Y_lm(p)^2 = (2l + 1) / (4 pi) gives Var z(p) = sum_l s_l^2 (2l + 1) / (4 pi) at
 every point p, and Cov(z(p), z(q)) = sum_l s_l^2 (2l + 1) / (4 pi) P_l(cos gamma_pq)
-depends only on the angular distance gamma_pq: the field is isotropic. We use
-GenCast's flat spectrum, equal power 1 / (L + 1) in every total wavenumber,
-s_l^2 = 4 pi / ((2l + 1)(L + 1)), so the variance is 1 at every grid point (poles
-included). L defaults to the largest wavenumber the grid resolves,
+depends only on the angular distance gamma_pq: the field is isotropic. The power
+of total wavenumber l is w_l = (l + 1)^p / sum_k (k + 1)^p, s_l^2 = 4 pi w_l / (2l + 1),
+so the variance is 1 at every grid point (poles included). p = 0 is GenCast's
+flat spectrum (w_l = 1 / (L + 1)); p > 0 moves power from the planetary scales to
+the small ones. L defaults to the largest wavenumber the grid resolves,
 min(n_lon / 2 - 1, n_lat - 1) (31 on the WB2 64x32 grid).
 
 The associated Legendre functions come from `dinosaur.associated_legendre`,
@@ -63,6 +64,12 @@ class SphericalNoise:
     legendre: np.ndarray
     fourier: np.ndarray
     max_wavenumber: int
+    spectral_exponent: float = 0.0
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this noise on its grid (`from_spec`); checkpoints store it."""
+        return {"max_wavenumber": int(self.max_wavenumber), "spectral_exponent": float(self.spectral_exponent)}
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -70,12 +77,18 @@ class SphericalNoise:
         return self.legendre.shape[1], self.fourier.shape[0]
 
     @classmethod
+    def from_spec(cls, latitudes: np.ndarray, longitudes: np.ndarray, spec: dict | None) -> "SphericalNoise":
+        """`for_grid` with a stored `spec` (None or missing keys: GenCast's noise for the grid)."""
+        return cls.for_grid(latitudes, longitudes, **(spec or {}))
+
+    @classmethod
     def for_grid(cls, latitudes: np.ndarray, longitudes: np.ndarray,
-                 max_wavenumber: int | None = None) -> "SphericalNoise":
+                 max_wavenumber: int | None = None, spectral_exponent: float = 0.0) -> "SphericalNoise":
         """Noise for a grid given by its latitudes and longitudes in degrees (cached per grid).
 
         `max_wavenumber` (L) defaults to `resolvable_wavenumber`; a smaller L gives
-        smoother noise, still of unit variance.
+        smoother noise, still of unit variance. `spectral_exponent` (p) shapes the
+        power per total wavenumber, (l + 1)^p (module docstring); 0 is flat.
         """
         latitudes = np.asarray(latitudes, dtype=np.float64)
         longitudes = np.asarray(longitudes, dtype=np.float64)
@@ -89,7 +102,7 @@ class SphericalNoise:
         if not 1 <= wavenumber <= resolvable:
             raise ValueError(f"max_wavenumber must be in [1, {resolvable}] for a "
                              f"{len(latitudes)}x{len(longitudes)} grid; got {wavenumber}")
-        return _build(tuple(latitudes.tolist()), tuple(longitudes.tolist()), wavenumber)
+        return _build(tuple(latitudes.tolist()), tuple(longitudes.tolist()), wavenumber, float(spectral_exponent))
 
     def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
         """A sample of shape [B, lat, lon, C]: independent unit-variance isotropic fields."""
@@ -109,19 +122,22 @@ class SphericalNoise:
 
 
 @functools.lru_cache(maxsize=16)
-def _build(latitudes: tuple[float, ...], longitudes: tuple[float, ...], max_wavenumber: int) -> SphericalNoise:
+def _build(latitudes: tuple[float, ...], longitudes: tuple[float, ...], max_wavenumber: int,
+           spectral_exponent: float) -> SphericalNoise:
     n_wavenumbers = max_wavenumber + 1
     sin_latitude = np.sin(np.deg2rad(np.asarray(latitudes)))
     legendre = associated_legendre.evaluate(n_m=n_wavenumbers, n_l=n_wavenumbers, x=sin_latitude)
     total = np.arange(n_wavenumbers)
-    spectrum_scale = np.sqrt(4.0 * np.pi / ((2 * total + 1) * n_wavenumbers))
+    power = (total + 1.0) ** spectral_exponent
+    power = power / power.sum()                    # w_l: the share of the variance in total wavenumber l
+    spectrum_scale = np.sqrt(4.0 * np.pi * power / (2 * total + 1))
     legendre = legendre * spectrum_scale[None, None, :]
 
     angle = np.deg2rad(np.asarray(longitudes))[:, None] * np.arange(n_wavenumbers)[None, :]
     norm = np.where(np.arange(n_wavenumbers) == 0, 1.0 / np.sqrt(2.0 * np.pi), 1.0 / np.sqrt(np.pi))
     fourier = np.stack([np.cos(angle) * norm, np.sin(angle) * norm], axis=-1)
     return SphericalNoise(legendre=legendre.astype(np.float32), fourier=fourier.astype(np.float32),
-                          max_wavenumber=max_wavenumber)
+                          max_wavenumber=max_wavenumber, spectral_exponent=spectral_exponent)
 
 
 def iid_noise(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:

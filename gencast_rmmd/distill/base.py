@@ -88,8 +88,8 @@ class DistillContext:
 
     @functools.cached_property
     def noise(self) -> SphericalNoise:
-        """The teacher's diffusion noise (its truncation is in the payload's grid; absent = the grid's)."""
-        return SphericalNoise.for_grid(self.latitude, self.longitude, self.payload["grid"].get("noise_max_wavenumber"))
+        """The teacher's diffusion noise (its spec is in the payload's grid; absent = GenCast's)."""
+        return SphericalNoise.from_spec(self.latitude, self.longitude, self.payload["grid"].get("noise"))
 
     @functools.cached_property
     def latitude_weights(self) -> np.ndarray:

@@ -118,7 +118,7 @@ def write_pareto(run_dir: Path, context: DistillContext, data: DataSource, teach
         stream.close()
     key = jax.random.PRNGKey(context.config.seed)
     teacher = SAMPLER_BUILDERS[teacher_sampler["name"]](teacher_sampler["config"], context.latitude,
-                                                        context.longitude, context.noise.max_wavenumber)
+                                                        context.longitude, context.noise.spec)
     log(f"scoring the teacher and {len(checkpoints)} students on {len(batches)} validation batches")
     teacher_crps, teacher_spectrum = score(context, sample_function(context, teacher), context.anchors.teacher,
                                            batches, key)

@@ -140,6 +140,6 @@ class StudentSampler:
 
 
 def build_student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray,
-                          max_wavenumber: int | None = None) -> StudentSampler:
+                          noise: dict | None = None) -> StudentSampler:
     """`SAMPLER_BUILDERS['student_kstep']`: the sampler a student checkpoint describes."""
-    return StudentSampler(StudentSamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude, max_wavenumber))
+    return StudentSampler(StudentSamplerConfig(**config), SphericalNoise.from_spec(latitude, longitude, noise))

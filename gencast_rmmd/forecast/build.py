@@ -27,18 +27,16 @@ from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.models.config import ModelConfig
 
 
-def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray,
-                max_wavenumber: int | None = None) -> Sampler:
-    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.for_grid(latitude, longitude, max_wavenumber))
+def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray, noise: dict | None = None) -> Sampler:
+    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.from_spec(latitude, longitude, noise))
 
 
-def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray,
-                     max_wavenumber: int | None = None) -> Sampler:
+def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray, noise: dict | None = None) -> Sampler:
     from gencast_rmmd.distill.sampler import build_student_sampler
-    return build_student_sampler(config, latitude, longitude, max_wavenumber)
+    return build_student_sampler(config, latitude, longitude, noise)
 
 
-# (sampler config, latitudes, longitudes, noise truncation L or None = the grid's) -> Sampler
+# (sampler config, latitudes, longitudes, noise spec (`SphericalNoise.spec`; None = GenCast's)) -> Sampler
 SamplerBuilder = Callable[..., Sampler]
 SAMPLER_BUILDERS: dict[str, SamplerBuilder] = {
     "dpm_solver_pp_2s": _dpm_solver,
@@ -70,8 +68,8 @@ def predictor_from_payload(payload: dict) -> Predictor:
         raise UserInputError(f"the checkpoint does not describe its model completely (no {missing}); "
                              "it was not written by gencast-rmmd train or distill") from None
     try:
-        # checkpoints from before the noise truncation existed used the grid's
-        sampler = builder(sampler_entry["config"], latitude, longitude, payload["grid"].get("noise_max_wavenumber"))
+        # checkpoints without a noise spec used GenCast's noise for the grid
+        sampler = builder(sampler_entry["config"], latitude, longitude, payload["grid"].get("noise"))
     except ValidationError as error:
         raise UserInputError(_format_validation_error(f"sampler {sampler_entry['name']}", error)) from None
     network = network_for_grid(model, latitude, longitude, layout.n_target_channels)

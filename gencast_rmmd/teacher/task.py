@@ -70,7 +70,7 @@ class TeacherTask:
     latitude: np.ndarray
     longitude: np.ndarray
     payload: dict
-    noise: SphericalNoise       # the diffusion noise (`config.noise.max_wavenumber` on this grid)
+    noise: SphericalNoise       # the diffusion noise (`config.noise` truncation and spectrum on this grid)
 
     def loss(self, params, frozen, key, batch: Batch, perturb: bool = True):
         del frozen

@@ -51,9 +51,9 @@ def batch_stream(source: DataSource, split: str, batch_size: int):
 
 
 def grid_payload(source: DataSource, noise: SphericalNoise) -> dict:
-    """The checkpoint's grid: coordinates and the truncation of the diffusion noise on it."""
+    """The checkpoint's grid: coordinates and the diffusion noise's spec on it."""
     return {"latitude": source.latitude.tolist(), "longitude": source.longitude.tolist(),
-            "noise_max_wavenumber": int(noise.max_wavenumber)}
+            "noise": noise.spec}
 
 
 def diffusion_noise(config: TeacherConfig, source: DataSource) -> SphericalNoise:
@@ -64,7 +64,7 @@ def diffusion_noise(config: TeacherConfig, source: DataSource) -> SphericalNoise
         raise UserInputError(f"noise.max_wavenumber {wavenumber} is above {resolvable}, the largest wavenumber the "
                              f"{len(source.longitude)}x{len(source.latitude)} grid of {source.report.location} "
                              "resolves; lower it or leave it unset")
-    return SphericalNoise.for_grid(source.latitude, source.longitude, wavenumber)
+    return SphericalNoise.for_grid(source.latitude, source.longitude, wavenumber, config.noise.spectral_exponent)
 
 
 def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normalizer) -> TeacherTask:
