@@ -13,8 +13,8 @@ from gencast_rmmd.forecast.build import predictor_from_payload
 from gencast_rmmd.training import load_checkpoint
 
 TINY = REPO / "configs" / "teacher" / "tiny.yaml"
-SETS = ["--set", "data.levels=[500,850]", "--set", "train.steps=4", "--set", "train.warmup_steps=1", "--set", "train.checkpoint_every=4",
-        "--set", "train.log_every=2"]
+SETS = ["--set", "data.levels=[500,850]", "--set", "train.steps=4", "--set", "train.warmup_steps=1",
+        "--set", "train.checkpoint_every=4", "--set", "train.log_every=2"]
 
 
 @pytest.fixture(scope="module")

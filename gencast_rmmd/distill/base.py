@@ -89,7 +89,7 @@ class DistillContext:
     @functools.cached_property
     def noise(self) -> SphericalNoise:
         """The teacher's diffusion noise (its spec is in the payload's grid; absent = GenCast's)."""
-        return SphericalNoise.from_spec(self.latitude, self.longitude, self.payload["grid"].get("noise"))
+        return SphericalNoise.from_spec(self.latitude, self.longitude, self.payload.get("grid", {}).get("noise"))
 
     @functools.cached_property
     def latitude_weights(self) -> np.ndarray:
