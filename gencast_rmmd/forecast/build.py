@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-
 from pydantic import ValidationError
 
 from gencast_rmmd.config import _format_validation_error
