@@ -14,6 +14,7 @@ from gencast_rmmd.geometry import (
     connectivity,
     features,
     icosahedral_mesh,
+    khop_band_layout,
     khop_block_layout,
     khop_mask,
 )
@@ -216,6 +217,23 @@ def test_khop_mask_properties(refinement):
             assert mask.sum() > previous.sum() or mask.all()
         previous = mask
     np.testing.assert_array_equal(khop_mask(graphs, 1), adjacency | np.eye(graphs.n_mesh, dtype=bool))
+
+
+@pytest.mark.parametrize("block_size", [16, 50, 64, 1000])
+def test_band_layout_reproduces_dense_mask(block_size):
+    graphs = build_graphs(*WB2_64X32, 3)
+    bands = khop_band_layout(graphs, 4, block_size)
+    dense = khop_mask(graphs, 4)
+    np.testing.assert_array_equal(bands.to_dense(), dense)
+    starts = [window[0] for window in bands.windows]
+    assert starts == list(range(0, graphs.n_mesh, block_size)) and bands.windows[-1][1] == graphs.n_mesh
+    for (start, stop, key_start, key_stop), mask in zip(bands.windows, bands.masks):
+        assert mask.shape == (stop - start, key_stop - key_start)
+        assert mask[:, 0].any() and mask[:, -1].any()          # each window is the tightest span
+    if block_size < graphs.n_mesh:
+        assert dense.mean() < bands.fill < 1.0                  # the banded order pays off
+    with pytest.raises(ValueError, match="block_size"):
+        khop_band_layout(graphs, 4, 0)
 
 
 @pytest.mark.parametrize("block_size", [16, 50, 64])

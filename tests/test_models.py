@@ -15,7 +15,7 @@ from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.models.builder import count_parameters, network_for_grid
 from gencast_rmmd.models.config import ModelConfig, ProcessorConfig
 from gencast_rmmd.models.denoiser import parameter_count
-from gencast_rmmd.models.layers import fourier_features
+from gencast_rmmd.models.layers import ConditionedMLP, fourier_features
 
 LATITUDE = np.linspace(-87.1875, 87.1875, 32)
 LONGITUDE = np.arange(64) * 5.625
@@ -82,14 +82,31 @@ def test_examples_in_a_batch_are_independent():
     np.testing.assert_allclose(both[:1], first, rtol=1e-4, atol=1e-5)
 
 
-def test_block_sparse_attention_equals_dense():
+def test_banded_and_block_sparse_attention_equal_dense():
     noisy, sigma, conditioning = example()
     outputs = []
-    for attention in ("dense", "block_sparse"):
+    for attention in ("dense", "banded", "block_sparse"):
         network = network_for_grid(small_config(attention), LATITUDE, LONGITUDE, 5)
         params = perturbed(network.init(jax.random.PRNGKey(0), noisy, sigma, conditioning))
         outputs.append(network.apply(params, noisy, sigma, conditioning))
-    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    for other in outputs[1:]:
+        np.testing.assert_allclose(outputs[0], other, rtol=1e-4, atol=1e-4)
+
+
+def test_mlp_on_gathered_parts_equals_mlp_on_their_concatenation():
+    """The edge MLP projects node latents before gathering them: same parameters, same function."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    edges, senders_x, receivers_x = (jax.random.normal(k, (n, 8)) for k, n in zip(keys, (30, 7, 11)))
+    conditioning = jax.random.normal(keys[3], (5,))
+    senders, receivers = np.arange(30) % 7, (np.arange(30) * 5) % 11
+    mlp = hk.without_apply_rng(hk.transform(lambda x, c: ConditionedMLP(16, 8, 2, name="edge_mlp")(x, c)))
+    concatenated = jnp.concatenate([edges, senders_x[senders], receivers_x[receivers]], axis=-1)
+    params = perturbed(mlp.init(jax.random.PRNGKey(0), concatenated, conditioning))
+    parts = [(edges, None), (senders_x, senders), (receivers_x, receivers)]
+    assert jax.tree_util.tree_structure(mlp.init(jax.random.PRNGKey(0), parts, conditioning)) == \
+        jax.tree_util.tree_structure(params)
+    np.testing.assert_allclose(mlp.apply(params, parts, conditioning), mlp.apply(params, concatenated, conditioning),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_attention_is_local_to_k_hops():

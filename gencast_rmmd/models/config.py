@@ -24,8 +24,9 @@ class ProcessorConfig(StrictModel):
     num_heads: int = Field(4, ge=1)
     ffw_hidden: int = Field(2048, ge=1)
     k_hop: int = Field(16, ge=1)
-    # dense: an [N, N] mask (small meshes); block_sparse: banded blocks (big meshes).
-    attention: Literal["dense", "block_sparse"] = "dense"
+    # dense: an [N, N] mask; banded: one contiguous key window per block of `block_size` queries
+    # (small meshes, fastest on CPU); block_sparse: gathered key blocks (big meshes). Same function.
+    attention: Literal["dense", "banded", "block_sparse"] = "dense"
     block_size: int = Field(128, ge=8)
 
 

@@ -30,8 +30,8 @@ class InteractionNetwork(hk.Module):
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Returns updated (sender_latents, receiver_latents, edge_latents)."""
         mlp = lambda name: ConditionedMLP(self._latent, self._latent, self._hidden_layers, name=name)  # noqa: E731
-        messages = jnp.concatenate(
-            [edge_latents, sender_latents[senders], receiver_latents[receivers]], axis=-1)
+        # = MLP(concat([e, s[senders], r[receivers]])): the first layer projects the nodes, then gathers
+        messages = [(edge_latents, None), (sender_latents, senders), (receiver_latents, receivers)]
         edge_latents = edge_latents + mlp("edge_mlp")(messages, conditioning)
         aggregated = jax.ops.segment_sum(edge_latents.astype(jnp.float32), receivers,
                                          num_segments=receiver_latents.shape[0]).astype(edge_latents.dtype)
