@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from gencast_rmmd.config import load_config  # noqa: E402
 from gencast_rmmd.data.normalization import Normalizer  # noqa: E402
 from gencast_rmmd.data.source import DataSource  # noqa: E402
-from gencast_rmmd.data.stats import compute_stats, load_stats, save_stats  # noqa: E402
+from gencast_rmmd.data.stats import compute_stats, load_stats  # noqa: E402
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser  # noqa: E402
 from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
 from gencast_rmmd.teacher.task import first_step  # noqa: E402
@@ -110,13 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     common = [f"data.path={args.store}", f"train.batch_size={args.batch}"]
     base = load_config(REPO / args.config, TeacherConfig, overrides=common)
     source = DataSource.open(base.data)
-    if args.stats:
-        stats = load_stats(args.stats)
-    else:
-        stats = compute_stats(source, "train")
-        with tempfile.TemporaryDirectory() as scratch:  # round-trip as training does
-            save_stats(stats, Path(scratch) / "stats.nc")
-            stats = load_stats(Path(scratch) / "stats.nc")
+    stats = load_stats(args.stats) if args.stats else compute_stats(source, "train")
     normalizer = Normalizer.from_stats(stats, source.layout)
     batch = next(batch_stream(source, "train", args.batch)(0))
     built = []

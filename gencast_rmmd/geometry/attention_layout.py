@@ -131,6 +131,12 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+def _check_block_size(block_size: int) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    return int(block_size)
+
+
 def _khop_rows(step: sparse.csr_matrix, rows: np.ndarray, k: int) -> sparse.csr_matrix:
     """Rows `rows` of (A + I)^k as bool CSR [len(rows), N], given step = A + I."""
     n = step.shape[0]
@@ -208,22 +214,20 @@ def khop_band_layout(graphs_or_adjacency, k: int, block_size: int) -> BandLayout
     Memory is the summed window areas in bytes (refinement 3, k = 4, b = 64: ~0.2 MB);
     meant for meshes whose banded order keeps neighbourhoods narrow (up to a few thousand nodes).
     """
-    k = _check_k(k)
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    step = _step_matrix(graphs_or_adjacency)
-    n = step.shape[0]
+    block_size = _check_block_size(block_size)
+    reach_all = khop_csr(graphs_or_adjacency, k)
+    n = reach_all.shape[0]
     windows, masks = [], []
-    for start in range(0, n, int(block_size)):
-        stop = min(start + int(block_size), n)
-        reach = _khop_rows(step, np.arange(start, stop), k).tocoo()
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        reach = reach_all[start:stop].tocoo()
         key_start, key_stop = int(reach.col.min()), int(reach.col.max()) + 1
         mask = np.zeros((stop - start, key_stop - key_start), dtype=bool)
         mask[reach.row, reach.col - key_start] = True
         mask.setflags(write=False)
         windows.append((start, stop, key_start, key_stop))
         masks.append(mask)
-    return BandLayout(k=k, block_size=int(block_size), n_nodes=n, windows=tuple(windows), masks=tuple(masks))
+    return BandLayout(k=int(k), block_size=block_size, n_nodes=n, windows=tuple(windows), masks=tuple(masks))
 
 
 def khop_block_layout(
@@ -239,8 +243,7 @@ def khop_block_layout(
     a hash of the adjacency, k and block size, and reloaded on later calls.
     """
     k = _check_k(k)
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    _check_block_size(block_size)
     step = _step_matrix(graphs_or_adjacency)
     digest = hashlib.sha256(step.indptr.astype(np.int64).tobytes() + step.indices.astype(np.int64).tobytes())
     key = (digest.hexdigest()[:24], k, int(block_size))
