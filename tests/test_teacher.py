@@ -109,6 +109,30 @@ def test_members_do_not_depend_on_the_batch_size(run_cli, tiny_run, wb2_store, t
     assert np.abs(outputs[0][:, :, 0] - outputs[0][:, :, 1]).max() > 1.0, "members must differ"
 
 
+def test_quality_gate_forecast_in_groups_equals_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
+    """The gate's parallel forecast (contiguous groups of inits, merged along `time`) equals one process's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gate", REPO / "benchmarks" / "teacher_quality_gate.py")
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    inits = ["2001-01-08T00", "2001-01-08T12", "2001-01-09T00"]
+    whole = tmp_path / "whole.nc"
+    assert run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store,
+                   *[x for init in inits for x in ("--init", init)], "--steps", "2", "--members", "2",
+                   "--out", whole).code == 0
+    grouped = tmp_path / "grouped.nc"
+    gate.forecast_in_groups(tiny_run, str(wb2_store), inits, 2, 2, grouped, jobs=2, log=tmp_path / "log")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".nc") == ["grouped.nc", "whole.nc"]
+    with xr.open_dataset(whole) as one, xr.open_dataset(grouped) as merged:
+        assert merged["geopotential"].dims == one["geopotential"].dims
+        np.testing.assert_array_equal(merged["time"].values, one["time"].values)
+        np.testing.assert_array_equal(merged["valid_time"].values, one["valid_time"].values)
+        for name in one.data_vars:
+            np.testing.assert_allclose(merged[name].values, one[name].values, rtol=1e-5, atol=1e-3)
+        assert merged.attrs["nfe_per_step"] == one.attrs["nfe_per_step"]
+        assert merged.attrs["Conventions"] == one.attrs["Conventions"]
+
+
 def test_sampler_overrides_apply_to_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
     """Restating the checkpoint's own sampler value changes nothing; a new one is used and recorded."""
     outputs = {}
