@@ -55,7 +55,7 @@ def pipeline(*args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def run_pipeline(*args: str, timeout: float = 400) -> tuple[int, str, str, float]:
+def run_pipeline(*args: str, timeout: float = 1200) -> tuple[int, str, str, float]:
     began = time.monotonic()
     process = pipeline("run", TINY, *args)
     out, err = process.communicate(timeout=timeout)
