@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/rmmd_demo.py --teacher runs/quality_gate/teacher [--store data/demo.zarr]
         [--workdir runs/rmmd_demo] [--inits 20] [--members 8] [--steps 10]
-        [--phase1-steps 600] [--phase2-steps 300] [--set k=v ...]
+        [--phase1-steps 600] [--phase2-steps 300] [--phase2-learning-rate 1e-4] [--set k=v ...]
         [--teacher-forecast runs/quality_gate/teacher.nc]   # reuse the quality gate's teacher ensemble
         [--student-params ema|raw] [--speed-repeats 5]
 
@@ -101,6 +101,15 @@ def reuse_teacher_forecast(source: Path, out: Path, inits: list[str], members: i
     partial.rename(out)
 
 
+def teacher_identity(run: Path) -> dict:
+    """The teacher checkpoint a table was made from (`gencast-rmmd inspect --json`): step and parameter hash."""
+    output = subprocess.run([sys.executable, "-m", "gencast_rmmd.cli", "inspect", str(run), "--json"], check=True, capture_output=True,
+                            text=True, cwd=REPO).stdout
+    record = json.loads(output)
+    return {"run": str(run), "step": record["step"], "params_sha256": record["params_sha256"],
+            "param_count": record["param_count"]}
+
+
 def compare(scores: xr.Dataset, teacher: xr.Dataset) -> dict:
     """CRPS % change vs the teacher (mean over targets), win rate, mean SSR."""
     mine, theirs = target_table(scores, "crps"), target_table(teacher, "crps")
@@ -121,6 +130,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--phase1-steps", type=int, default=600)
     parser.add_argument("--phase2-steps", type=int, default=300)
+    parser.add_argument("--phase2-learning-rate", type=float, default=None,
+                        help="train.learning_rate of every phase-2 method (the same for all, so the comparison "
+                             "is fair); default: each config's own")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--results", default=str(REPO / "results"))
@@ -145,7 +157,8 @@ def main() -> int:
         source = runs[phase1] if phase1 else teacher_run
         steps = args.phase2_steps if phase1 else args.phase1_steps
         run = work / name
-        extra_sets = [item for override in [f"train.steps={steps}", *extra] for item in ("--set", override)]
+        rate = [f"train.learning_rate={args.phase2_learning_rate}"] if phase1 and args.phase2_learning_rate else []
+        extra_sets = [item for override in [f"train.steps={steps}", *rate, *extra] for item in ("--set", override)]
         cli("distill", "--config", DISTILL / config, "--teacher", source, "--data", args.store, "--out", run,
             *extra_sets, *sets, *(["--resume"] if run.exists() else []), log=log)
         runs[name] = run
@@ -180,14 +193,18 @@ def main() -> int:
         table[name] = entry
     reported = {name: table[name] for name in REPORTED if name in table}
     summary = {"methods": reported, "inits": inits, "members": args.members, "leads_hours": 12 * args.steps,
-               "phase1_steps": args.phase1_steps, "phase2_steps": args.phase2_steps, "overrides": args.overrides,
-               "student_params": args.student_params}
+               "phase1_steps": args.phase1_steps, "phase2_steps": args.phase2_steps,
+               "phase2_learning_rate": args.phase2_learning_rate, "overrides": args.overrides,
+               "student_params": args.student_params, "teacher": teacher_identity(teacher_run)}
     results.mkdir(parents=True, exist_ok=True)
     (results / "rmmd_demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# RMMD on the embedded demo data", "",
              f"{len(inits)} held-out inits, {args.members} members, leads 12 h to {12 * args.steps} h; "
-             f"phase 1 {args.phase1_steps} steps, phase 2 {args.phase2_steps} steps; students forecast with their "
-             f"{args.student_params} parameters.", "",
+             f"phase 1 {args.phase1_steps} steps, phase 2 {args.phase2_steps} steps"
+             + (f" at learning rate {args.phase2_learning_rate:g}" if args.phase2_learning_rate else "")
+             + f"; students forecast with their {args.student_params} parameters.", "",
+             f"Teacher: `{teacher_run}`, step {summary['teacher']['step']}, parameters sha256 "
+             f"`{summary['teacher']['params_sha256'][:16]}…`.", "",
              "| method | CRPS change vs teacher (%) | win rate | SSR | speedup | NFE per step |",
              "|---|---|---|---|---|---|"]
     for name, entry in reported.items():

@@ -29,6 +29,7 @@ from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
 from gencast_rmmd.training.metrics_log import MetricsLog, TrainingProgress
+from gencast_rmmd.training.precision import with_compute_dtype
 from gencast_rmmd.training.sharding import data_mesh, initialize_distributed, is_primary, replicate, \
     replicated, shard_batch
 from gencast_rmmd.training.state import TrainState, init_train_state, make_optimizers, make_train_step, \
@@ -158,7 +159,9 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
 
     start_step = int(meta.get("step", 0))
     best_loss, best_step = meta.get("best_validation_loss"), meta.get("best_step")
-    rules = task.update_rules()
+    # `train.compute_dtype`: every rule's loss computes in it (params, optimiser state and EMA stay float32).
+    rules = [dataclasses.replace(rule, loss=with_compute_dtype(rule.loss, config.compute_dtype))
+             for rule in task.update_rules()]
     optimizers = make_optimizers(rules, config)
     train_root, validation_root, init_root = root_keys(seed)
     mesh = data_mesh(devices)
