@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from teacher_quality_gate import cli, held_out_inits, target_table  # noqa: E402
 
 from gencast_rmmd.config import load_config  # noqa: E402
+from gencast_rmmd.forecast.inspect import describe  # noqa: E402
 from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
 
 DISTILL = REPO / "configs" / "distill"
@@ -102,10 +103,8 @@ def reuse_teacher_forecast(source: Path, out: Path, inits: list[str], members: i
 
 
 def teacher_identity(run: Path) -> dict:
-    """The teacher checkpoint a table was made from (`gencast-rmmd inspect --json`): step and parameter hash."""
-    output = subprocess.run([sys.executable, "-m", "gencast_rmmd.cli", "inspect", str(run), "--json"], check=True, capture_output=True,
-                            text=True, cwd=REPO).stdout
-    record = json.loads(output)
+    """The teacher checkpoint a table was made from (what `gencast-rmmd inspect` reports): step and parameter hash."""
+    record = describe(run)
     return {"run": str(run), "step": record["step"], "params_sha256": record["params_sha256"],
             "param_count": record["param_count"]}
 

@@ -342,10 +342,10 @@ def test_training_loop_honours_compute_dtype(tmp_path):
     results = {dtype: train(MlpTask(), small_config(steps=6, compute_dtype=dtype), seed=0,
                             batches=synthetic_batches(8), run_dir=tmp_path / dtype)
                for dtype in ("float32", "bfloat16")}
-    full, reduced = (jax.tree.leaves(results[dtype].params) for dtype in ("float32", "bfloat16"))
-    assert all(leaf.dtype == np.float32 for leaf in reduced)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(results["bfloat16"].params))
     assert results["float32"].params_sha256 != results["bfloat16"].params_sha256
-    full, reduced = (np.concatenate([np.ravel(leaf) for leaf in leaves]) for leaves in (full, reduced))
+    full, reduced = (np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(results[dtype].params)])
+                     for dtype in ("float32", "bfloat16"))
     assert 0.0 < np.linalg.norm(reduced - full) < 0.05 * np.linalg.norm(full)
 
 
