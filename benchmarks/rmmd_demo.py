@@ -16,6 +16,7 @@ Methods (each a `gencast-rmmd distill` run from the same teacher):
 - draft             DRaFT-K: reward through the last K student steps (phase 1 = mmd_tuned)
 - crps_only         the reward alone, no distillation terms      (phase 1 = mmd_tuned)
 - rmmd_on_policy_lambda1, _3, _30    on-policy RMMD at lambda = 1, 3 and 30 (a lambda sweep's other points)
+- rmmd_on_policy_lambda100_mu1      on-policy RMMD led by the reward: lambda = 100, anchor mu = 1
 - rmmd_on_policy_frozen_reference    on-policy RMMD with the uncorrected phase-1 aux as moment reference
 Every model forecasts the same held-out inits; scores are fair CRPS from
 `gencast-rmmd evaluate`. Per method: CRPS % change vs the teacher (mean over
@@ -62,6 +63,9 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "rmmd_on_policy_lambda1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=1.0"]),
     "rmmd_on_policy_lambda3": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0"]),
     "rmmd_on_policy_lambda30": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=30.0"]),
+    # reward-led: lambda = 100 with the anchor mu = 1 set apart, so the reward's gradient is on the MMD term's scale
+    "rmmd_on_policy_lambda100_mu1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=100.0",
+                                                                 "distill.anchor_weight=1.0"]),
     # the uncorrected moment reference (the phase-1 aux as it is), for comparison
     "rmmd_on_policy_frozen_reference": ("rmmd.yaml", "mmd_tuned", ["distill.moment_reference=frozen"]),
     "draft": ("draft.yaml", "mmd_tuned", []),
@@ -69,7 +73,7 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
 }
 REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rmmd_on_policy_4step", "draft",
             "crps_only", "rmmd_on_policy_lambda1", "rmmd_on_policy_lambda3", "rmmd_on_policy_lambda30",
-            "rmmd_on_policy_frozen_reference"]
+            "rmmd_on_policy_lambda100_mu1", "rmmd_on_policy_frozen_reference"]
 
 
 def speed(teacher: Path, student: Path, store: str, members: int, repeats: int) -> dict:
