@@ -209,8 +209,8 @@ def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(p
     assert float(jnp.abs(full["student"]["toy"]["w"]).max()) > 0
 
 
-@pytest.mark.parametrize("reference", ["drift_corrected", "frozen"])
-def test_rmmd_moment_reference_pulls_a_drifted_student_back_only_when_drift_corrected(reference):
+@pytest.mark.parametrize("reference", ["posterior_drift", "drift_corrected", "frozen"])
+def test_rmmd_moment_reference_pulls_a_drifted_student_back_only_when_corrected(reference):
     """Phase 1 ended at its fixed point (aux = teacher = phase-1 student), so the frozen gap is zero.
 
     A student displaced from phase 1 must feel a restoring moment term when the
@@ -232,6 +232,45 @@ def test_rmmd_moment_reference_pulls_a_drifted_student_back_only_when_drift_corr
     # At the phase-1 student itself the correction is zero: both references give the same (zero) gradient.
     at_start = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])({"student": state.params["student"]})
     assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(at_start))
+
+
+@pytest.mark.parametrize("reference", ["posterior_drift", "drift_corrected"])
+def test_rmmd_posterior_drift_term_stays_bounded_as_the_moment_level_goes_to_zero(reference):
+    """lambda(s') c_out(s')^2 delta = delta: with the posterior shrinkage the drift term does not depend on s'.
+
+    Phase 1 at its fixed point (aux = teacher = phase-1 student), so the moment
+    gap is the drift correction alone. Pushing the lowest moment level s_lo from
+    0.02 to 1e-4 leaves the `posterior_drift` surrogate unchanged, and blows up
+    the unshrunk `drift_corrected` one (lambda(s') ~ 1/s'^2).
+    """
+    surrogates = []
+    for lowest in (0.02, 1e-4):
+        context = toy_context(method="rmmd", reward_weight=0.0, anchor_weight=0.0, moment_reference=reference,
+                              moment_min_noise_level=lowest)
+        context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))
+        task = DISTILLERS["rmmd"](context)
+        state = task.init(None, None)
+        _, metrics = task.loss({"student": _toy(1.05, b=0.12)}, state.frozen, jax.random.PRNGKey(5), toy_batch())
+        surrogates.append(float(metrics["mmd_surrogate"]))
+    assert surrogates[0] != 0.0
+    if reference == "posterior_drift":
+        np.testing.assert_allclose(surrogates[1], surrogates[0], rtol=1e-4)
+    else:
+        assert abs(surrogates[1]) > 10 * abs(surrogates[0])
+
+
+def test_moment_weight_edm_is_lambda_of_s_prime_and_balanced_the_geometric_mean():
+    from gencast_rmmd.diffusion.preconditioning import loss_weight
+    from gencast_rmmd.distill.moment_matching import NoisyState, moment_weight
+    state = NoisyState(jnp.zeros((4, 1)), jnp.asarray([80.0, 5.0, 0.5, 0.03]))
+    moment = NoisyState(jnp.zeros((4, 1)), jnp.asarray([0.02, 1.0, 0.1, 0.03]))
+    edm = moment_weight(toy_context(moment_weight="edm"), state, moment)
+    balanced = moment_weight(toy_context(moment_weight="balanced"), state, moment)
+    np.testing.assert_allclose(edm, loss_weight(moment.level), rtol=1e-6)
+    np.testing.assert_allclose(balanced, np.sqrt(loss_weight(state.level) * loss_weight(moment.level)), rtol=1e-5)
+    # s' <= s_t: balanced never weights more than edm; equal levels give equal weights.
+    assert bool(jnp.all(balanced <= edm * (1 + 1e-6)))
+    np.testing.assert_allclose(balanced[3], edm[3], rtol=1e-5)
 
 
 def test_moment_matching_differentiates_one_call_per_rule_and_starts_at_its_fixed_point():

@@ -69,13 +69,19 @@ class DistillSection(StrictModel):
       climatological std) or `residual` (the model's residual-normalised space);
     - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
       means lambda for `rmmd` (the paper's KL proxy) and 0 for `draft`;
+    - `moment_weight`: the weight w of the linear moment term, in phase 1 and
+      in `rmmd`: `edm` (lambda(s'), the paper's) or `balanced`
+      (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
+      every level pair; see `moment_matching.moment_weight`);
     - `moment_reference` (`rmmd`): how the frozen phase-1 aux model g_phi0
-      serves as the moment reference. `drift_corrected` (default) adds the
-      student's own drift from phase 1, sg(Phi_theta - Phi_theta0)/(1 + beta),
-      to g_phi0: the first-order change a live aux would make, so the moment
-      term vanishes when the student's moments reach the teacher's; `frozen`
-      uses g_phi0 as it is, a fixed push that grows the student's distance to
-      phase 1 without bound (measured in `results/rmmd_demo.md`);
+      serves as the moment reference, given the student's drift from phase 1
+      delta = sg(Phi_theta - Phi_theta0)/(1 + beta). `posterior_drift` (default)
+      adds c_out(s')^2 delta to g_phi0, the shift of a Gaussian posterior mean
+      at s', a first-order stand-in for a live aux, so the moment term
+      vanishes when the student's moments reach the teacher's;
+      `drift_corrected` adds delta at every s' (a stiff anchor at small s',
+      measured in `results/rmmd_demo.md`); `frozen` uses g_phi0 as it is, a
+      fixed push that grows the student's distance to phase 1 without bound;
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
@@ -95,7 +101,8 @@ class DistillSection(StrictModel):
     reward_samples: int = Field(2, ge=2)
     reward_units: Literal["climatology", "residual"] = "climatology"
     anchor_weight: float | None = Field(None, ge=0.0)
-    moment_reference: Literal["drift_corrected", "frozen"] = "drift_corrected"
+    moment_weight: Literal["edm", "balanced"] = "edm"
+    moment_reference: Literal["posterior_drift", "drift_corrected", "frozen"] = "posterior_drift"
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
@@ -153,7 +160,8 @@ class DistillConfig(StrictModel):
     def phase1(self) -> "DistillConfig":
         """The moment-matching run a phase-2 method starts from: `mmd`, `distill.phase1_steps` steps."""
         steps = self.distill.phase1_steps
-        train = self.train.model_copy(update={"steps": steps, "warmup_steps": max(0, min(self.train.warmup_steps, steps - 1))})
+        warmup = max(0, min(self.train.warmup_steps, steps - 1))
+        train = self.train.model_copy(update={"steps": steps, "warmup_steps": warmup})
         distill = self.distill.model_copy(update={"method": "mmd", "reward_weight": self.distill.reward_weights[0]})
         return self.model_copy(update={"distill": distill, "train": train})
 

@@ -12,11 +12,13 @@ and aux start from the teacher's weights. One optimiser step:
 
     aux rule (phi):      L_aux = E lambda(s') [ ||g_phi(x_s') - sg(x0_hat)||^2_W
                                                + beta ||g_phi(x_s') - sg(teacher(x_s'))||^2_W ]
-    student rule (theta): L_student = E lambda(s') < x0_hat, sg(g_phi(x_s') - teacher(x_s')) >_W
+    student rule (theta): L_student = E w(s_t, s') < x0_hat, sg(g_phi(x_s') - teacher(x_s')) >_W
 
-with lambda(s) = (s^2+1)/s^2 and ||.||_W, <.,.>_W the teacher loss's area /
-level / variable weighted norm (`DistillContext.weighted_inner`); x_s' is held
-fixed (sg) in both. The aux model regresses the student's denoised samples, so
+with lambda(s) = (s^2+1)/s^2; w = lambda(s') (`distill.moment_weight: edm`, the
+paper's) or 1/(c_out(s_t) c_out(s')) (`balanced`, see `moment_weight`); and
+||.||_W, <.,.>_W the teacher loss's area / level / variable weighted norm
+(`DistillContext.weighted_inner`); x_s' is held fixed (sg) in both. The aux
+model regresses the student's denoised samples, so
 g_phi -> (m_student + beta m_teacher)/(1 + beta) with m = E[x0 | x_s'], and the
 student's gradient J^T (g_phi - teacher) = J^T (m_student - m_teacher)/(1 + beta)
 moves its conditional mean onto the teacher's: beta (`aux_pull_weight`, 1 in
@@ -35,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gencast_rmmd.diffusion.preconditioning import loss_weight
+from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
 from gencast_rmmd.distill.base import DistillContext, frozen_trees, per_example, prepare, validation_crps
 from gencast_rmmd.distill.sampler import eta_step, student_quantile
 from gencast_rmmd.training import TrainableState, UpdateRule
@@ -74,18 +76,38 @@ def moment_state(context: DistillContext, key: jax.Array, state: NoisyState, den
     return NoisyState(jax.lax.stop_gradient(noisy), level)
 
 
-def moment_surrogate(context: DistillContext, denoised: jax.Array, aux: jax.Array, teacher: jax.Array,
-                     moment: NoisyState, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(E lambda(s') <x0_hat, sg(g(x_s') - teacher(x_s'))>_W,  E lambda(s') ||g(x_s') - teacher(x_s')||^2_W).
+def moment_weight(context: DistillContext, state: NoisyState, moment: NoisyState) -> jax.Array:
+    """w [B]: the weight of the linear moment term (`distill.moment_weight`).
 
-    `aux` = g(x_s') and `teacher` = teacher(x_s') are the two denoised
-    estimates at x_s'. The first value is the student's surrogate (its gradient
-    is J^T times the moment gap); the second, the squared gap, a diagnostic.
+    `edm`: w = lambda(s') = c_out(s')^-2, the paper's (the teacher loss's weight
+    at s'). `balanced`: w = 1 / (c_out(s_t) c_out(s')) = sqrt(lambda(s_t) lambda(s')).
+    Why it matters: x0_hat = c_skip x_t + c_out(s_t) F_theta and an aux-teacher
+    gap at s' is c_out(s') times a gap in network-output units, so the
+    student's gradient is w c_out(s_t) c_out(s') J_F^T gap_F. `balanced` makes
+    that J_F^T gap_F at every level pair (the scale of the teacher's own loss
+    gradient); `edm` multiplies it by c_out(s_t) / c_out(s') >= 1, up to ~50 for
+    s_t = 80, s' = 0.02. The fixed point (gap = 0 at every s') is the same.
     """
-    gap = jax.lax.stop_gradient(aux - teacher)
-    weight = loss_weight(moment.level)
-    surrogate = jnp.mean(weight * context.weighted_inner(denoised, gap, valid))
-    return surrogate, jnp.mean(weight * context.weighted_inner(gap, gap, valid))
+    if context.config.distill.moment_weight == "balanced":
+        return 1.0 / (c_out(state.level) * c_out(moment.level))
+    return loss_weight(moment.level)
+
+
+def moment_surrogate(context: DistillContext, denoised: jax.Array, gap: jax.Array, state: NoisyState,
+                     moment: NoisyState, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(E w <x0_hat, sg(gap)>_W,  E lambda(s') ||gap||^2_W), gap = g(x_s') - teacher(x_s').
+
+    `gap` is the difference of the two denoised estimates at x_s', reached from
+    `state` (x_t, s_t) by the eta-step; w is `moment_weight`. The caller forms
+    the difference first and adds any correction to it (not to g), so a small
+    correction is not lost to float32 cancellation against O(1) estimates. The
+    first value is the student's surrogate (its gradient is J^T times the
+    weighted moment gap); the second, the squared gap in network-output units,
+    a diagnostic that does not depend on the weighting.
+    """
+    gap = jax.lax.stop_gradient(gap)
+    surrogate = jnp.mean(moment_weight(context, state, moment) * context.weighted_inner(denoised, gap, valid))
+    return surrogate, jnp.mean(loss_weight(moment.level) * context.weighted_inner(gap, gap, valid))
 
 
 class MomentMatching:
@@ -134,7 +156,7 @@ class MomentMatching:
         aux, teacher = context.denoise_together([(params["aux"], moment.noisy, moment.level),
                                                  (frozen["teacher"], moment.noisy, moment.level)],
                                                 prepared.conditioning)
-        surrogate, gap = moment_surrogate(context, denoised, aux, teacher, moment, prepared.valid)
+        surrogate, gap = moment_surrogate(context, denoised, aux - teacher, state, moment, prepared.valid)
         return surrogate, {"moment_gap": gap}
 
     def update_rules(self) -> list[UpdateRule]:
