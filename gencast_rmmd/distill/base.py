@@ -19,6 +19,7 @@ Shared maths (all in the model's residual-normalised space, EDM sigmas):
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -208,7 +209,7 @@ def frozen_trees(context: DistillContext, groups: tuple[str, ...]) -> dict:
     return {group: jax.tree.map(jnp.array, anchors[FROZEN_SOURCES[group]]) for group in groups}
 
 
-class StudentFineTune:
+class StudentFineTune(abc.ABC):
     """Shared shape of the methods that fine-tune a phase-1 student (RMMD and the baselines).
 
     One group `student` (started from the phase-1 student), the frozen trees
@@ -227,8 +228,9 @@ class StudentFineTune:
         return TrainableState(params={"student": jax.tree.map(jnp.array, self.context.anchors.student)},
                               frozen=frozen_trees(self.context, self.frozen_groups))
 
+    @abc.abstractmethod
     def loss(self, params, frozen, key: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        raise NotImplementedError
+        """The scalar student loss and its logged parts; each method writes its own."""
 
     def update_rules(self) -> list[UpdateRule]:
         return [UpdateRule("student", ("student",), self.loss)]

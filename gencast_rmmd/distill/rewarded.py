@@ -56,6 +56,7 @@ lambda is not used, the optimiser sets the scale).
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import jax
@@ -115,8 +116,9 @@ class _OnPolicyTask(StudentFineTune):
         policy = policy_state(self.context, params["student"], policy_key, repeated)
         return self.objective(params, frozen, objective_key, policy, prepared)
 
+    @abc.abstractmethod
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
-        raise NotImplementedError
+        """Step 3: the loss at the policy state; RMMD and CRPS-only write their own."""
 
     def _denoised(self, params, policy: PolicyState) -> jax.Array:
         """Step 2: x0_hat = Phi_theta(x_t^pol; s_t), the only student call with gradient."""
