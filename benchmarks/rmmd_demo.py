@@ -54,6 +54,11 @@ from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
 
 DISTILL = REPO / "configs" / "distill"
 UNSHRUNK = "distill.moment_reference=drift_corrected"
+# rmmd.yaml re-noises the student's finished sample at a continuous level; the runs below that stopped the chain
+# at a grid step pin that, and the ones measured before the balanced moment weight (session 10 and the old
+# table) pin the setting of then (EDM weight, anchor mu = lambda), so that each reproduces its recorded figures.
+GRID = "distill.policy_noise=grid"
+EARLY = ["distill.moment_weight=edm", "distill.anchor_weight=null", GRID]
 # name -> (config, phase-1 source: None = teacher, or the method whose run is the phase-1 student, extra sets)
 METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "mmd": ("mmd.yaml", None, []),
@@ -61,23 +66,30 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "mmd_tuned_4step": ("mmd_tuned.yaml", None, ["distill.student.steps=4"]),
     "rmmd_offline": ("rmmd_offline.yaml", "mmd_tuned", []),
     "rmmd_on_policy": ("rmmd.yaml", "mmd_tuned", []),
-    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4"]),
-    # a lambda sweep's other points (rmmd.yaml has lambda = 0.3); the same runs as
-    # `distill --set 'distill.reward_weight=[1.0,3.0,30.0]'` makes under RUN/lambda_1, RUN/lambda_3, ...
-    # These four were measured with the unshrunk drift correction (the default before `posterior_drift`),
-    # which they keep so that they reproduce the figures recorded in results/rmmd_demo.md.
-    "rmmd_on_policy_lambda1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=1.0", UNSHRUNK]),
-    "rmmd_on_policy_lambda3": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0", UNSHRUNK]),
-    "rmmd_on_policy_lambda30": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=30.0", UNSHRUNK]),
+    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", GRID]),
+    # the chain stopped at a random grid step instead (session 19's on-policy row)
+    "rmmd_on_policy_grid": ("rmmd.yaml", "mmd_tuned", [GRID]),
+    # a lambda sweep's other points; the same runs as `distill --set 'distill.reward_weight=[1.0,3.0,30.0]'`
+    # makes under RUN/lambda_1, RUN/lambda_3, ... These four were measured with the unshrunk drift correction
+    # (the default before `posterior_drift`), which they keep.
+    "rmmd_on_policy_lambda1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=1.0", UNSHRUNK, *EARLY]),
+    "rmmd_on_policy_lambda3": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0", UNSHRUNK, *EARLY]),
+    "rmmd_on_policy_lambda30": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=30.0", UNSHRUNK, *EARLY]),
     # reward-led: lambda = 100 with the anchor mu = 1 set apart, so the reward's gradient is on the MMD term's scale
-    "rmmd_on_policy_lambda100_mu1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=100.0",
-                                                                 "distill.anchor_weight=1.0", UNSHRUNK]),
+    "rmmd_on_policy_lambda100_mu1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=100.0", UNSHRUNK,
+                                                                 *EARLY, "distill.anchor_weight=1.0"]),
     # the tamed moment term (posterior_drift, balanced weight; benchmarks/rmmd_gradients.py) with the
     # anchor mu = lambda / 10, so that neither the moment term nor the anchor drowns the reward
     "rmmd_on_policy_balanced": ("rmmd.yaml", "mmd_tuned", ["distill.moment_weight=balanced",
-                                                            "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+                                                            "distill.reward_weight=3.0", "distill.anchor_weight=0.3",
+                                                            GRID]),
     # the uncorrected moment reference (the phase-1 aux as it is), for comparison
-    "rmmd_on_policy_frozen_reference": ("rmmd.yaml", "mmd_tuned", ["distill.moment_reference=frozen"]),
+    "rmmd_on_policy_frozen_reference": ("rmmd.yaml", "mmd_tuned", ["distill.moment_reference=frozen", *EARLY]),
+    # session 21's probes of the offline/on-policy ordering (results/rmmd_demo.md)
+    "rmmd_on_policy_grid_lambda10_mu1": ("rmmd.yaml", "mmd_tuned", [GRID, "distill.reward_weight=10.0",
+                                                                     "distill.anchor_weight=1.0"]),
+    "rmmd_on_policy_lambda10_mu1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=10.0",
+                                                                "distill.anchor_weight=1.0"]),
     "draft": ("draft.yaml", "mmd_tuned", []),
     "crps_only": ("crps_only.yaml", "mmd_tuned", []),
 }
@@ -86,7 +98,8 @@ TABLE = ["mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "draft", "crps_on
          "rmmd_on_policy_4step"]
 REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rmmd_on_policy_4step", "draft",
             "crps_only", "rmmd_on_policy_lambda1", "rmmd_on_policy_lambda3", "rmmd_on_policy_lambda30",
-            "rmmd_on_policy_lambda100_mu1", "rmmd_on_policy_balanced", "rmmd_on_policy_frozen_reference"]
+            "rmmd_on_policy_lambda100_mu1", "rmmd_on_policy_balanced", "rmmd_on_policy_frozen_reference",
+            "rmmd_on_policy_grid", "rmmd_on_policy_grid_lambda10_mu1", "rmmd_on_policy_lambda10_mu1"]
 
 
 def speed(teacher: Path, student: Path, store: str, members: int, repeats: int) -> dict:
