@@ -206,3 +206,31 @@ def test_evaluation_never_imports_model_code():
             else:
                 continue
             assert not [name for name in names if name.startswith(forbidden)], (module.name, names)
+
+
+def test_paired_bootstrap_rebuilds_the_evaluated_crps_per_init(tmp_path, wb2_dataset, wb2_store):
+    """benchmarks/paired_bootstrap.py: its per-init CRPS averages to `evaluate`'s; resampling is paired."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "paired_bootstrap.py"
+    spec = importlib.util.spec_from_file_location("paired_bootstrap", path)
+    bootstrap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bootstrap)
+    baseline, other = _forecast(wb2_dataset, seed=0), _forecast(wb2_dataset, seed=1)
+    write_forecast(baseline, tmp_path / "baseline.nc")
+    write_forecast(other, tmp_path / "other.nc")
+    truth = open_dataset(str(wb2_store))
+    tables = {name: bootstrap.crps_per_init(str(tmp_path / f"{name}.nc"), truth) for name in ("baseline", "other")}
+    scores = _score_files(tmp_path / "other.nc", wb2_store)
+    assert tables["other"]["temperature@850"].shape == (len(INITS), len(LEADS))
+    np.testing.assert_allclose(tables["other"]["temperature@850"].mean(0),
+                               scores["temperature"].sel(metric="crps", region="global", level=850).values, rtol=1e-9)
+    np.testing.assert_allclose(tables["other"]["2m_temperature"].mean(0),
+                               scores["2m_temperature"].sel(metric="crps", region="global").values, rtol=1e-9)
+    draws = np.random.default_rng(0).integers(0, len(INITS), size=(50, len(INITS)))
+    np.testing.assert_allclose(bootstrap.change_pct(tables["baseline"], tables["baseline"], draws), 0.0, atol=1e-12)
+    whole = bootstrap.change_pct(tables["other"], tables["baseline"], np.arange(len(INITS))[None])[0]
+    by_hand = np.mean([100 * (tables["other"][k].mean(0) / tables["baseline"][k].mean(0) - 1) for k in tables["other"]])
+    np.testing.assert_allclose(whole, by_hand, rtol=1e-12)
+    assert np.ptp(bootstrap.change_pct(tables["other"], tables["baseline"], draws)) > 0
