@@ -66,9 +66,11 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "mmd_tuned_4step": ("mmd_tuned.yaml", None, ["distill.student.steps=4"]),
     "rmmd_offline": ("rmmd_offline.yaml", "mmd_tuned", []),
     "rmmd_on_policy": ("rmmd.yaml", "mmd_tuned", []),
-    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", GRID]),
-    # the chain stopped at a random grid step instead (session 19's on-policy row)
-    "rmmd_on_policy_grid": ("rmmd.yaml", "mmd_tuned", [GRID]),
+    # the 4-step student was measured at lambda = 3, mu = 0.3 (the setting before session 21's last probe)
+    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+    # the chain stopped at a random grid step instead (session 19's on-policy rows)
+    "rmmd_on_policy_grid": ("rmmd.yaml", "mmd_tuned", [GRID, "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+    "rmmd_on_policy_4step_grid": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", GRID, "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
     # a lambda sweep's other points; the same runs as `distill --set 'distill.reward_weight=[1.0,3.0,30.0]'`
     # makes under RUN/lambda_1, RUN/lambda_3, ... These four were measured with the unshrunk drift correction
     # (the default before `posterior_drift`), which they keep.
@@ -88,8 +90,7 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     # session 21's probes of the offline/on-policy ordering (results/rmmd_demo.md)
     "rmmd_on_policy_grid_lambda10_mu1": ("rmmd.yaml", "mmd_tuned", [GRID, "distill.reward_weight=10.0",
                                                                      "distill.anchor_weight=1.0"]),
-    "rmmd_on_policy_lambda10_mu1": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=10.0",
-                                                                "distill.anchor_weight=1.0"]),
+    "rmmd_on_policy_lambda3_mu03": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
     "draft": ("draft.yaml", "mmd_tuned", []),
     "crps_only": ("crps_only.yaml", "mmd_tuned", []),
 }
@@ -99,7 +100,8 @@ TABLE = ["mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "draft", "crps_on
 REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rmmd_on_policy_4step", "draft",
             "crps_only", "rmmd_on_policy_lambda1", "rmmd_on_policy_lambda3", "rmmd_on_policy_lambda30",
             "rmmd_on_policy_lambda100_mu1", "rmmd_on_policy_balanced", "rmmd_on_policy_frozen_reference",
-            "rmmd_on_policy_grid", "rmmd_on_policy_grid_lambda10_mu1", "rmmd_on_policy_lambda10_mu1"]
+            "rmmd_on_policy_grid", "rmmd_on_policy_4step_grid", "rmmd_on_policy_grid_lambda10_mu1",
+            "rmmd_on_policy_lambda3_mu03"]
 
 
 def speed(teacher: Path, student: Path, store: str, members: int, repeats: int) -> dict:
