@@ -26,12 +26,14 @@ import xarray as xr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from evaluation import metrics  # noqa: E402
 from evaluation.io import align_truth, open_forecast  # noqa: E402
 from evaluation.regions import region_weights  # noqa: E402
 from evaluation.scoring import regional_mean  # noqa: E402
 from gencast_rmmd.data.stores import open_dataset  # noqa: E402
+from teacher_quality_gate import split_levels  # noqa: E402
 
 
 def crps_per_init(path: str, truth: xr.Dataset) -> dict[str, np.ndarray]:
@@ -44,11 +46,7 @@ def crps_per_init(path: str, truth: xr.Dataset) -> dict[str, np.ndarray]:
         observed = aligned[name].load()
         crps = metrics.fair_crps(forecast[name].load(), observed, "number")
         regional = regional_mean(crps, observed.notnull(), weights).sel(region="global")
-        if "level" in regional.dims:
-            for level in regional["level"].values:
-                table[f"{name}@{int(level)}"] = regional.sel(level=level).transpose("time", ...).values
-        else:
-            table[str(name)] = regional.transpose("time", ...).values
+        table.update(split_levels(name, regional.transpose("time", ...)))
     return table
 
 

@@ -59,6 +59,8 @@ UNSHRUNK = "distill.moment_reference=drift_corrected"
 # table) pin the setting of then (EDM weight, anchor mu = lambda), so that each reproduces its recorded figures.
 GRID = "distill.policy_noise=grid"
 EARLY = ["distill.moment_weight=edm", "distill.anchor_weight=null", GRID]
+# lambda = 3, mu = 0.3: rmmd.yaml's setting before session 21's last probe (now lambda = 10, mu = 1)
+LAMBDA3 = ["distill.reward_weight=3.0", "distill.anchor_weight=0.3"]
 # name -> (config, phase-1 source: None = teacher, or the method whose run is the phase-1 student, extra sets)
 METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "mmd": ("mmd.yaml", None, []),
@@ -66,11 +68,11 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
     "mmd_tuned_4step": ("mmd_tuned.yaml", None, ["distill.student.steps=4"]),
     "rmmd_offline": ("rmmd_offline.yaml", "mmd_tuned", []),
     "rmmd_on_policy": ("rmmd.yaml", "mmd_tuned", []),
-    # the 4-step student was measured at lambda = 3, mu = 0.3 (the setting before session 21's last probe)
-    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+    # the 4-step student was measured at LAMBDA3
+    "rmmd_on_policy_4step": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", *LAMBDA3]),
     # the chain stopped at a random grid step instead (session 19's on-policy rows)
-    "rmmd_on_policy_grid": ("rmmd.yaml", "mmd_tuned", [GRID, "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
-    "rmmd_on_policy_4step_grid": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", GRID, "distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+    "rmmd_on_policy_grid": ("rmmd.yaml", "mmd_tuned", [GRID, *LAMBDA3]),
+    "rmmd_on_policy_4step_grid": ("rmmd.yaml", "mmd_tuned_4step", ["distill.student.steps=4", GRID, *LAMBDA3]),
     # a lambda sweep's other points; the same runs as `distill --set 'distill.reward_weight=[1.0,3.0,30.0]'`
     # makes under RUN/lambda_1, RUN/lambda_3, ... These four were measured with the unshrunk drift correction
     # (the default before `posterior_drift`), which they keep.
@@ -82,15 +84,13 @@ METHODS: dict[str, tuple[str, str | None, list[str]]] = {
                                                                  *EARLY, "distill.anchor_weight=1.0"]),
     # the tamed moment term (posterior_drift, balanced weight; benchmarks/rmmd_gradients.py) with the
     # anchor mu = lambda / 10, so that neither the moment term nor the anchor drowns the reward
-    "rmmd_on_policy_balanced": ("rmmd.yaml", "mmd_tuned", ["distill.moment_weight=balanced",
-                                                            "distill.reward_weight=3.0", "distill.anchor_weight=0.3",
-                                                            GRID]),
+    "rmmd_on_policy_balanced": ("rmmd.yaml", "mmd_tuned", ["distill.moment_weight=balanced", *LAMBDA3, GRID]),
     # the uncorrected moment reference (the phase-1 aux as it is), for comparison
     "rmmd_on_policy_frozen_reference": ("rmmd.yaml", "mmd_tuned", ["distill.moment_reference=frozen", *EARLY]),
     # session 21's probes of the offline/on-policy ordering (results/rmmd_demo.md)
     "rmmd_on_policy_grid_lambda10_mu1": ("rmmd.yaml", "mmd_tuned", [GRID, "distill.reward_weight=10.0",
                                                                      "distill.anchor_weight=1.0"]),
-    "rmmd_on_policy_lambda3_mu03": ("rmmd.yaml", "mmd_tuned", ["distill.reward_weight=3.0", "distill.anchor_weight=0.3"]),
+    "rmmd_on_policy_lambda3_mu03": ("rmmd.yaml", "mmd_tuned", LAMBDA3),
     "draft": ("draft.yaml", "mmd_tuned", []),
     "crps_only": ("crps_only.yaml", "mmd_tuned", []),
 }

@@ -110,18 +110,20 @@ def held_out_inits(config: TeacherConfig, store: str, count: int, steps: int) ->
     return [available[i].isoformat() for i in picks]
 
 
+def split_levels(name: str, values: xr.DataArray) -> dict[str, np.ndarray]:
+    """One entry per target of a variable: `name@level` for each level, or `name` without levels."""
+    if "level" not in values.dims:
+        return {str(name): values.values}
+    return {f"{name}@{int(level)}": values.sel(level=level).values for level in values["level"].values}
+
+
 def target_table(scores: xr.Dataset, metric: str) -> dict[str, np.ndarray]:
     """Global `metric` per lead for every (variable, level) target: name -> [lead]."""
     table = {}
     for name, variable in scores.data_vars.items():
         if name.endswith("_rank_histogram") or "metric" not in variable.dims:
             continue
-        values = variable.sel(metric=metric, region="global")
-        if "level" in values.dims:
-            for level in values["level"].values:
-                table[f"{name}@{int(level)}"] = values.sel(level=level).values
-        else:
-            table[str(name)] = values.values
+        table.update(split_levels(name, variable.sel(metric=metric, region="global")))
     return table
 
 

@@ -4,9 +4,9 @@ A trajectory (seed + physics) is identified by a hash of the physics-relevant
 config, the simulator's format version and the dinosaur / JAX versions. Its
 directory holds `trajectory.json` (what the hash covers) and restart files
 `restarts/step_000000000.npz`, one full `SimulatorState` each (plain numeric
-arrays, read with `allow_pickle=False`), named by the model step they were taken at. Since the noise of
-step n depends only on (seed, n), a restart at step n is valid for any run
-length, start date or set of output levels.
+arrays, read with `allow_pickle=False`), named by the model step they were
+taken at. Since the noise of step n depends only on (seed, n), a restart at
+step n is valid for any run length, start date or set of output levels.
 
 The cache root is, in order of precedence: an explicit directory (CLI
 `--cache-dir`), the environment variable `GENCAST_RMMD_SIMULATOR_CACHE`, or the
