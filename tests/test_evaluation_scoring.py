@@ -208,7 +208,7 @@ def test_evaluation_never_imports_model_code():
             assert not [name for name in names if name.startswith(forbidden)], (module.name, names)
 
 
-def test_paired_bootstrap_rebuilds_the_evaluated_crps_per_init(tmp_path, wb2_dataset, wb2_store):
+def test_paired_bootstrap_rebuilds_the_evaluated_crps_per_init(tmp_path, wb2_dataset, wb2_store, monkeypatch, capsys):
     """benchmarks/paired_bootstrap.py: its per-init CRPS averages to `evaluate`'s; resampling is paired."""
     import importlib.util
     from pathlib import Path
@@ -234,3 +234,21 @@ def test_paired_bootstrap_rebuilds_the_evaluated_crps_per_init(tmp_path, wb2_dat
     by_hand = np.mean([100 * (tables["other"][k].mean(0) / tables["baseline"][k].mean(0) - 1) for k in tables["other"]])
     np.testing.assert_allclose(whole, by_hand, rtol=1e-12)
     assert np.ptp(bootstrap.change_pct(tables["other"], tables["baseline"], draws)) > 0
+    # One gate cell: --lead 48 --target temperature@850 keeps that column of that target, nothing else.
+    assert bootstrap.lead_hours(str(tmp_path / "other.nc")) == [12, 24, 48]
+    cell = bootstrap.select(tables["other"], [2], ["temperature@850"])
+    assert list(cell) == ["temperature@850"]
+    np.testing.assert_array_equal(cell["temperature@850"], tables["other"]["temperature@850"][:, [2]])
+    base_cell = bootstrap.select(tables["baseline"], [2], ["temperature@850"])
+    np.testing.assert_allclose(bootstrap.change_pct(cell, base_cell, np.arange(len(INITS))[None])[0],
+                               100 * (cell["temperature@850"].mean() / base_cell["temperature@850"].mean() - 1),
+                               rtol=1e-12)
+    levels = bootstrap.select(tables["other"], [0, 1, 2], ["temperature"])
+    assert sorted(levels) == sorted(k for k in tables["other"] if k.startswith("temperature@")) and len(levels) > 1
+    with pytest.raises(ValueError, match="no target temperature@851"):
+        bootstrap.select(tables["other"], [0], ["temperature@851"])
+    monkeypatch.setattr("sys.argv", ["paired_bootstrap.py", "--baseline", str(tmp_path / "baseline.nc"),
+                                     str(tmp_path / "other.nc"), "--truth", str(wb2_store), "--lead", "13"])
+    assert bootstrap.main() == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "no lead 13 h" in error and "12, 24, 48 h" in error
