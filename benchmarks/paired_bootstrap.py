@@ -16,8 +16,8 @@ each forecast's change with its 95 % interval, and, for the first forecast again
 difference in points, its interval and the fraction of draws in which the first is ahead.
 
 `--lead H` (repeatable) keeps only those leads and `--target NAME` (repeatable: `variable@level`, or a variable
-for all its levels) only those targets, so that one gate cell (say t850 at 120 h against climatology) gets its own interval. The
-baseline's own ensemble draw is held fixed: the interval is over the inits only.
+for all its levels) only those targets, so that one gate cell (say t850 at 120 h against climatology) gets its
+own interval. The baseline's own ensemble draw is held fixed: the interval is over the inits only.
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ def run() -> int:
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = parser.parse_args()
 
+    # the leads are checked before the (minutes-long) scoring, which a wrong --lead would waste
+    hours = lead_hours(args.baseline)
+    missing = sorted(set(args.lead) - set(hours))
+    if missing:
+        raise ValueError(f"no lead {', '.join(map(str, missing))} h in {args.baseline}; its leads are "
+                         f"{', '.join(map(str, hours))} h")
     truth = open_dataset(args.truth)
     baseline = crps_per_init(args.baseline, truth)
     tables = {path: crps_per_init(path, truth) for path in args.forecasts}
@@ -116,11 +122,6 @@ def run() -> int:
     for path, table in tables.items():
         if set(table) != set(baseline) or any(table[name].shape != baseline[name].shape for name in baseline):
             raise ValueError(f"{path}: not the baseline's targets, inits and leads; forecast the same inits")
-    hours = lead_hours(args.baseline)
-    missing = sorted(set(args.lead) - set(hours))
-    if missing:
-        raise ValueError(f"no lead {', '.join(map(str, missing))} h in {args.baseline}; its leads are "
-                         f"{', '.join(map(str, hours))} h")
     columns = [hours.index(lead) for lead in args.lead] if args.lead else list(range(len(hours)))
     baseline = select(baseline, columns, args.target)
     tables = {path: select(table, columns, args.target) for path, table in tables.items()}
