@@ -38,6 +38,7 @@ import xarray as xr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from evaluation.compare import split_levels  # noqa: E402
 from gencast_rmmd.config import load_config  # noqa: E402
 from gencast_rmmd.data.source import DataSource  # noqa: E402
 from gencast_rmmd.io_utils import atomic_path  # noqa: E402
@@ -111,13 +112,6 @@ def held_out_inits(config: TeacherConfig, store: str, count: int, steps: int) ->
         raise SystemExit(f"the test split has only {len(available)} inits with {steps} steps; need {count}")
     picks = np.linspace(0, len(available) - 1, count).round().astype(int)
     return [available[i].isoformat() for i in picks]
-
-
-def split_levels(name: str, values: xr.DataArray) -> dict[str, np.ndarray]:
-    """One entry per target of a variable: `name@level` for each level, or `name` without levels."""
-    if "level" not in values.dims:
-        return {str(name): values.values}
-    return {f"{name}@{int(level)}": values.sel(level=level).values for level in values["level"].values}
 
 
 def target_table(scores: xr.Dataset, metric: str) -> dict[str, np.ndarray]:

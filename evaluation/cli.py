@@ -1,4 +1,4 @@
-"""Command line: `gencast-rmmd evaluate`, `gencast-rmmd baseline persistence|climatology`, `gencast-rmmd scorecard`.
+"""Command line: `gencast-rmmd evaluate`, `baseline persistence|climatology`, `scorecard`, `compare`.
 
 `register(app)` adds the commands to the main `gencast-rmmd` app. Bodies
 import the heavy parts (dask, matplotlib, distributed) only when they run,
@@ -169,8 +169,38 @@ def scorecard(
     print(f"wrote {out / 'scorecard.png'}, {out / 'index.html'}, {out / 'summary.md'}")
 
 
+def compare(
+    forecasts: list[str] = typer.Argument(..., help="Forecasts of the baseline's inits (NetCDF or zarr)."),
+    baseline: str = typer.Option(..., "--baseline", help="Baseline forecast the changes are relative to."),
+    truth: str = typer.Option(..., "--truth", help="Truth store URL."),
+    lead: list[int] = typer.Option([], "--lead", help="Lead in hours, repeatable (default: every lead)."),
+    target: list[str] = typer.Option([], "--target", help="variable@level, or a variable for all its levels, "
+                                                           "repeatable (default: every target)."),
+    draws: int = typer.Option(5000, "--draws", help="Bootstrap draws (at least 100)."),
+    block_days: Optional[float] = typer.Option(None, "--block-days",
+                                               help="Bootstrap block length in days (default: the longest "
+                                                    "compared lead)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap draws."),
+    region: str = typer.Option("global", "--region", help="Region the CRPS is averaged over."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure to this JSON file."),
+) -> None:
+    """CRPS change of each forecast vs the baseline, and of each pair, with moving-block bootstrap intervals."""
+    from evaluation.compare import compare_forecasts, summary_lines
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    result = compare_forecasts(baseline, forecasts, truth, leads=lead or None, targets=target or None, draws=draws,
+                               block_hours=None if block_days is None else 24.0 * block_days, seed=seed,
+                               region=region, log=lambda line: print(line, file=sys.stderr))
+    for line in summary_lines(result):
+        print(line)
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+        print(f"wrote {json_out}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `evaluate`, `baseline` and `scorecard` to the `gencast-rmmd` app."""
+    """Add `evaluate`, `baseline`, `scorecard` and `compare` to the `gencast-rmmd` app."""
     app.command("evaluate")(evaluate)
     app.add_typer(baseline_app, name="baseline")
     app.command("scorecard")(scorecard)
+    app.command("compare")(compare)
