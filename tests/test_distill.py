@@ -175,6 +175,8 @@ def differentiated_calls(loss, params) -> int:
     ({"method": "rmmd", "policy_noise": "grid"}, 1),
     ({"method": "rmmd", "policy_noise": "continuous"}, 1),
     ({"method": "rmmd", "offline": True}, 1),
+    ({"method": "rmmd", "moment_reference": "posterior_drift"}, 1),
+    ({"method": "rmmd", "moment_term": False}, 1),
     ({"method": "crps_only"}, 1),
     ({"method": "draft", "draft_steps": 2}, 2),
     ({"method": "draft", "draft_steps": 3, "anchor_weight": 0.5}, 3),
@@ -184,9 +186,11 @@ def test_gradient_reaches_the_student_through_the_expected_steps(distill, expect
     context = toy_context(**distill)
     task = DISTILLERS[distill["method"]](context)
     state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(3)
-    (rule,) = task.update_rules()
-    params = {"student": state.params["student"]}
-    assert differentiated_calls(lambda p: rule.loss(p, state.frozen, key, batch), params) == expected
+    rule = task.update_rules()[-1]
+    assert rule.groups == ("student",)
+    params = {**state.params, "student": state.params["student"]}
+    assert differentiated_calls(lambda p: rule.loss({**params, **p}, state.frozen, key, batch),
+                                {"student": params["student"]}) == expected
     loss, metrics = rule.loss(params, state.frozen, key, batch)
     assert np.isfinite(float(loss)) and all(np.isfinite(float(value)) for value in metrics.values())
     crps, _ = task.validation_loss(state.params, state.frozen, key, batch)   # K-step samples, M per condition
@@ -207,6 +211,103 @@ def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(p
     for got, want in zip(jax.tree.leaves(full), jax.tree.leaves(fixed)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(full["student"]["toy"]["w"]).max()) > 0
+
+
+VARIANTS = {   # name: (distill settings, parameter groups, frozen trees, rules)
+    "live": ({}, ["aux", "student"], ["student_phase1", "teacher"], ["aux", "student"]),
+    "live_offline": ({"offline": True}, ["aux", "student"], ["student_phase1", "teacher"], ["aux", "student"]),
+    "posterior_drift": ({"moment_reference": "posterior_drift"}, ["student"],
+                        ["aux_phase1", "student_phase1", "teacher"], ["student"]),
+    "frozen": ({"moment_reference": "frozen"}, ["student"], ["aux_phase1", "student_phase1", "teacher"], ["student"]),
+    "no_moment": ({"moment_term": False}, ["student"], ["student_phase1", "teacher"], ["student"]),
+    "no_anchor": ({"anchor_weight": 0.0}, ["aux", "student"], ["teacher"], ["aux", "student"]),
+    "frozen_no_anchor": ({"moment_reference": "frozen", "anchor_weight": 0.0}, ["student"],
+                         ["aux_phase1", "teacher"], ["student"]),
+}
+
+
+def _nonzero(tree) -> bool:
+    return any(float(jnp.abs(leaf).max()) > 0.0 for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_rmmd_variant_has_its_groups_and_gradients_flow_only_where_its_docstring_says(variant):
+    """Per variant: which trees train and which stay frozen; the student rule moves theta only and the live aux
+    rule phi only (each through exactly one differentiated call); nothing reaches a frozen tree."""
+    settings, groups, frozen_groups, rules = VARIANTS[variant]
+    context = toy_context(**{"method": "rmmd", "reward_weight": 0.7, "anchor_weight": 0.4, **settings})
+    task = DISTILLERS["rmmd"](context)
+    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(11)
+    assert sorted(state.params) == groups and sorted(state.frozen) == frozen_groups
+    assert [rule.name for rule in task.update_rules()] == rules
+    for rule in task.update_rules():
+        everything = {**state.params, **{f"frozen.{name}": tree for name, tree in state.frozen.items()}}
+
+        def loss(trees, rule=rule):
+            params = {name: tree for name, tree in trees.items() if not name.startswith("frozen.")}
+            frozen = {name[len("frozen."):]: tree for name, tree in trees.items() if name.startswith("frozen.")}
+            return rule.loss(params, frozen, key, batch)
+
+        gradient = jax.grad(lambda trees: loss(trees)[0])(everything)
+        for name, tree in gradient.items():
+            assert _nonzero(tree) == (name in rule.groups), (variant, rule.name, name)
+        assert differentiated_calls(lambda trees: loss({**everything, **trees}),
+                                    {group: everything[group] for group in rule.groups}) == 1
+    _, metrics = task.update_rules()[-1].loss(state.params, state.frozen, key, batch)
+    assert ("mmd_surrogate" in metrics) == (settings.get("moment_term", True))
+    assert ("anchor" in metrics) == (settings.get("anchor_weight", 0.4) > 0)
+
+
+def test_rmmd_ablations_are_the_full_loss_less_one_term():
+    """moment_term: false is lambda CRPS + (mu/2) anchor; anchor_weight: 0 is the moment term + lambda CRPS."""
+    batch, key = toy_batch(), jax.random.PRNGKey(2)
+    parts = {}
+    for name, settings in {"full": {}, "no_moment": {"moment_term": False}, "no_anchor": {"anchor_weight": 0.0}}.items():
+        task = DISTILLERS["rmmd"](toy_context(**{"method": "rmmd", "reward_weight": 0.7, "anchor_weight": 0.4,
+                                                 **settings}))
+        state = task.init(None, None)
+        params = {**state.params, "student": _toy(1.07, b=0.13)}
+        parts[name] = task.update_rules()[-1].loss(params, state.frozen, key, batch)
+    (full, metrics) = parts["full"]
+    np.testing.assert_allclose(parts["no_moment"][0], 0.7 * metrics["crps"] + 0.2 * metrics["anchor"], rtol=1e-5)
+    np.testing.assert_allclose(parts["no_anchor"][0], metrics["mmd_surrogate"] + 0.7 * metrics["crps"], rtol=1e-5)
+    np.testing.assert_allclose(full, metrics["mmd_surrogate"] + 0.7 * metrics["crps"] + 0.2 * metrics["anchor"],
+                               rtol=1e-5)
+    assert float(metrics["mmd_surrogate"]) != 0.0 and float(metrics["anchor"]) > 0.0
+
+
+def test_live_aux_follows_a_moved_student_and_the_moment_gap_opens():
+    """The live aux regresses the current student's denoised samples (beta = 0: g_phi -> E[x0_hat | x_s']).
+
+    Start: teacher = aux = phase-1 student (phase 1 at its fixed point); then the
+    student is moved. A frozen aux would keep the old moments (gap 0, no pull).
+    Descending the live aux rule lowers its fit to the moved student's samples
+    (on fixed evaluation draws), and the student rule's moment gap opens: the
+    aux now carries the student's new moments and the teacher does not, which
+    is what lets the term pull the student back.
+    """
+    context = toy_context(method="rmmd", reward_weight=0.0, anchor_weight=0.0, aux_pull_weight=0.0)
+    context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))
+    task = DISTILLERS["rmmd"](context)
+    state, batch = task.init(None, None), toy_batch()
+    aux_rule, student_rule = task.update_rules()
+    params = {"student": _toy(1.3, b=0.2), "aux": state.params["aux"]}
+    evaluation_keys = [jax.random.PRNGKey(k) for k in range(4)]
+
+    def measured(params) -> tuple[float, float]:
+        fit = np.mean([float(aux_rule.loss(params, state.frozen, k, batch)[1]["aux_fit"]) for k in evaluation_keys])
+        gap = np.mean([float(student_rule.loss(params, state.frozen, k, batch)[1]["moment_gap"])
+                       for k in evaluation_keys])
+        return fit, gap
+
+    gradient = jax.jit(jax.grad(lambda aux, key: aux_rule.loss({**params, "aux": aux}, state.frozen, key, batch)[0]))
+    fit_before, gap_before = measured(params)
+    for step in range(40):
+        params["aux"] = jax.tree.map(lambda p, g: p - 0.02 * g, params["aux"], gradient(params["aux"],
+                                                                                        jax.random.PRNGKey(100 + step)))
+    fit_after, gap_after = measured(params)
+    assert gap_before == 0.0, "aux = teacher at the start: no moment gap"
+    assert fit_after < 0.95 * fit_before and gap_after > 1e-3, (fit_before, fit_after, gap_after)
 
 
 @pytest.mark.parametrize("reference", ["posterior_drift", "drift_corrected", "frozen"])
@@ -352,12 +453,15 @@ def test_student_and_aux_start_from_the_teacher_and_anchors_stay_frozen(sweep_ru
     phase1 = load_checkpoint(sweep_run / "phase1")
     final = load_checkpoint(sweep_run / "lambda_0.1")
     assert phase1.meta["task"]["method"] == "mmd" and final.meta["task"]["method"] == "rmmd"
-    assert sorted(final.frozen) == ["aux_phase1", "student_phase1", "teacher"] and sorted(final.params) == ["student"]
+    # tiny.yaml is live RMMD: the aux model trains on in phase 2, so it is a parameter group, not a frozen tree
+    assert sorted(final.frozen) == ["student_phase1", "teacher"] and sorted(final.params) == ["aux", "student"]
     same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
     assert same(phase1.frozen["teacher"], teacher) and same(final.frozen["teacher"], teacher)
     assert same(final.frozen["student_phase1"], phase1.params["student"])
-    assert same(final.frozen["aux_phase1"], phase1.params["aux"])
     assert not same(final.params["student"], phase1.params["student"]), "the student must have trained"
+    assert not same(final.params["aux"], phase1.params["aux"]), "the live aux must have trained in phase 2"
+    started_at = load_checkpoint(sweep_run / "lambda_0.1" / "checkpoints" / "step_00000001")
+    assert not same(started_at.params["aux"], final.params["aux"]), "the live aux must move at every step"
     assert final.meta["task"]["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
 
 
@@ -427,3 +531,53 @@ def test_bad_input_exits_2_with_one_line(run_cli, sweep_run, teacher_run, wb2_st
     result = run_cli("distill", "--config", config, "--teacher", teacher, "--data", wb2_store, "--out", out, *extra)
     assert result.code == 2 and phrase in result.err, result.err
     assert len(result.err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- resume under the recorded config
+
+
+def _run_files(run) -> dict[str, bytes]:
+    """Every file under `run` (hidden ones included) and its bytes."""
+    return {str(path.relative_to(run)): path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+
+
+def test_distill_resume_under_another_reward_weight_exits_2_and_changes_nothing(run_cli, sweep_run, wb2_store,
+                                                                                 tmp_path):
+    """A student run (here from the phase-1 run as --teacher) refuses to resume with another distill.reward_weight:
+    exit 2, one line naming the run and the key, every file unchanged. Re-pointing --data at a copy of the store
+    and switching the progress bar off are no change: that resume goes on."""
+    run = tmp_path / "student"
+    common = ["distill", "--config", TINY, "--teacher", sweep_run / "phase1", "--out", run]
+    assert run_cli(*common, "--data", wb2_store).code == 0
+    before = _run_files(run)
+    result = run_cli(*common, "--data", wb2_store, "--set", "distill.reward_weight=1.0", "--resume")
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        f"error: {run} was started with another config (distill.reward_weight: 0.3 → 1.0); resume with the config "
+        "it was started with, or use a new --out"], result.err
+    assert _run_files(run) == before
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(wb2_store, moved)
+    result = run_cli(*common, "--data", moved, "--set", "train.progress=false", "--resume")
+    assert result.code == 0, result.err
+
+
+def test_train_resume_under_another_learning_rate_exits_2_and_changes_nothing(run_cli, teacher_run, wb2_store,
+                                                                              tmp_path):
+    """`train --resume` with another learning rate: exit 2, the one error line names the run and the key (the
+    omitted result-neutral train.checkpoint_every is not named), the run is unchanged; another store path and
+    test split resume."""
+    run = tmp_path / "teacher"
+    shutil.copytree(teacher_run, run)
+    before = _run_files(run)
+    common = ["train", "--config", TEACHER, "--set", LEVELS, "--set", "train.steps=2", "--set",
+              "train.warmup_steps=0", "--set", "model.processor.num_layers=1", "--out", run, "--resume"]
+    result = run_cli(*common, "--data", wb2_store, "--set", "train.learning_rate=0.01")
+    assert result.code == 2
+    assert [line for line in result.err.splitlines() if line.startswith("error:")] == [
+        f"error: {run} was started with another config (train.learning_rate: 0.001 → 0.01); resume with the "
+        "config it was started with, or use a new --out"], result.err
+    assert _run_files(run) == before
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(wb2_store, moved)
+    result = run_cli(*common, "--data", moved, "--set", "data.splits.test.fraction=[0.9,1.0]")
+    assert result.code == 0, result.err

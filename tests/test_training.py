@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,7 +282,8 @@ def test_keeps_last_checkpoints_plus_best_on_validation(tmp_path):
 def test_checkpoint_write_is_atomic_and_temporaries_are_ignored(tmp_path, monkeypatch):
     """A write that dies half-way leaves the previous checkpoint as latest; leftover temporaries are ignored."""
     run_dir = tmp_path / "run"
-    train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
+    train(MlpTask(), small_config(steps=7), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000007")  # as if killed after the checkpoint of step 5
     good = load_checkpoint(run_dir)
 
     def crash(file, **arrays):
@@ -361,3 +363,108 @@ def test_ema_warm_up_follows_a_short_run():
         ema = ema_update(ema, {"w": jnp.asarray((update + 1) / 300)}, ema_decay_at(update, 0.999))
     plain = sum((1 - 0.999) * 0.999 ** (299 - n) * (n + 1) / 300 for n in range(300))
     assert float(ema["w"]) > 0.85 and plain < 0.15
+
+
+# --------------------------------------------------------------------------- resume under the recorded config
+
+# A run's settings as a teacher passes them: the store path, the test split and `distributed` are result-neutral.
+SETTINGS = {"data": {"path": "/stores/a.zarr", "levels": [500, 850],
+                     "splits": {"train": {"fraction": [0.0, 0.6]}, "test": {"fraction": [0.8, 1.0]}}},
+            "distributed": {"coordinator_address": None, "num_processes": None, "process_id": None}}
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every file under `run_dir` (hidden temporaries included) and its bytes."""
+    return {str(path.relative_to(run_dir)): path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+def test_resume_under_another_config_is_refused_naming_the_keys_and_changes_nothing(tmp_path):
+    """Resuming with another learning rate is a one-line UserInputError naming the run, the key and old -> new;
+    with more changes, three are named. The refused attempts leave every file byte-identical (even a stale
+    temporary, which a resume that goes on would clean)."""
+    run_dir = tmp_path / "run"
+    train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
+    stale = run_dir / "checkpoints" / ".step_00000009.tmp-12345"
+    stale.mkdir()
+    (stale / "arrays.npz").write_bytes(b"PK partial")
+    before = _files(run_dir)
+    with pytest.raises(UserInputError) as raised:
+        train(MlpTask(), small_config(steps=5, learning_rate=1e-2), seed=0, batches=synthetic_batches(8),
+              run_dir=run_dir, resume=True)
+    assert str(raised.value) == (f"{run_dir} was started with another config (train.learning_rate: 0.03 → 0.01); "
+                                 "resume with the config it was started with, or use a new --out")
+    with pytest.raises(UserInputError, match=r"\(train.batch_size: 8 → 4, train.ema_decay: 0.9 → 0.5, "
+                                             r"train.learning_rate: 0.03 → 0.01 and 1 more\)"):
+        train(MlpTask(), small_config(steps=6, batch_size=4, ema_decay=0.5, learning_rate=1e-2), seed=0,
+              batches=synthetic_batches(4), run_dir=run_dir, resume=True)
+    with pytest.raises(UserInputError, match=r"\(task.model.hidden: \[16, 2\] → \[16, 2, 2\]\)"):
+        train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir, resume=True,
+              settings={"task": {**MlpTask().config_payload(), "model": {"hidden": [16, 2, 2]}}})
+    assert _files(run_dir) == before
+
+
+def test_resume_with_only_result_neutral_settings_changed_continues_exactly(tmp_path):
+    """Progress, logging and checkpoint cadence, `distributed`, the store path and the test split may change on
+    resume: the run goes on and ends with an uninterrupted run's params and recorded config."""
+    config = small_config(steps=10, checkpoint_every=5)
+    reference = train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=tmp_path / "reference",
+                      settings=SETTINGS)
+    run_dir = tmp_path / "run"
+    train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir, settings=SETTINGS)
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000010")  # as if killed after the checkpoint of step 5
+    moved = {"data": {**SETTINGS["data"], "path": "/mnt/copy/a.zarr",
+                      "splits": {**SETTINGS["data"]["splits"], "test": {"fraction": [0.7, 1.0]}}},
+             "distributed": {"coordinator_address": "host:1234", "num_processes": 2, "process_id": 1}}
+    notes = []
+    resumed = train(MlpTask(), small_config(steps=10, checkpoint_every=2, keep_checkpoints=4, log_every=3,
+                                            progress=True), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
+                    resume=True, settings=moved, log=notes.append)
+    assert resumed.params_sha256 == reference.params_sha256 and notes == []
+    recorded, expected = load_checkpoint(run_dir).meta, load_checkpoint(reference.run_dir).meta
+    assert recorded["run_config_sha256"] == expected["run_config_sha256"]
+    assert recorded["run_config"] == {"seed": 0, "train": recorded["run_config"]["train"],
+                                      "data": {"levels": [500, 850], "splits": {"train": {"fraction": [0.0, 0.6]}}}}
+    assert "learning_rate" in recorded["run_config"]["train"] and "progress" not in recorded["run_config"]["train"]
+    with pytest.raises(UserInputError, match=r"\(data.levels: \[500, 850\] → \[500\]\)"):
+        train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir, resume=True,
+              settings={**SETTINGS, "data": {**SETTINGS["data"], "levels": [500]}})
+
+
+def test_a_run_from_older_code_resumes_unchecked_with_a_note(tmp_path):
+    """Checkpoints without a recorded config (older code) resume as before, with one note through `log`; the
+    checkpoints written from then on record the config."""
+    run_dir = tmp_path / "run"
+    train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
+    meta_path = checkpoints.latest_checkpoint(run_dir) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["run_config"], meta["run_config_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    notes = []
+    result = train(MlpTask(), small_config(steps=7, learning_rate=1e-2), seed=0, batches=synthetic_batches(8),
+                   run_dir=run_dir, resume=True, log=notes.append)
+    assert result.step == 7 and len(notes) == 1 and "records no run config" in notes[0] and "\n" not in notes[0]
+    assert load_checkpoint(run_dir).meta["run_config"]["train"]["learning_rate"] == 1e-2
+
+
+def test_the_teacher_result_config_leaves_out_only_where_and_how_a_run_runs():
+    """On the real teacher schema: `distributed`, progress, logging and checkpoint cadence, loader speed settings,
+    the store path (`--data`) and the test split leave the hash unchanged; every result-determining key changes it."""
+    from gencast_rmmd.config import config_to_dict, load_config
+    from gencast_rmmd.teacher.config import TeacherConfig
+    from gencast_rmmd.training.run_config import config_sha256, run_config
+
+    def sha(*overrides: str, data: str | None = None) -> str:
+        config = load_config(REPO / "configs" / "teacher" / "tiny.yaml", TeacherConfig, list(overrides), data)
+        return config_sha256(run_config(config.seed, config.train, config_to_dict(config)))
+
+    base = sha()
+    assert sha("distributed.coordinator_address=host:1234", "distributed.num_processes=2",
+               "distributed.process_id=1", "train.progress=false", "train.log_every=1", "train.checkpoint_every=3",
+               "train.keep_checkpoints=9", "data.loader.prefetch=0", "data.loader.cache_in_memory=false",
+               "data.splits.test.fraction=[0.7,1.0]", data="/elsewhere/test.zarr") == base
+    for override in ("seed=1", "train.steps=21", "train.learning_rate=0.01", "train.warmup_steps=4",
+                     "train.batch_size=4", "train.validate_every=5", "data.levels=[500,850]",
+                     "data.splits.validation.fraction=[0.6,0.7]", "data.loader.seed=1", "model.latent_size=16",
+                     "loss.variable_weights.mean_sea_level_pressure=1.0", "noise.max_wavenumber=10",
+                     "input_perturbation=0.5", "stats=stats.nc"):
+        assert sha(override) != base, override

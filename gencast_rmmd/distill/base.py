@@ -190,11 +190,12 @@ class Distiller(Protocol):
     `starts_from` is 'teacher' for a phase-1 method (moment matching: student
     and aux from the teacher) or 'phase1' for a method that fine-tunes a
     phase-1 student (RMMD and the baselines); `frozen_groups` names the
-    frozen trees its checkpoints hold, a subset of ('teacher', 'student_phase1', 'aux_phase1').
+    frozen trees its checkpoints hold, a subset of ('teacher', 'student_phase1', 'aux_phase1')
+    (a class attribute, or set per instance where the config decides, as in RMMD).
     """
 
     starts_from: ClassVar[str]
-    frozen_groups: ClassVar[tuple[str, ...]]
+    frozen_groups: tuple[str, ...]
 
     def __call__(self, context: DistillContext) -> TrainTask:
         """The task (a class constructor satisfies this)."""

@@ -73,15 +73,19 @@ class DistillSection(StrictModel):
       in `rmmd`: `edm` (lambda(s'), the paper's) or `balanced`
       (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
       every level pair; see `moment_matching.moment_weight`);
-    - `moment_reference` (`rmmd`): how the frozen phase-1 aux model g_phi0
-      serves as the moment reference, given the student's drift from phase 1
-      delta = sg(Phi_theta - Phi_theta0)/(1 + beta). `posterior_drift` (default)
-      adds c_out(s')^2 delta to g_phi0, the shift of a Gaussian posterior mean
-      at s', a first-order stand-in for a live aux, so the moment term
-      vanishes when the student's moments reach the teacher's;
-      `drift_corrected` adds delta at every s' (a stiff anchor at small s',
-      measured in `results/rmmd_demo.md`); `frozen` uses g_phi0 as it is, a
-      fixed push that grows the student's distance to phase 1 without bound;
+    - `moment_reference` (`rmmd`): the aux model the moment term compares
+      with the teacher. `live` (default, the method as DESIGN §5 reads it): the
+      phase-1 aux g_phi keeps training in phase 2 on the student's current
+      samples (alternating phi / theta updates, as in phase 1), so the term
+      vanishes when the student's moments are the teacher's. The others keep
+      the phase-1 aux g_phi0 frozen, given the student's drift from phase 1
+      delta = sg(Phi_theta - Phi_theta0)/(1 + beta): `posterior_drift` adds
+      c_out(s')^2 delta to g_phi0 (our first-order stand-in for a live aux, not
+      the paper's); `drift_corrected` adds delta at every s' (a stiff anchor
+      at small s'); `frozen` uses g_phi0 as it is, a fixed push that grows the
+      student's distance to phase 1 without bound;
+    - `moment_term` (`rmmd`): false drops the moment term (and the aux model):
+      the ablation "reward + anchor only";
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
@@ -102,7 +106,8 @@ class DistillSection(StrictModel):
     reward_units: Literal["climatology", "residual"] = "climatology"
     anchor_weight: float | None = Field(None, ge=0.0)
     moment_weight: Literal["edm", "balanced"] = "edm"
-    moment_reference: Literal["posterior_drift", "drift_corrected", "frozen"] = "posterior_drift"
+    moment_reference: Literal["live", "posterior_drift", "drift_corrected", "frozen"] = "live"
+    moment_term: bool = True
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
@@ -131,6 +136,8 @@ class DistillSection(StrictModel):
             raise ValueError(f"method {self.method} has no reward weight to sweep; give one value")
         if self.method == "crps_only" and self.anchor_weight:
             raise ValueError("crps_only has no distillation terms; leave anchor_weight unset")
+        if not self.moment_term and self.method != "rmmd":
+            raise ValueError(f"moment_term: false is an rmmd ablation; method {self.method} has no such switch")
         if self.draft_steps > self.student.steps:
             raise ValueError(f"draft_steps ({self.draft_steps}) exceeds the student's steps ({self.student.steps})")
         return self

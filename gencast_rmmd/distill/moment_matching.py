@@ -110,6 +110,32 @@ def moment_surrogate(context: DistillContext, denoised: jax.Array, gap: jax.Arra
     return surrogate, jnp.mean(loss_weight(moment.level) * context.weighted_inner(gap, gap, valid))
 
 
+def aux_regression(context: DistillContext, aux_params, teacher_params, key: jax.Array, state: NoisyState,
+                   denoised: jax.Array, conditioning, valid: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_aux = E lambda(s') [||g_phi(x_s') - x0_hat||^2_W + beta ||g_phi(x_s') - teacher(x_s')||^2_W].
+
+    x_s' is the student's eta-step from `state` (x_t, s_t) with its stopped
+    `denoised` x0_hat (`moment_state`, drawn with `key`); only g_phi (`aux_params`)
+    is differentiated. Phase 1 calls it on forward-diffused data states, live
+    RMMD (`rewarded.py`) on the phase-2 policy states.
+    """
+    moment = moment_state(context, key, state, denoised)
+    aux, teacher = context.denoise_together([(aux_params, moment.noisy, moment.level),
+                                             (jax.lax.stop_gradient(teacher_params), moment.noisy, moment.level)],
+                                            conditioning)
+    teacher = jax.lax.stop_gradient(teacher)
+    weight = loss_weight(moment.level)
+    fit = jnp.mean(weight * context.weighted_inner(aux - denoised, aux - denoised, valid))
+    pull = jnp.mean(weight * context.weighted_inner(aux - teacher, aux - teacher, valid))
+    return fit + context.config.distill.aux_pull_weight * pull, {"aux_fit": fit, "aux_pull": pull}
+
+
+def aux_optimizer(context: DistillContext):
+    """The aux rule's optimiser: train's, at `distill.aux_learning_rate` when set (None: train's own)."""
+    rate = context.config.distill.aux_learning_rate
+    return None if rate is None else context.config.train.optimizer.model_copy(update={"learning_rate": rate})
+
+
 class MomentMatching:
     """Phase 1 (`mmd`): groups `student`, `aux` (both from the teacher); frozen `teacher`; rules aux, student."""
 
@@ -135,18 +161,9 @@ class MomentMatching:
 
     def aux_loss(self, params, frozen, key, batch):
         """L_aux (module docstring): fit the student's x0_hat, pulled towards the teacher with weight beta."""
-        context = self.context
         prepared, state, denoised, moment_key = self._states(params, key, batch)
-        denoised = jax.lax.stop_gradient(denoised)
-        moment = moment_state(context, moment_key, state, denoised)
-        aux, teacher = context.denoise_together([(params["aux"], moment.noisy, moment.level),
-                                                 (jax.lax.stop_gradient(frozen["teacher"]), moment.noisy,
-                                                  moment.level)], prepared.conditioning)
-        teacher = jax.lax.stop_gradient(teacher)
-        weight = loss_weight(moment.level)
-        fit = jnp.mean(weight * context.weighted_inner(aux - denoised, aux - denoised, prepared.valid))
-        pull = jnp.mean(weight * context.weighted_inner(aux - teacher, aux - teacher, prepared.valid))
-        return fit + context.config.distill.aux_pull_weight * pull, {"aux_fit": fit, "aux_pull": pull}
+        return aux_regression(self.context, params["aux"], frozen["teacher"], moment_key, state,
+                              jax.lax.stop_gradient(denoised), prepared.conditioning, prepared.valid)
 
     def student_loss(self, params, frozen, key, batch):
         """L_student (module docstring): x0_hat against the stopped moment gap g_phi - teacher at x_s'."""
@@ -160,10 +177,7 @@ class MomentMatching:
         return surrogate, {"moment_gap": gap}
 
     def update_rules(self) -> list[UpdateRule]:
-        rate = self.context.config.distill.aux_learning_rate
-        aux_optimizer = None if rate is None else self.context.config.train.optimizer.model_copy(
-            update={"learning_rate": rate})
-        return [UpdateRule("aux", ("aux",), self.aux_loss, aux_optimizer),
+        return [UpdateRule("aux", ("aux",), self.aux_loss, aux_optimizer(self.context)),
                 UpdateRule("student", ("student",), self.student_loss)]
 
     def validation_loss(self, params, frozen, key, batch):

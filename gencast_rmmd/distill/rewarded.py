@@ -2,10 +2,10 @@
 
 Symbols (paper -> code). Phi_theta: the student (`params['student']`, started
 from the phase-1 student); Phi_theta0: the frozen phase-1 student
-(`frozen['student_phase1']`); g_phi: the frozen phase-1 aux model, the moment
-reference (`frozen['aux_phase1']`); the teacher (`frozen['teacher']`);
-lambda: `distill.reward_weight`; mu: `distill.anchor_weight` (default lambda);
-M: `distill.reward_samples`. One optimiser step, one update rule ('student'):
+(`frozen['student_phase1']`); g_phi: the auxiliary denoiser, the moment
+reference; the teacher (`frozen['teacher']`); lambda: `distill.reward_weight`;
+mu: `distill.anchor_weight` (default lambda); beta: `distill.aux_pull_weight`;
+M: `distill.reward_samples`. One optimiser step:
 
  1. policy state, no gradient (`policy_state`, with sg(theta)): per condition
     b, M independent chains. `policy_noise: grid`: draw i ~ U{0..K-1}, run
@@ -14,41 +14,50 @@ M: `distill.reward_samples`. One optimiser step, one update rule ('student'):
     and re-noise, x_t^pol = x~_0 + s_t eps. `offline: true`: x_t^pol = x_0 + s_t eps
     (forward-diffused data). The M members of a condition share s_t.
  2. one student step with gradient: x0_hat = Phi_theta(x_t^pol; s_t).
- 3. loss (`RewardedMomentMatching.objective`):
+ 3. student rule (theta), `RewardedMomentMatching.objective`:
 
         L = E w(s_t, s') <x0_hat, sg(g(x_s') - teacher(x_s'))>_W          (the phase-1 MMD term at x_t^pol)
             - lambda R(x0_hat_1..M)                                       (R = -weighted fair CRPS, `reward.py`)
             + (mu/2) E lambda(s_t) ||x0_hat - sg(Phi_theta0(x_t^pol; s_t))||^2_W
 
-    with x_s' the eta-step from (x_t^pol, x0_hat) to s' (`moment_state`), w the
-    phase-1 weight (`distill.moment_weight`), and g the moment reference built
-    from the frozen phase-1 aux g_phi0 (`distill.moment_reference`), with
-    delta = sg(x0_hat - Phi_theta0(x_t^pol; s_t)) the student's drift from phase 1:
+    with x_s' the eta-step from (x_t^pol, x0_hat) to s' (`moment_state`) and w
+    the phase-1 weight (`distill.moment_weight`). Gradients reach theta
+    through the single call of step 2 only.
 
-        posterior_drift:  g(x_s') = g_phi0(x_s') + c_out(s')^2 delta / (1 + beta)
-        drift_corrected:  g(x_s') = g_phi0(x_s') + delta / (1 + beta)
-        frozen:           g(x_s') = g_phi0(x_s')
+The moment reference g (`distill.moment_reference`):
 
-    Why a correction. At the end of phase 1 g_phi0 ~ (m_student0 + beta
-    m_teacher) / (1 + beta), so g_phi0 - teacher ~ (m_student0 - m_teacher) / (1 + beta):
-    the gap of the phase-1 student. Held fixed, the term's gradient J^T (g_phi0
-    - teacher) never shrinks as the student moves, and the student drifts past
-    the teacher without bound: measured, the surrogate fell from -0.08 to -1.29
-    over 150 steps and CRPS rose 35 % (`results/rmmd_demo.md`). A live aux would
-    follow the student's conditional mean E[x0_hat | x_s'] as the student moves,
-    so the term is zero again once the student's moments are the teacher's, and
-    lambda R and the anchor trade off around that point.
+    live (default):   g = g_phi, trained in phase 2 as in phase 1: before each student
+                      update, an aux rule (phi) draws its own policy state (steps 1-2,
+                      all without gradient) and minimises
+                      L_aux = E lambda(s') [||g_phi(x_s') - x0_hat||^2_W + beta ||g_phi(x_s') - teacher(x_s')||^2_W]
+                      (`moment_matching.aux_regression`), so g_phi follows the student's
+                      current conditional mean: g_phi -> (m_student + beta m_teacher)/(1 + beta)
+    posterior_drift:  g = g_phi0(x_s') + c_out(s')^2 delta / (1 + beta)
+    drift_corrected:  g = g_phi0(x_s') + delta / (1 + beta)
+    frozen:           g = g_phi0(x_s')
 
-    Why c_out(s')^2 = s'^2 / (s'^2 + 1). How far E[x0_hat | x_s'] follows a
-    shift delta of the student's samples depends on s': for a unit-variance
-    (sigma_data = 1) Gaussian, E[x | x + s' z] moves by s'^2 / (s'^2 + 1) delta.
-    It follows fully only when x_s' is pure noise, and not at all as s' -> 0,
-    where the denoiser returns its input. `drift_corrected` adds all of delta at
-    every s'. Times lambda(s') = c_out(s')^-2 (up to 2500 at s' = 0.02) that
-    made the term a stiff anchor at small s': measured, gradient norms of 2-300
-    against 0.2-0.7 for the CRPS alone, and the reward hardly acted
-    (`results/rmmd_demo.md`). With the shrinkage, lambda(s') c_out(s')^2 delta = delta.
-    Gradients reach theta through the single call in step 2 only.
+with g_phi0 the frozen phase-1 aux (`frozen['aux_phase1']`) and
+delta = sg(x0_hat - Phi_theta0(x_t^pol; s_t)) the student's drift from phase 1.
+`moment_term: false` drops the first term of L and the aux model altogether
+(the ablation "reward + anchor"); `anchor_weight: 0` drops the third.
+
+Why live. Repurposing the distillation loss as a KL proxy needs a term that is
+zero when the student's moments are the teacher's: with a live aux the gap
+g_phi - teacher = (m_student - m_teacher)/(1 + beta) at the current student,
+and lambda R and the anchor trade off around that point. A frozen g_phi0
+holds the phase-1 student's gap: its gradient J^T (g_phi0 - teacher) never
+shrinks as the student moves, and the student drifts past the teacher without
+bound (measured: +35 % CRPS, `results/rmmd_demo.md`).
+
+Where the code departs from the paper, and why. The frozen corrections are
+ours, not the paper's: `posterior_drift` assumes E[x0_hat | x_s'] follows a
+shift delta of the samples by s'^2 / (s'^2 + 1) (a unit-variance Gaussian's
+posterior mean), which does not hold for the states this code builds; it is
+kept as a named, cheaper alternative (no aux updates), not as the method. The
+live aux rule draws its own policy state rather than reusing the student
+rule's (the generic loop gives each rule its own key), so a live step costs
+about twice the no-gradient chains of a frozen-reference step. The moment
+weight `balanced` is ours too (`moment_matching.moment_weight`).
 
 `CrpsOnly` keeps steps 1-2 and minimises -R alone (no distillation terms;
 lambda is not used, the optimiser sets the scale).
@@ -62,11 +71,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
 from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, per_example, \
     prepare, repeat_members
-from gencast_rmmd.distill.moment_matching import NoisyState, draw_levels, moment_state, moment_surrogate
+from gencast_rmmd.distill.moment_matching import NoisyState, aux_optimizer, aux_regression, draw_levels, \
+    moment_state, moment_surrogate
 from gencast_rmmd.distill.sampler import bind, run_steps
+from gencast_rmmd.training import TrainableState, UpdateRule
+
+
+# The frozen-aux references that add the student's drift delta, shrunk by a factor of the moment level s'.
+DRIFT_CORRECTED = {"posterior_drift": lambda level: jnp.square(c_out(level)),
+                   "drift_corrected": jnp.ones_like}
 
 
 class PolicyState(NamedTuple):
@@ -132,31 +149,80 @@ class _OnPolicyTask(StudentFineTune):
 
 
 class RewardedMomentMatching(_OnPolicyTask):
-    """`rmmd`: group `student`; frozen `teacher`, `student_phase1`, `aux_phase1`; one rule."""
+    """`rmmd`: groups `student` (and `aux` with the live reference); frozen trees as the variant needs them.
 
-    frozen_groups = ("teacher", "student_phase1", "aux_phase1")
+    Frozen: `teacher` always; `student_phase1` when the anchor or a drift
+    correction uses Phi_theta0; `aux_phase1` for the frozen-aux references.
+    Rules: [aux, student] with the live reference, else [student].
+    """
+
+    def __init__(self, context: DistillContext):
+        super().__init__(context)
+        distill = context.config.distill
+        self.anchor_weight = context.reward_weight if distill.anchor_weight is None else distill.anchor_weight
+        self.moment_reference = distill.moment_reference if distill.moment_term else None
+        self.live = self.moment_reference == "live"
+        uses_phase1_student = self.anchor_weight > 0.0 or self.moment_reference in DRIFT_CORRECTED
+        self.frozen_groups = ("teacher", *(("student_phase1",) if uses_phase1_student else ()),
+                              *(("aux_phase1",) if self.moment_reference not in (None, "live") else ()))
+
+    def init(self, key: jax.Array, example_batch: Batch) -> TrainableState:
+        state = super().init(key, example_batch)
+        if not self.live:
+            return state
+        return state._replace(params={**state.params, "aux": jax.tree.map(jnp.array, self.context.anchors.aux)})
+
+    def update_rules(self) -> list[UpdateRule]:
+        student = super().update_rules()
+        return [UpdateRule("aux", ("aux",), self.aux_loss, aux_optimizer(self.context)), *student] if self.live \
+            else student
+
+    def aux_loss(self, params, frozen, key, batch):
+        """L_aux at a policy state of the current (stopped) student: the live aux follows its moments."""
+        context = self.context
+        prepared = prepare(batch, context.normalizer)
+        repeated = repeat_members(prepared, context.config.distill.reward_samples)
+        policy_key, moment_key = jax.random.split(key)
+        policy = policy_state(context, params["student"], policy_key, repeated)
+        denoised = jax.lax.stop_gradient(self._denoised(jax.lax.stop_gradient(params), policy))
+        return aux_regression(context, params["aux"], frozen["teacher"], moment_key, policy.state, denoised,
+                              repeated.conditioning, repeated.valid)
 
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
         """L = MMD term at x_t^pol (against `moment_reference`) + lambda CRPS + (mu/2) anchor (module docstring)."""
         context, distill = self.context, self.context.config.distill
-        reward_weight = context.reward_weight
-        anchor_weight = reward_weight if distill.anchor_weight is None else distill.anchor_weight
         denoised = self._denoised(params, policy)
         state, repeated = policy.state, policy.repeated
-        moment = moment_state(context, key, state, denoised)
-        aux, teacher, reference = jax.lax.stop_gradient(context.denoise_together(
-            [(frozen["aux_phase1"], moment.noisy, moment.level), (frozen["teacher"], moment.noisy, moment.level),
-             (frozen["student_phase1"], state.noisy, state.level)], repeated.conditioning))
-        drift = jax.lax.stop_gradient(denoised - reference) / (1.0 + distill.aux_pull_weight)
-        shrink = {"posterior_drift": jnp.square(c_out(moment.level)), "drift_corrected": jnp.ones_like(moment.level),
-                  "frozen": jnp.zeros_like(moment.level)}[distill.moment_reference]
-        gap = (aux - teacher) + per_example(shrink, drift) * drift   # g(x_s') - teacher(x_s'), correction last
-        surrogate, gap = moment_surrogate(context, denoised, gap, state, moment, repeated.valid)
+        metrics = {}
+        moment = moment_state(context, key, state, denoised) if self.moment_reference else None
+        calls = []
+        if self.moment_reference:
+            aux_params = params["aux"] if self.live else frozen["aux_phase1"]
+            calls += [(aux_params, moment.noisy, moment.level), (frozen["teacher"], moment.noisy, moment.level)]
+        if "student_phase1" in self.frozen_groups:
+            calls.append((frozen["student_phase1"], state.noisy, state.level))
+        outputs = jax.lax.stop_gradient(context.denoise_together(calls, repeated.conditioning)) if calls else []
+        reference = outputs[-1] if "student_phase1" in self.frozen_groups else None
+        loss = jnp.float32(0.0)
+        if self.moment_reference:
+            aux, teacher = outputs[:2]
+            gap = aux - teacher                          # g(x_s') - teacher(x_s'); a correction is added last
+            if self.moment_reference in DRIFT_CORRECTED:
+                drift = jax.lax.stop_gradient(denoised - reference) / (1.0 + distill.aux_pull_weight)
+                shrink = DRIFT_CORRECTED[self.moment_reference](moment.level)
+                gap = gap + per_example(shrink, drift) * drift
+            surrogate, metrics["moment_gap"] = moment_surrogate(context, denoised, gap, state, moment, repeated.valid)
+            metrics["mmd_surrogate"] = surrogate
+            loss = loss + surrogate
         crps = self._crps(denoised, prepared)
-        anchor = jnp.mean(loss_weight(state.level)
-                          * context.weighted_inner(denoised - reference, denoised - reference, repeated.valid))
-        loss = surrogate + reward_weight * crps + 0.5 * anchor_weight * anchor
-        return loss, {"mmd_surrogate": surrogate, "moment_gap": gap, "crps": crps, "anchor": anchor}
+        metrics["crps"] = crps
+        loss = loss + context.reward_weight * crps
+        if self.anchor_weight > 0.0:
+            anchor = jnp.mean(loss_weight(state.level)
+                              * context.weighted_inner(denoised - reference, denoised - reference, repeated.valid))
+            metrics["anchor"] = anchor
+            loss = loss + 0.5 * self.anchor_weight * anchor
+        return loss, metrics
 
 
 class CrpsOnly(_OnPolicyTask):

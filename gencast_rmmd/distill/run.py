@@ -16,7 +16,9 @@ final checkpoint from disk (raw params of student and aux; the teacher's EMA
 params): an uninterrupted and a resumed run read the same bytes, and each
 phase is a separate run of the generic loop with its own exact kill -9
 resume, so the whole chain resumes bit-identically. Phase 2 stores its anchors
-as frozen trees in its own checkpoints.
+as frozen trees in its own checkpoints. Before any run moves on, every run the
+call continues is checked against the config its checkpoints record
+(`training.run_config`): a refused resume leaves all of `RUN/` as it was.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
 from gencast_rmmd.training.checkpoint import read_meta
 from gencast_rmmd.training.loop import check_run_dir
+from gencast_rmmd.training.run_config import check_resume_config, run_config
 
 STUDENT_SAMPLER = "student_kstep"
 
@@ -132,17 +135,32 @@ def student_payload(config: DistillConfig, environment: _Environment, phase1_che
     return payload
 
 
-def _check_resumable(run_dir: Path, payload: dict) -> None:
-    """A resumed run must continue with the same teacher and method."""
+def run_settings(config: DistillConfig, environment: _Environment) -> dict:
+    """What determines a distillation run's result besides its loop (`training.run_config`): the student
+    payload's config and the teacher's identity (its params hash, and the phase-1 student's when `--teacher`
+    is one). A phase-1 trained in `RUN/phase1/` is not named: this same config and teacher determine it."""
+    source = environment.source
+    phase1 = source.phase1_checkpoint
+    return {**student_payload(config, environment, None)["config"],
+            "teacher": {"params_sha256": source.teacher_checkpoint["params_sha256"],
+                        "phase1_params_sha256": phase1["params_sha256"] if phase1 is not None else None}}
+
+
+def _check_resumable(run_dir: Path, config: DistillConfig, environment: _Environment) -> None:
+    """A resumed run must continue under the config and teacher it was started with (`training.run_config`).
+
+    Runs from older code record no config: for those only the teacher and the method are checked, as before.
+    """
     latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return
-    previous = read_meta(latest).get("task", {})
-    same_teacher = (previous.get("teacher_checkpoint", {}).get("params_sha256")
-                    == payload["teacher_checkpoint"]["params_sha256"])
-    if not same_teacher or previous.get("method") != payload["method"]:
-        raise UserInputError(f"{run_dir} was distilled with method {previous.get('method')} from another teacher "
-                             "or method; resume with the --teacher and config it was started with")
+    previous = read_meta(latest) if latest is not None else {}
+    if previous and "run_config_sha256" not in previous:
+        task = previous.get("task", {})
+        same_teacher = (task.get("teacher_checkpoint", {}).get("params_sha256")
+                        == environment.source.teacher_checkpoint["params_sha256"])
+        if not same_teacher or task.get("method") != config.distill.method:
+            raise UserInputError(f"{run_dir} was distilled with method {task.get('method')} from another teacher "
+                                 "or method; resume with the --teacher and config it was started with")
+    check_resume_config(run_dir, run_config(config.seed, config.train, run_settings(config, environment)))
 
 
 def _context(config: DistillConfig, environment: _Environment, anchors: Anchors,
@@ -156,13 +174,13 @@ def _context(config: DistillConfig, environment: _Environment, anchors: Anchors,
 def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchors, phase1_checkpoint: dict | None,
                run_dir: Path, log: Callable[[str], None]) -> TrainResult:
     context = _context(config, environment, anchors, phase1_checkpoint)
-    _check_resumable(run_dir, context.payload)
     task = DISTILLERS[config.distill.method](context)
     log(f"{config.distill.method} -> {run_dir}")
     source, batch_size = environment.data, config.train.batch_size
     validation = batch_stream(source, "validation", batch_size) if config.train.validate_every else None
     return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", batch_size),
-                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed)
+                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed,
+                 settings=run_settings(config, environment), log=log)
 
 
 def _phase1_anchors(run_dir: Path) -> tuple[Anchors, dict]:
@@ -191,20 +209,26 @@ def distill(config: DistillConfig, teacher: str | Path, run_dir: str | Path, dat
         raise UserInputError(f"method {config.distill.method} starts from a teacher; --teacher {teacher} is "
                              "already a moment-matching student")
     environment = _environment(source, data)
+    # Every run this call continues: RUN/phase1 first (when trained here), then one per reward weight.
+    planned = {reward_weight: (run_dir / f"lambda_{reward_weight:g}" if config.distill.is_sweep else run_dir,
+                               config.for_reward_weight(reward_weight))
+               for reward_weight in config.distill.reward_weights}
+    trains_phase1 = distiller.starts_from == "phase1" and source.phase1_checkpoint is None \
+        and config.distill.phase1_steps > 0
+    phase1_run = [(run_dir / "phase1", config.phase1())] if trains_phase1 else []
+    for target, target_config in [*phase1_run, *planned.values()]:  # refuse before any run moves on
+        _check_resumable(target, target_config, environment)
     log(f"distilling {teacher} with {config.distill.method} on {environment.data.report.location} -> {run_dir}"
         f"{' (resuming)' if resume else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
     anchors, phase1 = source.anchors, source.phase1_checkpoint
-    if distiller.starts_from == "phase1" and phase1 is None and config.distill.phase1_steps > 0:
-        phase1_config = config.phase1()
-        _train_one(phase1_config, environment, anchors, None, run_dir / "phase1", log)
-        anchors, phase1 = _phase1_anchors(run_dir / "phase1")
+    for target, phase1_config in phase1_run:
+        _train_one(phase1_config, environment, anchors, None, target, log)
+        anchors, phase1 = _phase1_anchors(target)
 
     runs: dict[float, TrainResult] = {}
-    for reward_weight in config.distill.reward_weights:
-        target = run_dir / f"lambda_{reward_weight:g}" if config.distill.is_sweep else run_dir
-        runs[reward_weight] = _train_one(config.for_reward_weight(reward_weight), environment, anchors, phase1,
-                                         target, log)
+    for reward_weight, (target, weight_config) in planned.items():
+        runs[reward_weight] = _train_one(weight_config, environment, anchors, phase1, target, log)
     if not config.distill.is_sweep:
         return DistillOutcome(runs, None)
     checkpoints = {weight: result.checkpoint for weight, result in runs.items()}

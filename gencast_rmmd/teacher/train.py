@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.task import TeacherTask
 from gencast_rmmd.training import TrainResult, initialize_distributed, train
 from gencast_rmmd.training.loop import check_run_dir
+from gencast_rmmd.training.run_config import check_resume_config, run_config
 
 STATS_FILE = "stats.nc"
 
@@ -86,10 +88,18 @@ def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normaliz
                        np.asarray(source.longitude), payload, noise)
 
 
-def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train (or resume) the teacher of `config` in `run_dir`."""
+def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False,
+                  log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) the teacher of `config` in `run_dir`.
+
+    A resume under a config other than the run's recorded one is refused
+    before the data are opened or statistics written (`training.run_config`).
+    """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
+    settings = config_to_dict(config)
+    if resume:
+        check_resume_config(run_dir, run_config(config.seed, config.train, settings))
     initialize_distributed(config.distributed)
     source = DataSource.open(config.data)
     diffusion_noise(config, source)  # a bad truncation fails before statistics are computed
@@ -99,4 +109,5 @@ def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = Fal
     validation = (batch_stream(source, "validation", config.train.batch_size)
                   if config.train.validate_every else None)
     return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", config.train.batch_size),
-                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed)
+                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed,
+                 settings=settings, log=log)

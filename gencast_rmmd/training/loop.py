@@ -5,7 +5,9 @@ batches(0..s-1)), and a checkpoint holds all of it (params, EMA, optimiser
 states, frozen trees, skip counters). Step s uses key `fold_in(train_root, s)`
 and the batch `batches(start_step)` yields at position s - start_step, so a
 run resumed from the checkpoint of step s (after a `kill -9` at any moment)
-ends with bit-identical parameters to an uninterrupted run.
+ends with bit-identical parameters to an uninterrupted run. Every checkpoint
+records the run's result config; a resume under another one is refused
+(`run_config.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -30,6 +32,7 @@ from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
 from gencast_rmmd.training.metrics_log import MetricsLog, TrainingProgress
 from gencast_rmmd.training.precision import with_compute_dtype
+from gencast_rmmd.training.run_config import check_resume_config, checkpoint_record, run_config
 from gencast_rmmd.training.sharding import data_mesh, initialize_distributed, is_primary, replicate, \
     replicated, shard_batch
 from gencast_rmmd.training.state import TrainState, init_train_state, make_optimizers, make_train_step, \
@@ -125,7 +128,8 @@ def _initial_state(task: TrainTask, rules: Sequence, optimizers, init_key: jax.A
 
 def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn, run_dir: str | Path,
           resume: bool = False, validation_batches: BatchesFn | None = None,
-          distributed: DistributedConfig | None = None, devices: Sequence[jax.Device] | None = None) -> TrainResult:
+          distributed: DistributedConfig | None = None, devices: Sequence[jax.Device] | None = None,
+          settings: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train `task` for `config.steps` steps in `run_dir`, checkpointing and logging; resume exactly if asked.
 
     - `batches(start_step)` yields the global training batches from step
@@ -135,6 +139,11 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
       `config.validation_batches` are scored every `config.validate_every` steps.
     - A non-empty `run_dir` needs `resume=True`; resuming a run without a
       complete checkpoint starts it afresh.
+    - `settings`: the run's validated config as JSON (default: the task's
+      payload). With `seed` and `config` it makes the run's result config
+      (`run_config.py`), recorded in every checkpoint; resuming under another
+      one raises `UserInputError` before anything in `run_dir` changes.
+      `log` gets the note when a run from older code resumes unchecked.
     - Raises `TrainingDiverged` after `max_consecutive_nonfinite` skipped steps in a row.
     """
     initialize_distributed(distributed)
@@ -148,14 +157,17 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
     if meta and meta["seed"] != seed:
         raise UserInputError(f"{latest} was trained with seed {meta['seed']}, not {seed}; resume with the seed "
                              "the run was started with")
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.remove_stale_temporaries(run_dir)
     payload = task.config_payload()
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as error:
         raise ValueError(f"task.config_payload() must be JSON-serialisable: {error}") from None
+    result_config = run_config(seed, config, {"task": payload} if settings is None else settings)
+    if resume:
+        check_resume_config(run_dir, result_config, log if primary else None)
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_stale_temporaries(run_dir)
 
     start_step = int(meta.get("step", 0))
     best_loss, best_step = meta.get("best_validation_loss"), meta.get("best_step")
@@ -184,6 +196,7 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
             host = jax.device_get(state)
             checkpoints.save_checkpoint(run_dir, host, {
                 "step": step, "seed": seed, "train": config.model_dump(mode="json"), "task": payload,
+                **checkpoint_record(result_config),
                 "validation_loss": validation_loss, "best_validation_loss": best_loss, "best_step": best_step,
                 "nonfinite_total": int(host.nonfinite_total),
                 "nonfinite_consecutive": int(host.nonfinite_consecutive),
@@ -215,8 +228,8 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
                     kept = checkpoints.latest_checkpoint(run_dir)
                     raise TrainingDiverged(
                         f"training diverged: {consecutive} consecutive steps up to step {done} had a non-finite "
-                        f"loss or gradient (updates skipped); last checkpoint kept: {kept or 'none'}; lower "
-                        "train.learning_rate or check the data, then resume")
+                        f"loss or gradient (updates skipped); last checkpoint kept: {kept or 'none'}; check the "
+                        "data and resume, or lower train.learning_rate and start again in a new --out")
                 new_best = validation_loss is not None and math.isfinite(validation_loss) and (
                     best_loss is None or validation_loss < best_loss)
                 if new_best:
