@@ -171,6 +171,12 @@ def differentiated_calls(loss, params) -> int:
     return count(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params).jaxpr)
 
 
+def rule_inputs(task, params, frozen, key, batch):
+    """What the loop hands every rule: the task's shared `step_inputs` (live RMMD's policy draw) or the batch."""
+    step_inputs = getattr(task, "step_inputs", None)
+    return batch if step_inputs is None else step_inputs(params, frozen, jax.random.fold_in(key, 99), batch)
+
+
 @pytest.mark.parametrize("distill,expected", [
     ({"method": "rmmd", "policy_noise": "grid"}, 1),
     ({"method": "rmmd", "policy_noise": "continuous"}, 1),
@@ -189,9 +195,10 @@ def test_gradient_reaches_the_student_through_the_expected_steps(distill, expect
     rule = task.update_rules()[-1]
     assert rule.groups == ("student",)
     params = {**state.params, "student": state.params["student"]}
-    assert differentiated_calls(lambda p: rule.loss({**params, **p}, state.frozen, key, batch),
+    inputs = rule_inputs(task, params, state.frozen, key, batch)
+    assert differentiated_calls(lambda p: rule.loss({**params, **p}, state.frozen, key, inputs),
                                 {"student": params["student"]}) == expected
-    loss, metrics = rule.loss(params, state.frozen, key, batch)
+    loss, metrics = rule.loss(params, state.frozen, key, inputs)
     assert np.isfinite(float(loss)) and all(np.isfinite(float(value)) for value in metrics.values())
     crps, _ = task.validation_loss(state.params, state.frozen, key, batch)   # K-step samples, M per condition
     assert np.isfinite(float(crps)) and float(crps) > 0
@@ -199,7 +206,8 @@ def test_gradient_reaches_the_student_through_the_expected_steps(distill, expect
 
 @pytest.mark.parametrize("policy_noise", ["grid", "continuous"])
 def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(policy_noise):
-    context = toy_context(method="rmmd", policy_noise=policy_noise, reward_weight=0.7)
+    context = toy_context(method="rmmd", policy_noise=policy_noise, reward_weight=0.7,
+                          moment_reference="posterior_drift")
     task = DISTILLERS["rmmd"](context)
     state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(0)
     full = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])(state.params)
@@ -240,40 +248,49 @@ def test_each_rmmd_variant_has_its_groups_and_gradients_flow_only_where_its_docs
     state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(11)
     assert sorted(state.params) == groups and sorted(state.frozen) == frozen_groups
     assert [rule.name for rule in task.update_rules()] == rules
+    assert hasattr(task, "step_inputs") == ("aux" in groups), "live RMMD shares one policy draw per step"
+    inputs = rule_inputs(task, state.params, state.frozen, key, batch)
     for rule in task.update_rules():
         everything = {**state.params, **{f"frozen.{name}": tree for name, tree in state.frozen.items()}}
 
         def loss(trees, rule=rule):
             params = {name: tree for name, tree in trees.items() if not name.startswith("frozen.")}
             frozen = {name[len("frozen."):]: tree for name, tree in trees.items() if name.startswith("frozen.")}
-            return rule.loss(params, frozen, key, batch)
+            return rule.loss(params, frozen, key, inputs)
 
         gradient = jax.grad(lambda trees: loss(trees)[0])(everything)
         for name, tree in gradient.items():
             assert _nonzero(tree) == (name in rule.groups), (variant, rule.name, name)
         assert differentiated_calls(lambda trees: loss({**everything, **trees}),
                                     {group: everything[group] for group in rule.groups}) == 1
-    _, metrics = task.update_rules()[-1].loss(state.params, state.frozen, key, batch)
+    _, metrics = task.update_rules()[-1].loss(state.params, state.frozen, key, inputs)
     assert ("mmd_surrogate" in metrics) == (settings.get("moment_term", True))
     assert ("anchor" in metrics) == (settings.get("anchor_weight", 0.4) > 0)
 
 
 def test_rmmd_ablations_are_the_full_loss_less_one_term():
-    """moment_term: false is lambda CRPS + (mu/2) anchor; anchor_weight: 0 is the moment term + lambda CRPS."""
+    """anchor_weight: 0 is the moment term + lambda CRPS of the same draw; moment_term: false is lambda CRPS +
+    (mu/2) anchor, the same CRPS and anchor as a frozen-reference RMMD of the same draw (both draw in the rule)."""
     batch, key = toy_batch(), jax.random.PRNGKey(2)
     parts = {}
-    for name, settings in {"full": {}, "no_moment": {"moment_term": False}, "no_anchor": {"anchor_weight": 0.0}}.items():
+    for name, settings in {"live": {}, "live_no_anchor": {"anchor_weight": 0.0},
+                           "posterior_drift": {"moment_reference": "posterior_drift"},
+                           "no_moment": {"moment_term": False}}.items():
         task = DISTILLERS["rmmd"](toy_context(**{"method": "rmmd", "reward_weight": 0.7, "anchor_weight": 0.4,
                                                  **settings}))
         state = task.init(None, None)
         params = {**state.params, "student": _toy(1.07, b=0.13)}
-        parts[name] = task.update_rules()[-1].loss(params, state.frozen, key, batch)
-    (full, metrics) = parts["full"]
-    np.testing.assert_allclose(parts["no_moment"][0], 0.7 * metrics["crps"] + 0.2 * metrics["anchor"], rtol=1e-5)
-    np.testing.assert_allclose(parts["no_anchor"][0], metrics["mmd_surrogate"] + 0.7 * metrics["crps"], rtol=1e-5)
-    np.testing.assert_allclose(full, metrics["mmd_surrogate"] + 0.7 * metrics["crps"] + 0.2 * metrics["anchor"],
-                               rtol=1e-5)
-    assert float(metrics["mmd_surrogate"]) != 0.0 and float(metrics["anchor"]) > 0.0
+        parts[name] = task.update_rules()[-1].loss(params, state.frozen, key,
+                                                   rule_inputs(task, params, state.frozen, key, batch))
+    for full, ablated in (("live", "live_no_anchor"), ("posterior_drift", "no_moment")):
+        loss, metrics = parts[full]
+        np.testing.assert_allclose(loss, metrics["mmd_surrogate"] + 0.7 * metrics["crps"] + 0.2 * metrics["anchor"],
+                                   rtol=1e-5)
+        assert float(metrics["mmd_surrogate"]) != 0.0 and float(metrics["anchor"]) > 0.0
+    live = parts["live"][1]
+    np.testing.assert_allclose(parts["live_no_anchor"][0], live["mmd_surrogate"] + 0.7 * live["crps"], rtol=1e-5)
+    drift = parts["posterior_drift"][1]
+    np.testing.assert_allclose(parts["no_moment"][0], 0.7 * drift["crps"] + 0.2 * drift["anchor"], rtol=1e-5)
 
 
 def test_live_aux_follows_a_moved_student_and_the_moment_gap_opens():
@@ -295,12 +312,15 @@ def test_live_aux_follows_a_moved_student_and_the_moment_gap_opens():
     evaluation_keys = [jax.random.PRNGKey(k) for k in range(4)]
 
     def measured(params) -> tuple[float, float]:
-        fit = np.mean([float(aux_rule.loss(params, state.frozen, k, batch)[1]["aux_fit"]) for k in evaluation_keys])
-        gap = np.mean([float(student_rule.loss(params, state.frozen, k, batch)[1]["moment_gap"])
-                       for k in evaluation_keys])
+        draws = [rule_inputs(task, params, state.frozen, k, batch) for k in evaluation_keys]
+        fit = np.mean([float(aux_rule.loss(params, state.frozen, k, draw)[1]["aux_fit"])
+                       for k, draw in zip(evaluation_keys, draws)])
+        gap = np.mean([float(student_rule.loss(params, state.frozen, k, draw)[1]["moment_gap"])
+                       for k, draw in zip(evaluation_keys, draws)])
         return fit, gap
 
-    gradient = jax.jit(jax.grad(lambda aux, key: aux_rule.loss({**params, "aux": aux}, state.frozen, key, batch)[0]))
+    gradient = jax.jit(jax.grad(lambda aux, key: aux_rule.loss(
+        {**params, "aux": aux}, state.frozen, key, rule_inputs(task, params, state.frozen, key, batch))[0]))
     fit_before, gap_before = measured(params)
     for step in range(40):
         params["aux"] = jax.tree.map(lambda p, g: p - 0.02 * g, params["aux"], gradient(params["aux"],
@@ -472,6 +492,27 @@ def test_a_phase1_run_can_be_given_as_the_teacher(sweep_run, teacher_run):
     assert source.phase1_checkpoint["params_sha256"] == phase1.meta["params_sha256"]
     assert source.teacher_checkpoint["params_sha256"] == load_checkpoint(teacher_run).meta["params_sha256"]
     assert jax.tree.all(jax.tree.map(np.array_equal, source.anchors.aux, phase1.params["aux"]))
+
+
+def test_moment_matching_continues_from_a_phase1_run(run_cli, sweep_run, wb2_store, tmp_path):
+    """`mmd` with --teacher a phase-1 run starts from its student AND aux (a continuation, same teacher)."""
+    from gencast_rmmd.distill.run import load_source
+    from gencast_rmmd.training import load_checkpoint
+    out = tmp_path / "more_mmd"
+    result = run_cli("distill", "--config", TINY, "--teacher", sweep_run / "phase1", "--data", wb2_store, "--set",
+                     "distill.method=mmd", "--set", "train.steps=1", "--set", "train.learning_rate=1e-9",
+                     "--out", out)
+    assert result.code == 0, result.err
+    phase1, continued = load_checkpoint(sweep_run / "phase1"), load_checkpoint(out)
+    assert continued.meta["task"]["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
+    assert load_source(out).teacher_checkpoint == load_source(sweep_run / "phase1").teacher_checkpoint
+
+    def distance(a, b) -> float:
+        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
+
+    for group in ("student", "aux"):   # a 1e-9 step from the phase-1 weights, which are 2 steps from the teacher's
+        assert distance(continued.params[group], phase1.params[group]) < 1e-7
+        assert distance(phase1.params[group], phase1.frozen["teacher"]) > 1e-6
 
 
 def test_student_checkpoint_forecasts_and_inspects_with_k_nfe(run_cli, sweep_run, wb2_store, tmp_path):

@@ -31,7 +31,9 @@ The moment reference g (`distill.moment_reference`):
                       all without gradient) and minimises
                       L_aux = E lambda(s') [||g_phi(x_s') - x0_hat||^2_W + beta ||g_phi(x_s') - teacher(x_s')||^2_W]
                       (`moment_matching.aux_regression`), so g_phi follows the student's
-                      current conditional mean: g_phi -> (m_student + beta m_teacher)/(1 + beta)
+                      current conditional mean: g_phi -> (m_student + beta m_teacher)/(1 + beta).
+                      Both rules of a step use ONE policy draw (step 1, computed once per
+                      step by the loop: `step_inputs`), each with its own moment level s'.
     posterior_drift:  g = g_phi0(x_s') + c_out(s')^2 delta / (1 + beta)
     drift_corrected:  g = g_phi0(x_s') + delta / (1 + beta)
     frozen:           g = g_phi0(x_s')
@@ -53,11 +55,12 @@ Where the code departs from the paper, and why. The frozen corrections are
 ours, not the paper's: `posterior_drift` assumes E[x0_hat | x_s'] follows a
 shift delta of the samples by s'^2 / (s'^2 + 1) (a unit-variance Gaussian's
 posterior mean), which does not hold for the states this code builds; it is
-kept as a named, cheaper alternative (no aux updates), not as the method. The
-live aux rule draws its own policy state rather than reusing the student
-rule's (the generic loop gives each rule its own key), so a live step costs
-about twice the no-gradient chains of a frozen-reference step. The moment
-weight `balanced` is ours too (`moment_matching.moment_weight`).
+kept as a named, cheaper alternative (no aux updates), not as the method. In
+phase 1 the two rules draw independent states; here they share the step's
+policy draw, which saves one K-step chain per step (the aux is fitted on the
+samples the student is then scored on, one small step of phi, before the
+student's update). The moment weight `balanced` is ours too
+(`moment_matching.moment_weight`).
 
 `CrpsOnly` keeps steps 1-2 and minimises -R alone (no distillation terms;
 lambda is not used, the optimiser sets the scale).
@@ -122,16 +125,28 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
     return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated)
 
 
+class PolicyDraw(NamedTuple):
+    """A batch's first target step (`prepared`) and the policy state drawn for it (`policy`)."""
+
+    prepared: Prepared
+    policy: PolicyState
+
+
+def draw_policy(context: DistillContext, student_params: PyTree, key: jax.Array, batch: Batch) -> PolicyDraw:
+    """Step 1 of the module docstring for a batch: M policy samples per condition, no gradient."""
+    prepared = prepare(batch, context.normalizer)
+    repeated = repeat_members(prepared, context.config.distill.reward_samples)
+    return PolicyDraw(prepared, policy_state(context, student_params, key, repeated))
+
+
 class _OnPolicyTask(StudentFineTune):
     """One 'student' rule: loss = objective(theta; policy_state(sg(theta))), one differentiated student call."""
 
     def loss(self, params, frozen, key, batch):
         """Draw the policy state without gradient, then `objective` (which differentiates one student call)."""
-        prepared = prepare(batch, self.context.normalizer)
-        repeated = repeat_members(prepared, self.context.config.distill.reward_samples)
         policy_key, objective_key = jax.random.split(key)
-        policy = policy_state(self.context, params["student"], policy_key, repeated)
-        return self.objective(params, frozen, objective_key, policy, prepared)
+        draw = draw_policy(self.context, params["student"], policy_key, batch)
+        return self.objective(params, frozen, objective_key, draw.policy, draw.prepared)
 
     @abc.abstractmethod
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
@@ -165,6 +180,8 @@ class RewardedMomentMatching(_OnPolicyTask):
         uses_phase1_student = self.anchor_weight > 0.0 or self.moment_reference in DRIFT_CORRECTED
         self.frozen_groups = ("teacher", *(("student_phase1",) if uses_phase1_student else ()),
                               *(("aux_phase1",) if self.moment_reference not in (None, "live") else ()))
+        if self.live:   # the aux and student rules share one policy draw per step (training.task.StepInputsFn)
+            self.step_inputs = lambda params, frozen, key, batch: draw_policy(context, params["student"], key, batch)
 
     def init(self, key: jax.Array, example_batch: Batch) -> TrainableState:
         state = super().init(key, example_batch)
@@ -177,16 +194,18 @@ class RewardedMomentMatching(_OnPolicyTask):
         return [UpdateRule("aux", ("aux",), self.aux_loss, aux_optimizer(self.context)), *student] if self.live \
             else student
 
-    def aux_loss(self, params, frozen, key, batch):
-        """L_aux at a policy state of the current (stopped) student: the live aux follows its moments."""
-        context = self.context
-        prepared = prepare(batch, context.normalizer)
-        repeated = repeat_members(prepared, context.config.distill.reward_samples)
-        policy_key, moment_key = jax.random.split(key)
-        policy = policy_state(context, params["student"], policy_key, repeated)
+    def loss(self, params, frozen, key, batch):
+        """The student rule. Live: `batch` is the step's shared `PolicyDraw`; otherwise drawn here."""
+        if not self.live:
+            return super().loss(params, frozen, key, batch)
+        return self.objective(params, frozen, key, batch.policy, batch.prepared)
+
+    def aux_loss(self, params, frozen, key, draw: PolicyDraw):
+        """L_aux at the step's policy states of the current (stopped) student: the live aux follows its moments."""
+        policy = draw.policy
         denoised = jax.lax.stop_gradient(self._denoised(jax.lax.stop_gradient(params), policy))
-        return aux_regression(context, params["aux"], frozen["teacher"], moment_key, policy.state, denoised,
-                              repeated.conditioning, repeated.valid)
+        return aux_regression(self.context, params["aux"], frozen["teacher"], key, policy.state, denoised,
+                              policy.repeated.conditioning, policy.repeated.valid)
 
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
         """L = MMD term at x_t^pol (against `moment_reference`) + lambda CRPS + (mu/2) anchor (module docstring)."""

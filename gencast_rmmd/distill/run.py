@@ -1,7 +1,9 @@
 """`distill(...)`: the driver behind `gencast-rmmd distill`.
 
 `--teacher` is a teacher checkpoint (or run), or a phase-1 student (a run of
-method `mmd`). Data, model, normalisation and loss weights come from its
+method `mmd`): a phase-2 method fine-tunes that student, and `mmd` continues
+moment matching from its student and aux model (so a moment-matching row can
+get the same total step budget as phase 1 + phase 2, from the same start). Data, model, normalisation and loss weights come from its
 payload; `--data` re-points the store. Layout of `RUN/`:
 
     single reward weight:   RUN/checkpoints ...                 (the student)
@@ -205,9 +207,6 @@ def distill(config: DistillConfig, teacher: str | Path, run_dir: str | Path, dat
     initialize_distributed(config.distributed)
     source = load_source(teacher)
     distiller = DISTILLERS[config.distill.method]
-    if distiller.starts_from == "teacher" and source.phase1_checkpoint is not None:
-        raise UserInputError(f"method {config.distill.method} starts from a teacher; --teacher {teacher} is "
-                             "already a moment-matching student")
     environment = _environment(source, data)
     # Every run this call continues: RUN/phase1 first (when trained here), then one per reward weight.
     planned = {reward_weight: (run_dir / f"lambda_{reward_weight:g}" if config.distill.is_sweep else run_dir,

@@ -31,7 +31,7 @@ from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
 from gencast_rmmd.training.metrics_log import MetricsLog, TrainingProgress
-from gencast_rmmd.training.precision import with_compute_dtype
+from gencast_rmmd.training.precision import inputs_in_compute_dtype, with_compute_dtype
 from gencast_rmmd.training.run_config import check_resume_config, checkpoint_record, run_config
 from gencast_rmmd.training.sharding import data_mesh, initialize_distributed, is_primary, replicate, \
     replicated, shard_batch
@@ -183,7 +183,8 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
         first_batch = next(iterator)
         state = replicate(_initial_state(task, rules, optimizers, init_root, first_batch, latest), mesh)
         train_root = replicate(train_root, mesh)
-        step_fn = jax.jit(make_train_step(rules, optimizers, config.ema_decay), donate_argnums=0,
+        step_inputs = inputs_in_compute_dtype(getattr(task, "step_inputs", None), config.compute_dtype)
+        step_fn = jax.jit(make_train_step(rules, optimizers, config.ema_decay, step_inputs), donate_argnums=0,
                           out_shardings=replicated(mesh))
         validator = None
         if validation_batches is not None and config.validate_every > 0:

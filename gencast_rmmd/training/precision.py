@@ -46,18 +46,29 @@ def with_compute_dtype(loss_fn: Callable, dtype_name: str) -> Callable:
     """Wrap `loss_fn(params, frozen, key, batch) -> (loss, metrics)` to compute in `dtype_name`.
 
     A no-op for 'float32'. For 'bfloat16' params, frozen params and batch are
-    cast on entry; loss and metrics are returned as float32.
+    cast on entry (`inputs_in_compute_dtype`); loss and metrics are returned as float32.
     """
-    dtype = compute_dtype(dtype_name)
-    if dtype == jnp.float32:
+    reduced_inputs = inputs_in_compute_dtype(loss_fn, dtype_name)
+    if reduced_inputs is loss_fn:
         return loss_fn
 
     def reduced_precision_loss(params, frozen, key, batch):
-        loss, metrics = loss_fn(cast_floating(params, dtype), cast_floating(frozen, dtype), key,
-                                cast_floating(batch, dtype))
+        loss, metrics = reduced_inputs(params, frozen, key, batch)
         return cast_floating(loss, jnp.float32), cast_floating(metrics, jnp.float32)
 
     return reduced_precision_loss
+
+
+def inputs_in_compute_dtype(function: Callable | None, dtype_name: str) -> Callable | None:
+    """`function(params, frozen, key, batch)` with params, frozen and batch cast to `dtype_name` on entry."""
+    dtype = compute_dtype(dtype_name)
+    if function is None or dtype == jnp.float32:
+        return function
+
+    def reduced_precision(params, frozen, key, batch):
+        return function(cast_floating(params, dtype), cast_floating(frozen, dtype), key, cast_floating(batch, dtype))
+
+    return reduced_precision
 
 
 def haiku_compute_policy(module_class: type[hk.Module], dtype_name: str) -> None:

@@ -26,7 +26,7 @@ import optax
 
 from gencast_rmmd.training.config import TrainConfig
 from gencast_rmmd.training.optim import ema_decay_at, ema_update, learning_rate_schedule, make_optimizer, select_tree
-from gencast_rmmd.training.task import TrainableState, UpdateRule
+from gencast_rmmd.training.task import StepInputsFn, TrainableState, UpdateRule
 
 PyTree = Any
 
@@ -70,9 +70,14 @@ def init_train_state(trainable: TrainableState, rules: Sequence[UpdateRule], opt
                       nonfinite_consecutive=zero)
 
 
-def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers,
-                    ema_decay: float) -> Callable[[TrainState, PyTree, jax.Array], tuple[TrainState, dict]]:
-    """The pure step `(state, batch, train_root) -> (state, metrics)`; jit it (the loop does)."""
+def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers, ema_decay: float,
+                    step_inputs: StepInputsFn | None = None
+                    ) -> Callable[[TrainState, PyTree, jax.Array], tuple[TrainState, dict]]:
+    """The pure step `(state, batch, train_root) -> (state, metrics)`; jit it (the loop does).
+
+    With `step_inputs` (a task's optional hook, see `task.StepInputsFn`) the rules receive
+    `sg(step_inputs(params, frozen, fold_in(step_key, len(rules)), batch))` instead of the batch.
+    """
 
     def apply_rule(index: int, rule: UpdateRule, params: dict, opt_state: PyTree, frozen: PyTree,
                    applied_updates: jax.Array, step_key: jax.Array, batch: PyTree):
@@ -93,6 +98,9 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers,
         step_key = jax.random.fold_in(train_root, state.step)
         applied_updates = state.step - state.nonfinite_total
         params, opt_states, finite = state.params, dict(state.opt_states), jnp.bool_(True)
+        if step_inputs is not None:
+            batch = jax.lax.stop_gradient(step_inputs(params, state.frozen,
+                                                      jax.random.fold_in(step_key, len(rules)), batch))
         rule_metrics = {}
         for index, rule in enumerate(rules):
             params, opt_states[rule.name], rule_metrics[rule.name], rule_finite = apply_rule(
