@@ -5,6 +5,9 @@
   forecast written in two work directories has the same digest;
 - training runs: the latest checkpoint's step and parameter hashes;
 - one split of the data stage's summary (`split:train`): that split's fingerprint;
+- configs (`config`, a YAML file such as a selection's chosen config): the
+  content that can change a result (`model_settings`), so that where a
+  training runs does not change what depends on the config;
 - other files: sha256 of the bytes; directories: of every file's name and bytes.
 """
 
@@ -56,6 +59,20 @@ def netcdf_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_settings(config: dict) -> dict:
+    """A config (as a mapping) without what cannot change the trained model or forecast.
+
+    Left out: where it runs (`distributed`), progress bars and the test split
+    (a nightly run with a rolling test window must not retrain). `config` is
+    left unchanged.
+    """
+    settings = json.loads(json.dumps(config))
+    settings.pop("distributed", None)
+    settings.get("train", {}).pop("progress", None)
+    settings.get("data", {}).get("splits", {}).pop("test", None)
+    return settings
+
+
 def run_record(run_dir: Path) -> dict:
     """The latest checkpoint of a training run: relative path, step, params and EMA params sha256."""
     from gencast_rmmd.training.checkpoint import latest_checkpoint, read_meta
@@ -69,7 +86,8 @@ def run_record(run_dir: Path) -> dict:
 
 
 def output_record(kind: str, path: Path) -> dict:
-    """`{"digest": ...}` plus what else describes an output of `kind` (netcdf, run, split:NAME, file, directory)."""
+    """`{"digest": ...}` plus what else describes an output of `kind` (netcdf, run, split:NAME, config, file,
+    directory)."""
     if kind.startswith("split:"):
         split = json.loads(path.read_text())["splits"][kind.split(":", 1)[1]]
         return {"digest": split["fingerprint"], "start": split["start"], "end": split["end"]}
@@ -79,6 +97,11 @@ def output_record(kind: str, path: Path) -> dict:
         record = run_record(path)
         return {"digest": sha256_json({k: record[k] for k in ("step", "params_sha256", "ema_params_sha256")}),
                 **record}
+    if kind == "config":
+        import yaml
+
+        return {"digest": sha256_json(model_settings(yaml.safe_load(path.read_text()))),
+                "bytes": path.stat().st_size}
     if kind == "file":
         return {"digest": file_sha256(path), "bytes": path.stat().st_size}
     if kind == "directory":

@@ -1,10 +1,12 @@
 """The pipeline's landing page, `scorecard/index.html`: where to look first.
 
-It links the two scorecards the `scorecard` stage writes (students against
-the teacher, with the speed table; every forecast against persistence),
-repeats their headlines, counts wins lead by lead (so "the teacher beats
-persistence from 24 h on" can be read off one row) and lists what every
-stage did, with its log. Scores are read with `evaluation.scorecard`.
+It links the two scorecards the `scorecard` stage writes (students and the
+teacher's few-call sampler rows against the teacher, with the speed table;
+every forecast against persistence), repeats their headlines, counts wins lead
+by lead (so "the teacher beats persistence from 24 h on" can be read off one
+row), shows what each grid row chose on validation (`selection/*.json`) and
+lists what every stage did, with its log. Scores are read with
+`evaluation.scorecard`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,26 @@ def _speed_section(speed_file: Path) -> str:
             f"{speed['device_count']} {html.escape(speed['device'])} device(s), after compilation.</p>")
 
 
+def _selection_section(workdir: Path) -> str:
+    """Per grid row: every candidate's values and validation figures, the chosen one marked."""
+    parts = []
+    for path in sorted((workdir / "selection").glob("*.json")):
+        selection = json.loads(path.read_text())
+        chosen = selection["chosen"]["index"]
+        rows = [[html.escape(entry["label"]), html.escape(", ".join(f"{k}={v}" for k, v in entry["values"].items())),
+                 f"{entry['crps_change_pct']:+.2f}", f"{entry['win_rate']:.0%}",
+                 "chosen" if entry["index"] == chosen else ""] for entry in selection["candidates"]]
+        classes = [["", "", "", "", "win" if entry["index"] == chosen else ""] for entry in selection["candidates"]]
+        parts.append(f"<h3>{html.escape(selection['name'])}</h3>" + _table(
+            rows, ["candidate", "values", "CRPS change vs teacher (%)", "win rate", ""], classes))
+    if not parts:
+        return ""
+    return ("<h2>Chosen on validation</h2><p>Each grid row's candidates, scored on "
+            f"{len(selection['validation_inits'])} validation init(s) (never on the test inits): "
+            f"{html.escape(selection['criterion'])}. The chosen config is <code>selection/NAME.yaml</code>.</p>"
+            + "".join(parts))
+
+
 def _stages_section(workdir: Path) -> str:
     manifest = Manifest.load(workdir)
     rows = []
@@ -100,22 +122,35 @@ def _stages_section(workdir: Path) -> str:
             "<code>configs/</code>, its commands and hashes in <code>manifest.json</code>.</p>")
 
 
-def write_report(workdir: Path, out: Path, region: str = "global") -> list[str]:
-    """Write the landing page `out` for the pipeline in `workdir`; return the headlines."""
+def write_report(workdir: Path, out: Path, region: str = "global", students: list[str] | None = None,
+                 samplers: list[str] = (), forecasts: list[str] | None = None) -> list[str]:
+    """Write the landing page `out` for the pipeline in `workdir`; return the headlines.
+
+    `students`: the student rows (chosen configs and extra seeds; default: the
+    labels of the manifest's `distill.LABEL` stages); `samplers`: the teacher
+    sampler rows, baselines compared with the teacher beside the students;
+    `forecasts`: the labels with `scores/LABEL.nc` to show (default: every one there).
+    """
     workdir = Path(workdir)
-    scores = {path.stem: load_scores(path) for path in sorted((workdir / "scores").glob("*.nc"))}
+    scores = {path.stem: load_scores(path) for path in sorted((workdir / "scores").glob("*.nc"))
+              if forecasts is None or path.stem in forecasts}
     manifest = Manifest.load(workdir)
-    students = [name.split(".", 1)[1] for name, _ in manifest.ordered_stages() if name.startswith("distill.")]
+    if students is None:
+        students = [name.split(".", 1)[1] for name, _ in manifest.ordered_stages()
+                    if name.startswith("distill.") and name.count(".") == 1]
+    against_teacher = [*students, *samplers]
     sections, headlines = [], []
-    if students and "teacher" in scores:
-        section, lines = _comparison_section("Students against the teacher", "students_vs_teacher",
-                                             [scores[name] for name in students if name in scores],
+    if against_teacher and "teacher" in scores:
+        title = f"{'Students' if students else ''}{' and ' if students and samplers else ''}" \
+                f"{'teacher sampler rows' if samplers else ''} against the teacher"
+        section, lines = _comparison_section(title[0].upper() + title[1:], "students_vs_teacher",
+                                             [scores[name] for name in against_teacher if name in scores],
                                              scores["teacher"], region)
         sections.append(section + _speed_section(workdir / "scorecard" / "speed.json"))
         headlines += lines
     if "persistence" in scores:
         others = [score for label, score in scores.items() if label != "persistence"]
-        order = ["teacher", *students, "reference", "climatology"]
+        order = ["teacher", *against_teacher, "reference", "climatology"]
         others.sort(key=lambda score: order.index(score.label) if score.label in order else len(order))
         section, lines = _comparison_section("Every forecast against persistence", "vs_persistence", others,
                                              scores["persistence"], region)
@@ -127,9 +162,10 @@ def write_report(workdir: Path, out: Path, region: str = "global") -> list[str]:
             f"<h1>Pipeline {html.escape(name)}: scorecards ({html.escape(region)})</h1>",
             "<p>Fair CRPS (lower is better) of ensemble forecasts on the test split. The teacher is the "
             "GenCast-style diffusion model (many denoiser calls per 12 h step); students are distilled from it "
-            "to a few calls per step; the reference, when present, is the simulator itself run from the "
+            "to a few calls per step; teacher sampler rows run the teacher itself with other sampler settings "
+            "(e.g. as few calls as a student); the reference, when present, is the simulator itself run from the "
             "same initial states (the best any model of the simulated data could do).</p>",
-            *sections, _stages_section(workdir), "</body></html>"]
+            *sections, _selection_section(workdir), _stages_section(workdir), "</body></html>"]
     with atomic_path(out) as temporary:
         temporary.write_text("\n".join(page), encoding="utf-8")
     return headlines

@@ -1,4 +1,5 @@
-"""Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|devices|speed|scorecards`.
+"""Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|select|devices|speed|
+scorecards`.
 
 Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not.
 
@@ -7,13 +8,15 @@ Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not
   store, whether it was simulated, each split's range and fingerprint (store
   attributes, variables, levels and the split's model times: cheap, and the
   same for the same data wherever the work directory lies);
-- `inits`: choose forecast initialisation times in the test split;
+- `inits`: choose forecast initialisation times in the test (or validation) split;
+- `select`: choose a grid row's candidate on validation (`pipelines.selection`);
 - `devices`: print the devices a training stage sees (with `distributed.cpu_devices`);
-- `speed`: time a 12 h step of the teacher and every student
-  (`gencast_rmmd.forecast.speed`), writing details and the scorecard's `timing.json`;
-- `scorecards`: the product's `scorecard` command twice (students against the
-  teacher with the speed table; every forecast against persistence), then the
-  landing page `scorecard/index.html` (`pipelines.report`).
+- `speed`: time a 12 h step of the teacher, every student and teacher sampler
+  row (`gencast_rmmd.forecast.speed`), writing details and the scorecard's `timing.json`;
+- `scorecards`: the product's `scorecard` command twice (students and teacher
+  sampler rows against the teacher with the speed table; every forecast
+  against persistence), then the landing page `scorecard/index.html`
+  (`pipelines.report`).
 
 Exit codes as the product's: 0 ok, 2 bad input (one line), 1 internal error.
 """
@@ -106,18 +109,23 @@ def data(config: Annotated[Path, typer.Option("--config", help="Resolved data co
              f"fingerprint {entry['fingerprint'][:12]}")
 
 
-def choose_inits(times, test_range, step, input_frames: int, steps: int, every_hours: int,
-                 count: int | None, explicit: list[str]) -> list:
-    """Init times whose input frames and leads are all in `times` and whose last lead is in the test split.
+def choose_inits(times, split_range, step, input_frames: int, steps: int, every_hours: int,
+                 count: int | None, explicit: list[str], spacing: str = "first", split: str = "test") -> list:
+    """Init times whose input frames and leads are all in `times` and whose last lead is in the split.
 
     Explicit times must all qualify (UserInputError naming the first that does
-    not); otherwise the first qualifying time of the split and then one at
-    least `every_hours` after the previous, at most `count` of them.
+    not). Otherwise the candidates are the first qualifying time of the split
+    and then each one at least `every_hours` after the previous; `spacing:
+    first` keeps the first `count` of them, `even` the `count` at evenly spaced
+    positions among all of them (the first and the last included), so that
+    they span the whole split.
     """
+    import numpy as np
     import pandas as pd
 
     available = set(pd.DatetimeIndex(times))
-    start, end = test_range
+    start, end = split_range
+    section = "forecast" if split == "test" else split
 
     def qualifies(init) -> bool:
         frames = [init + offset * step for offset in range(-(input_frames - 1), steps + 1)]
@@ -129,23 +137,26 @@ def choose_inits(times, test_range, step, input_frames: int, steps: int, every_h
             try:
                 init = pd.Timestamp(text)
             except (ValueError, TypeError):
-                raise UserInputError(f"forecast.inits.times: {text!r} is not an ISO time") from None
+                raise UserInputError(f"{section}.inits.times: {text!r} is not an ISO time") from None
             if not qualifies(init):
-                raise UserInputError(f"forecast.inits.times: {text} is not a usable init: it needs "
+                raise UserInputError(f"{section}.inits.times: {text} is not a usable init: it needs "
                                      f"{input_frames} input frames and {steps} leads in the store, the last "
-                                     f"lead inside the test split {start} .. {end}")
+                                     f"lead inside the {split} split {start} .. {end}")
             chosen.append(init)
         return sorted(set(chosen))
-    chosen = []
+    candidates = []
     for init in sorted(t for t in available if start <= t <= end):
-        if qualifies(init) and (not chosen or init - chosen[-1] >= pd.Timedelta(hours=every_hours)):
-            chosen.append(init)
-        if count is not None and len(chosen) == count:
+        if qualifies(init) and (not candidates or init - candidates[-1] >= pd.Timedelta(hours=every_hours)):
+            candidates.append(init)
+        if spacing == "first" and count is not None and len(candidates) == count:
             break
-    if not chosen:
-        raise UserInputError(f"the test split {start} .. {end} holds no init with {input_frames} input frames "
-                             f"and {steps} leads of {step}; reduce forecast.steps or widen the test split")
-    return chosen
+    if not candidates:
+        raise UserInputError(f"the {split} split {start} .. {end} holds no init with {input_frames} input frames "
+                             f"and {steps} leads of {step}; reduce {section}.steps or widen the {split} split")
+    if spacing == "even" and count is not None and count < len(candidates):
+        positions = np.unique(np.round(np.linspace(0, len(candidates) - 1, count)).astype(int))
+        candidates = [candidates[position] for position in positions]
+    return candidates
 
 
 @app.command("inits")
@@ -155,19 +166,23 @@ def inits(config: Annotated[Path, typer.Option("--config", help="Resolved data c
           every_hours: Annotated[int, typer.Option("--every-hours")] = 24,
           count: Annotated[Optional[int], typer.Option("--count")] = None,
           time: Annotated[Optional[list[str]], typer.Option("--time", help="Explicit init (repeatable).")] = None,
+          split: Annotated[str, typer.Option("--split", help="test or validation.")] = "test",
+          spacing: Annotated[str, typer.Option("--spacing", help="first or even (see choose_inits).")] = "first",
           ) -> None:
-    """Choose the forecast initialisation times (see `choose_inits`) and write them as JSON."""
+    """Choose the forecast initialisation times of a split (see `choose_inits`) and write them as JSON."""
     from gencast_rmmd.config import DataFileConfig, load_config
     from gencast_rmmd.data.source import DataSource
     from gencast_rmmd.io_utils import write_json_atomic
 
+    if split not in ("test", "validation") or spacing not in ("first", "even"):
+        raise UserInputError(f"--split {split} --spacing {spacing}: expected test|validation and first|even")
     source = DataSource.open(load_config(config, DataFileConfig).data)
-    test_range = source.time_range("test")
-    chosen = choose_inits(source.times, test_range, source.step, source.config.input_frames, steps, every_hours,
-                          count, list(time or []))
+    split_range = source.time_range(split)
+    chosen = choose_inits(source.times, split_range, source.step, source.config.input_frames, steps, every_hours,
+                          count, list(time or []), spacing, split)
     texts = [init.isoformat() for init in chosen]
     write_json_atomic(out, {"inits": texts, "steps": steps, "step_hours": source.config.step_hours,
-                            "test_split": [test_range[0].isoformat(), test_range[1].isoformat()]})
+                            f"{split}_split": [split_range[0].isoformat(), split_range[1].isoformat()]})
     _say(f"{len(texts)} init(s): {', '.join(texts)}")
 
 
@@ -175,6 +190,8 @@ def inits(config: Annotated[Path, typer.Option("--config", help="Resolved data c
 def speed(model: Annotated[list[str], typer.Option("--model", help="LABEL=CHECKPOINT_OR_RUN (repeatable).")],
           out: Annotated[Path, typer.Option("--out", help="speed.json (details) to write.")],
           timing_out: Annotated[Path, typer.Option("--timing-out", help="timing.json for the scorecard.")],
+          model_sampler: Annotated[Optional[list[str]], typer.Option(
+              "--model-sampler", help="LABEL:key=value, a sampler override of model LABEL (repeatable).")] = None,
           data: Annotated[Optional[str], typer.Option("--data")] = None,
           members: Annotated[int, typer.Option("--members")] = 2,
           inits: Annotated[int, typer.Option("--inits")] = 1,
@@ -186,16 +203,47 @@ def speed(model: Annotated[list[str], typer.Option("--model", help="LABEL=CHECKP
     from gencast_rmmd.io_utils import write_json_atomic
 
     checkpoints = dict(entry.split("=", 1) for entry in model)
-    timings = measure_step_times(checkpoints, data, members, inits, repeats)
+    samplers: dict[str, list[str]] = {}
+    for entry in model_sampler or []:
+        label, _, override = entry.partition(":")
+        if label not in checkpoints or "=" not in override:
+            raise UserInputError(f"--model-sampler {entry!r}: expected LABEL:key=value with LABEL one of "
+                                 f"{', '.join(checkpoints)}")
+        samplers.setdefault(label, []).append(override)
+    timings = measure_step_times(checkpoints, data, members, inits, repeats, samplers)
     details = {"device": jax.devices()[0].platform, "device_count": jax.device_count(), "members": members,
                "inits": inits, "repeats": repeats,
                "models": {label: {"seconds_per_step": t.seconds_per_step, "nfe_per_step": t.nfe_per_step,
-                                  "compile_seconds": t.compile_seconds, "samples": list(t.samples)}
+                                  "compile_seconds": t.compile_seconds, "samples": list(t.samples),
+                                  **({"sampler": samplers[label]} if label in samplers else {})}
                           for label, t in timings.items()}}
     write_json_atomic(out, details)
     write_json_atomic(timing_out, scorecard_timing(timings))
     for label, timing in timings.items():
         _say(f"{label}: {timing.seconds_per_step * 1000:.1f} ms per 12 h step, {timing.nfe_per_step} denoiser calls")
+
+
+@app.command("select")
+def select(name: Annotated[str, typer.Option("--name", help="The row (distiller or teacher sampler label).")],
+           candidate: Annotated[list[str], typer.Option("--candidate", help="Validation forecast of candidate K "
+                                                                          "(repeatable, in candidate order).")],
+           config: Annotated[list[str], typer.Option("--config", help="Config file of candidate K (repeatable).")],
+           baseline: Annotated[str, typer.Option("--baseline", help="The teacher's validation forecast.")],
+           truth: Annotated[str, typer.Option("--truth", help="The store.")],
+           inits: Annotated[str, typer.Option("--inits", help="validation/inits.json.")],
+           out: Annotated[Path, typer.Option("--out", help="selection/NAME.json to write.")],
+           config_out: Annotated[Path, typer.Option("--config-out", help="selection/NAME.yaml to write.")],
+           key: Annotated[Optional[list[str]], typer.Option("--key", help="A grid key (repeatable).")] = None,
+           region: Annotated[str, typer.Option("--region")] = "global") -> None:
+    """Choose the candidate with the lowest validation CRPS change against the teacher (`pipelines.selection`)."""
+    from pipelines.selection import select as choose
+
+    selection = choose(name, list(key or []), candidate, config, baseline, truth, inits, region, out, config_out)
+    for entry in selection["candidates"]:
+        _say(f"{entry['label']} {entry['values']}: {entry['crps_change_pct']:+.2f} % CRPS vs the teacher, "
+             f"wins {entry['win_rate']:.0%} of targets x leads")
+    _say(f"chose {selection['chosen']['label']} {selection['chosen']['values']} on "
+         f"{len(selection['validation_inits'])} validation init(s): {out}, {config_out}")
 
 
 @app.command("devices")
@@ -210,22 +258,26 @@ def devices() -> None:
 def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard directory (scorecard/).")],
                forecast: Annotated[list[str], typer.Option("--forecast", help="Label with scores/LABEL.nc.")],
                student: Annotated[Optional[list[str]], typer.Option("--student", help="Student label.")] = None,
+               teacher_sampler: Annotated[Optional[list[str]], typer.Option(
+                   "--teacher-sampler", help="Label of a teacher sampler row.")] = None,
                timing: Annotated[Optional[Path], typer.Option("--timing", help="timing.json of the speed stage.")]
                = None,
                region: Annotated[str, typer.Option("--region")] = "global") -> None:
-    """`gencast-rmmd scorecard` twice (students vs teacher; everything vs persistence), then the landing page."""
+    """`gencast-rmmd scorecard` twice (students and teacher samplers vs teacher; everything vs persistence),
+    then the landing page."""
     from pipelines.report import write_report
 
-    students = list(student or [])
+    students, samplers = list(student or []), list(teacher_sampler or [])
     region_option = ["--region", region]
-    if students:
-        _run_product_command(["scorecard", *(a for name in students for a in ("--scores", f"scores/{name}.nc")),
+    if students or samplers:
+        _run_product_command(["scorecard", *(a for name in [*students, *samplers]
+                                             for a in ("--scores", f"scores/{name}.nc")),
                               "--baseline", "scores/teacher.nc", "--out", str(out / "students_vs_teacher"),
                               *(["--timing", str(timing)] if timing else []), *region_option])
     others = [label for label in forecast if label != "persistence"]
     _run_product_command(["scorecard", *(a for label in others for a in ("--scores", f"scores/{label}.nc")),
                           "--baseline", "scores/persistence.nc", "--out", str(out / "vs_persistence"),
                           *region_option])
-    for line in write_report(Path("."), out / "index.html", region):
+    for line in write_report(Path("."), out / "index.html", region, students, samplers, forecast):
         _say(line)
     _say(f"wrote {out / 'index.html'}")

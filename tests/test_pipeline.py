@@ -1,4 +1,5 @@
-"""The tiny pipeline end to end on a WB2-layout store, reruns, resume after kill -9, and the lock.
+"""The tiny pipeline end to end on a WB2-layout store, reruns, resume after kill -9, the lock, and choices on
+validation (`tiny_select.yaml`).
 
 One uninterrupted run (`tiny_run`, training on 2 forced CPU devices, scoring
 through a dask.distributed LocalCluster) is the reference; the other tests
@@ -21,6 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "pipelines" / "tiny.yaml"
+TINY_SELECT = REPO / "configs" / "pipelines" / "tiny_select.yaml"
 # Stages whose outputs are deterministic (speed and scorecard hold wall times).
 DETERMINISTIC = ("data", "stats", "teacher", "distill.tiny", "forecast.inits", "forecast.teacher", "forecast.tiny",
                  "forecast.persistence", "evaluate.teacher", "evaluate.tiny", "evaluate.persistence")
@@ -55,9 +57,9 @@ def pipeline(*args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def run_pipeline(*args: str, timeout: float = 1200) -> tuple[int, str, str, float]:
+def run_pipeline(*args: str, timeout: float = 1200, config: Path = TINY) -> tuple[int, str, str, float]:
     began = time.monotonic()
-    process = pipeline("run", TINY, *args)
+    process = pipeline("run", config, *args)
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err, time.monotonic() - began
 
@@ -215,3 +217,48 @@ def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
     assert result.code == 2
     assert "stage data failed (exit code 2)" in result.err and str(tmp_path / "w" / "logs" / "data.log") in result.err
     assert "missing.zarr" in result.err
+
+
+def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny_run, pipeline_args, tmp_path):
+    """A 2-candidate grid, a `from` entry with an extra seed and a teacher sampler row, on tiny's teacher."""
+    workdir = tmp_path / "select"
+    shutil.copytree(tiny_run[0], workdir)
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
+    assert code == 0, err[-3000:]
+    content = manifest(workdir)
+    actions = content["runs"][-1]["actions"]
+    assert {actions[name] for name in ("data", "stats", "teacher", "forecast.inits", "forecast.teacher")} == \
+        {"skipped"}                                                  # the same data, teacher and test inits
+    selection = json.loads((workdir / "selection" / "mmd.json").read_text())
+    chosen = selection["chosen"]["index"]
+    changes = [entry["crps_change_pct"] for entry in selection["candidates"]]
+    assert changes[chosen] == min(changes) and len(changes) == 2
+    assert [entry["values"] for entry in selection["candidates"]] == [{"train.learning_rate": 1e-4},
+                                                                      {"train.learning_rate": 1e-3}]
+    assert selection["validation_inits"] == json.loads((workdir / "validation" / "inits.json").read_text())["inits"]
+    assert not set(selection["validation_inits"]) & set(json.loads((workdir / "forecasts" / "inits.json")
+                                                                   .read_text())["inits"])
+    assert (workdir / "selection" / "mmd.yaml").read_text() == \
+        (workdir / "configs" / f"distill.mmd.c{chosen}.yaml").read_text()
+    # The test forecast and the phase-2 students use the chosen candidate's run.
+    assert f"--checkpoint students/mmd/c{chosen} " in (workdir / "logs" / "forecast.mmd.log").read_text()
+    for label in ("rmmd", "rmmd_seed1"):
+        assert f"--teacher students/mmd/c{chosen} " in (workdir / "logs" / f"distill.{label}.log").read_text()
+    for label in ("mmd", "rmmd", "rmmd_seed1", "teacher_3calls"):
+        assert (workdir / "forecasts" / f"{label}.nc").is_file() and (workdir / "scores" / f"{label}.nc").is_file()
+    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "teacher_3calls"):
+        assert (workdir / "validation" / "forecasts" / f"{label}.nc").is_file(), label
+    import xarray as xr
+
+    with xr.open_dataset(workdir / "forecasts" / "teacher_3calls.nc") as few_calls:
+        assert int(few_calls.attrs["nfe_per_step"]) == 3
+    timing = json.loads((workdir / "scorecard" / "timing.json").read_text())
+    assert set(timing) == {"teacher", "mmd", "rmmd", "teacher_3calls"}
+    assert timing["teacher_3calls"]["denoiser_calls_per_step"] == 3
+    page = (workdir / "scorecard" / "index.html").read_text()
+    assert "rmmd_seed1 better than teacher on" in page and "teacher_3calls better than teacher on" in page
+    assert "Chosen on validation" in page and "tiny better than" not in page     # only this pipeline's rows
+
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
+    assert code == 0, err[-2000:]
+    assert set(manifest(workdir)["runs"][-1]["actions"].values()) == {"skipped", "not applicable"}

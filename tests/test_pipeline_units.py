@@ -9,13 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from gencast_rmmd.errors import UserInputError
 from pipelines.config import flatten_overrides, load_pipeline_config, resolve
+from pipelines.digests import output_record
+from pipelines.graph import StageContext
+from pipelines.grid import grid_points
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, git_commit
+from pipelines.selection import CandidateScore, chosen_index, score_candidates, select
 from pipelines.stages import build_stages
 from pipelines.tasks import choose_inits
 
@@ -38,7 +44,7 @@ def test_resolve_puts_the_pipeline_data_stats_and_devices_into_every_training_co
     assert resolved.data.path == str(tmp_path / "store.zarr") and resolved.data.levels == (500, 850)
     assert resolved.teacher.data == resolved.data
     assert resolved.teacher.stats == "stats/stats.nc" and resolved.teacher.train.steps == 7
-    for training in (resolved.teacher, resolved.distill["tiny"]):
+    for training in (resolved.teacher, resolved.distill["tiny"].candidates[0].config):
         assert training.distributed.coordinator_address == "10.0.0.1:1234"
     files = resolved.files()
     assert set(files) == {"data.yaml", "teacher.yaml", "distill.tiny.yaml"}
@@ -49,7 +55,8 @@ def test_every_shipped_pipeline_config_resolves_to_a_graph_of_seven_groups():
         config = load_pipeline_config(path)
         stages = build_stages(config, resolve(config, path))
         assert [stage.group for stage in stages] == sorted(stage.group for stage in stages), path
-        assert {stage.group for stage in stages} == set(range(1, 8)), path
+        has_group_4 = bool(config.distill or config.validation)        # distill, validation and selection
+        assert {stage.group for stage in stages} == set(range(1, 8)) - ({4} if not has_group_4 else set()), path
         names = [stage.name for stage in stages]
         assert len(set(names)) == len(names)
         for stage in stages:                      # every input is an output of an earlier stage
@@ -168,3 +175,199 @@ def test_a_follower_runs_its_share_of_the_training_stages_process_0_runs(tmp_pat
     assert command.startswith("gencast-rmmd distill ") and "--resume" in command
     assert command.endswith("--set distributed.process_id=1")
     assert not (tmp_path / ".lock.process-1").exists()
+
+
+# --------------------------------------------------------------------------- choices on validation
+
+SELECT = PIPELINES / "tiny_select.yaml"
+
+
+def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
+    config = load_pipeline_config(path, list(overrides))
+    return {stage.name: stage for stage in build_stages(config, resolve(config, path))}
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    (["distill.mmd.grid={train.learnign_rate: [0.1]}"],
+     "distill.mmd.grid: train.learnign_rate is not a key of the config; keys of train: b1, b2"),
+    (["distill.mmd.grid={train: [1, 2]}"], "distill.mmd.grid: train is a section of the config"),
+    (["distill.mmd.grid={seed: [1, 1]}"], "seed: the values [1, 1] repeat one another"),
+    (["distill.mmd.grid={distributed.num_processes: [1, 2]}"], "distill.mmd.grid.distributed: set distributed in"),
+    (["teacher_samplers.teacher_3calls.grid={sampler.chrun: [0, 1]}"],
+     "teacher_samplers.teacher_3calls.grid: sampler.chrun is not a key of the config; keys of sampler: churn"),
+    (["teacher_samplers.teacher_3calls.sampler={chrun: 0}"], "teacher_samplers.teacher_3calls: sampler.chrun: "
+                                                              "unknown key"),
+    (["distill.rmmd.from=phase1"], "distill.rmmd.from: no distiller entry 'phase1'; entries: mmd, rmmd"),
+    (["distill.mmd.from=rmmd"], "in a cycle (mmd -> rmmd -> mmd)"),
+    (["distill.rmmd.from=rmmd"], "in a cycle (rmmd -> rmmd)"),
+    (["distill.mmd.overrides.distill.method=rmmd"], "distill.rmmd.from: mmd is a rmmd student; `from` takes a "
+                                                    "phase-1 (method mmd) entry"),
+    (["distill.rmmd.seeds=[0]"], "distill.rmmd.seeds: 0 is the seed of the config itself"),
+    (["distill.rmmd.seeds=[2, 2]"], "seeds [2, 2] repeat one another"),
+    (["teacher_samplers.rmmd_seed1={}"], "the rows rmmd_seed1 have the same label"),
+    (["validation=null"], "distill.mmd.grid: candidates are chosen on validation inits; add a `validation:` section"),
+    (["distill.rmmd.grid={distill.reward_weight: [[0.1, 0.3]]}"],
+     "distill.rmmd.c0: a reward-weight sweep ([0.1, 0.3]) is one student per value"),
+])
+def test_bad_choices_are_one_line_errors(run_cli, tmp_path, overrides, phrase):
+    args = [a for override in overrides for a in ("--set", override)]
+    result = run_cli("pipeline", "run", SELECT, "--workdir", tmp_path / "w", *args)
+    assert result.code == 2, result.err
+    assert phrase in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert not (tmp_path / "w").exists()
+
+
+def test_grid_candidates_are_the_product_of_sorted_keys_with_the_last_varying_fastest():
+    assert grid_points({"train.learning_rate": [1, 2], "distill.reward_weight": [3, 10]}) == [
+        {"distill.reward_weight": 3, "train.learning_rate": 1}, {"distill.reward_weight": 3, "train.learning_rate": 2},
+        {"distill.reward_weight": 10, "train.learning_rate": 1},
+        {"distill.reward_weight": 10, "train.learning_rate": 2}]
+    # A nested grid (what --set distill.NAME.grid.train.learning_rate=... writes) is the dotted one.
+    config = load_pipeline_config(SELECT, ["distill.mmd.grid.distill.reward_weight=[3, 10]"])
+    assert config.distill["mmd"].grid == {"train.learning_rate": [1e-4, 1e-3], "distill.reward_weight": [3, 10]}
+    row = resolve(config, SELECT).distill["mmd"]
+    assert row.grid == ("distill.reward_weight", "train.learning_rate")
+    assert [c.label for c in row.candidates] == ["mmd.c0", "mmd.c1", "mmd.c2", "mmd.c3"]
+    assert [(c.config.distill.reward_weight, c.config.train.learning_rate) for c in row.candidates] == [
+        (3, 1e-4), (3, 1e-3), (10, 1e-4), (10, 1e-3)]
+    assert all(c.config.distill.method == "mmd" and c.config.train.progress is False for c in row.candidates)
+
+
+def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
+    """Group 4 trains, forecasts on validation and selects before any test forecast; inputs follow the choice."""
+    stages = _stages()
+    names = list(stages)
+    assert names[names.index("teacher") + 1:names.index("forecast.inits")] == [
+        "validation.inits", "validation.forecast.teacher",
+        "distill.mmd.c0", "distill.mmd.c1", "validation.forecast.mmd.c0", "validation.forecast.mmd.c1", "select.mmd",
+        "distill.rmmd", "validation.forecast.rmmd", "distill.rmmd_seed1", "validation.forecast.rmmd_seed1",
+        "validation.forecast.teacher_3calls"]
+    assert {name for name in names if name.startswith(("forecast.", "evaluate."))} >= {
+        f"{kind}.{label}" for kind in ("forecast", "evaluate")
+        for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "teacher_3calls", "persistence")}
+    assert stages["distill.mmd.c1"].outputs["run"].path == "students/mmd/c1"
+    assert stages["distill.mmd.c1"].settings["train"]["learning_rate"] == 1e-3
+    assert stages["validation.forecast.mmd.c1"].outputs["forecast"].path == "validation/forecasts/mmd.c1.nc"
+    assert stages["validation.inits"].outputs["inits"].path == "validation/inits.json"
+    assert set(stages["select.mmd"].inputs) == {
+        "validation.forecast.mmd.c0.forecast", "validation.forecast.mmd.c1.forecast",
+        "validation.forecast.teacher.forecast", "validation.inits.inits", "data.validation"}
+    assert {key: output.path for key, output in stages["select.mmd"].outputs.items()} == {
+        "selection": "selection/mmd.json", "config": "selection/mmd.yaml"}
+    chosen_mmd = {"select.mmd.config", "distill.mmd.c0.run", "distill.mmd.c1.run"}
+    assert set(stages["distill.rmmd"].inputs) == chosen_mmd | {"data.train", "data.validation"}
+    assert set(stages["distill.rmmd_seed1"].inputs) == chosen_mmd | {"data.train", "data.validation"}
+    assert stages["distill.rmmd_seed1"].settings["seed"] == 1
+    assert stages["distill.rmmd_seed1"].outputs["run"].path == "students/rmmd_seed1"
+    assert set(stages["forecast.mmd"].inputs) == chosen_mmd | {"forecast.inits.inits", "data.test"}
+    assert stages["forecast.teacher_3calls"].settings["sampler"] == ["num_noise_levels=2"]
+    assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run"}
+    assert {"evaluate.rmmd_seed1.scores", "evaluate.teacher_3calls.scores"} <= set(stages["scorecard"].inputs)
+
+
+def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
+    stages = _stages()
+    (tmp_path / "selection").mkdir()
+    (tmp_path / "selection" / "mmd.json").write_text(json.dumps({"chosen": {"index": 1}}))
+    (tmp_path / "forecasts").mkdir()
+    (tmp_path / "forecasts" / "inits.json").write_text(json.dumps({"inits": ["2001-01-08T00:00:00"]}))
+    context = StageContext(tmp_path, False, {})
+
+    def command(name: str) -> str:
+        return stages[name].commands(context)[-1].display()
+
+    assert "--checkpoint students/mmd/c1 " in command("forecast.mmd")
+    assert "--config configs/distill.rmmd.yaml --teacher students/mmd/c1 " in command("distill.rmmd")
+    assert "--config configs/distill.rmmd_seed1.yaml --teacher students/mmd/c1 " in command("distill.rmmd_seed1")
+    assert "--checkpoint teacher --sampler num_noise_levels=2 " in command("forecast.teacher_3calls")
+    speed = command("speed")
+    assert ("--model teacher=teacher --model mmd=students/mmd/c1 --model rmmd=students/rmmd "
+            "--model teacher_3calls=teacher --model-sampler teacher_3calls:num_noise_levels=2") in speed
+    assert "--student mmd --student rmmd --student rmmd_seed1 --teacher-sampler teacher_3calls" in \
+        command("scorecard").replace("'", "")
+    # A grid row's extra seed trains the selection's config with its own seed.
+    seeded = _stages(overrides=("distill.mmd.seeds=[3]",))
+    assert "distill --config selection/mmd.yaml --set seed=3 --teacher teacher" in \
+        seeded["distill.mmd_seed3"].commands(context)[-1].display()
+    assert "select.mmd.config" in seeded["distill.mmd_seed3"].inputs
+
+
+def test_choices_leave_the_identity_of_what_they_do_not_change():
+    """tiny_select reuses tiny's teacher and test inits; an entry without a grid keeps its stage identity."""
+    tiny, select = _stages(TINY), _stages()
+    for name in ("data", "stats", "teacher", "forecast.inits", "forecast.teacher", "forecast.persistence"):
+        assert (tiny[name].settings, set(tiny[name].inputs)) == (select[name].settings, set(select[name].inputs))
+    with_validation = _stages(TINY, ("validation.inits.count=1",))
+    assert "validation.forecast.tiny" in with_validation and "select.tiny" not in with_validation
+    for name in ("distill.tiny", "forecast.tiny", "speed", "scorecard"):
+        assert (tiny[name].settings, tiny[name].inputs) == (with_validation[name].settings,
+                                                            with_validation[name].inputs), name
+    assert "spacing" not in tiny["forecast.inits"].settings
+    assert _stages(TINY, ("forecast.inits.spacing=even",))["forecast.inits"].settings["spacing"] == "even"
+
+
+def test_evenly_spaced_inits_span_the_split():
+    times = pd.date_range("2001-01-01", periods=40, freq="12h")
+    split = (times[10], times[39])
+    first = choose_inits(times, split, STEP, 2, 2, 12, 3, [])
+    assert first == list(times[10:13])
+    even = choose_inits(times, split, STEP, 2, 2, 12, 3, [], spacing="even")
+    assert even == [times[10], times[24], times[37]]          # qualifying inits are times[10..37]
+    spaced = choose_inits(times, split, STEP, 2, 2, 48, 2, [], spacing="even")   # candidates 4 steps apart
+    assert spaced == [times[10], times[34]]
+    assert choose_inits(times, split, STEP, 2, 2, 12, 100, [], spacing="even") == list(times[10:38])
+    with pytest.raises(UserInputError, match="the validation split .* holds no init"):
+        choose_inits(times, split, STEP, 2, 40, 12, 1, [], spacing="even", split="validation")
+
+
+def _tables(*means: float) -> dict[str, np.ndarray]:
+    """A per-init table: two targets x [3 inits, 2 leads], CRPS `mean` per target (inits vary around it)."""
+    spread = np.array([[0.9, 1.0], [1.0, 1.1], [1.1, 0.9]])
+    return {f"target{k}": mean * spread for k, mean in enumerate(means)}
+
+
+def test_selection_chooses_the_lowest_change_and_never_a_diverged_run():
+    baseline = _tables(1.0, 2.0)
+    scores = score_candidates([_tables(1.1, 2.2), _tables(0.95, 1.9), _tables(0.9, 1.9), _tables(0.9, 1.9)],
+                              baseline)
+    assert [round(score.crps_change_pct, 6) for score in scores] == [10.0, -5.0, -7.5, -7.5]
+    assert [score.win_rate for score in scores] == [0.0, 1.0, 1.0, 1.0]
+    assert chosen_index(scores) == 2              # the lowest change; of the tied 2 and 3 the lower index
+    assert chosen_index([CandidateScore(float("nan"), 0.0), CandidateScore(3.0, 0.0)]) == 1
+    with pytest.raises(UserInputError, match="no candidate has a finite"):
+        chosen_index([CandidateScore(float("nan"), 0.0)])
+    with pytest.raises(UserInputError, match="candidate 0: its validation forecast does not hold"):
+        score_candidates([{"target0": np.ones((2, 2)), "target1": np.ones((3, 2))}], baseline)
+
+
+def test_select_writes_the_choice_and_the_full_chosen_config(tmp_path, monkeypatch):
+    import evaluation.compare
+    import gencast_rmmd.data.stores
+
+    tables = {"teacher.nc": _tables(1.0, 2.0), "a.nc": _tables(1.2, 2.0), "b.nc": _tables(0.9, 1.9)}
+    monkeypatch.setattr(evaluation.compare, "crps_per_init", lambda path, truth, region: tables[path])
+    monkeypatch.setattr(gencast_rmmd.data.stores, "open_dataset", lambda path: None)
+    monkeypatch.chdir(tmp_path)
+    for name, rate in (("a", 1e-4), ("b", 1e-3)):
+        Path(f"{name}.yaml").write_text(yaml.safe_dump({"seed": 0, "train": {"learning_rate": rate, "steps": 2}}))
+    Path("inits.json").write_text(json.dumps({"inits": ["2001-01-06T00:00:00"]}))
+    selection = select("mmd", ["train.learning_rate"], ["a.nc", "b.nc"], ["a.yaml", "b.yaml"], "teacher.nc",
+                       "store.zarr", "inits.json", "global", Path("selection/mmd.json"), Path("selection/mmd.yaml"))
+    written = json.loads(Path("selection/mmd.json").read_text())
+    assert written == json.loads(json.dumps(selection))
+    assert written["chosen"]["index"] == 1 and written["chosen"]["values"] == {"train.learning_rate": 1e-3}
+    assert [entry["values"] for entry in written["candidates"]] == [{"train.learning_rate": 1e-4},
+                                                                     {"train.learning_rate": 1e-3}]
+    assert written["candidates"][0]["crps_change_pct"] == pytest.approx(10.0)
+    assert written["validation_inits"] == ["2001-01-06T00:00:00"] and written["region"] == "global"
+    assert Path("selection/mmd.yaml").read_text() == Path("b.yaml").read_text()
+
+
+def test_a_config_output_is_digested_without_where_it_runs(tmp_path):
+    content = {"seed": 0, "train": {"steps": 2, "progress": False}, "distributed": {"num_processes": None}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(content))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**content, "train": {"steps": 2, "progress": True},
+                                                     "distributed": {"num_processes": 4}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**content, "seed": 1}))
+    a, b, c = (output_record("config", tmp_path / f"{name}.yaml")["digest"] for name in "abc")
+    assert a == b != c

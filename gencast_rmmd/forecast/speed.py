@@ -23,16 +23,21 @@ from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import predictor_from_payload
 from gencast_rmmd.forecast.rollout import initial_inputs, make_step_function, member_keys
-from gencast_rmmd.forecast.run import data_config_of
+from gencast_rmmd.forecast.run import data_config_of, with_sampler_overrides
 from gencast_rmmd.training import load_checkpoint
 
 
 class CompiledStep:
-    """One model's compiled 12 h step and its inputs (EMA parameters, the test split's first inits)."""
+    """One model's compiled 12 h step and its inputs (EMA parameters, the test split's first inits).
 
-    def __init__(self, checkpoint: str | Path, data: str | None, members: int, inits: int):
+    `sampler_overrides` (`key=value`, as `gencast-rmmd forecast --sampler`) change the
+    checkpoint's sampler, e.g. the teacher with fewer noise levels.
+    """
+
+    def __init__(self, checkpoint: str | Path, data: str | None, members: int, inits: int,
+                 sampler_overrides: list[str] | tuple[str, ...] = ()):
         loaded = load_checkpoint(checkpoint)
-        payload = loaded.meta["task"]
+        payload = with_sampler_overrides(loaded.meta["task"], sampler_overrides)
         predictor = predictor_from_payload(payload)
         params = loaded.ema_params[payload.get("params_group", "denoiser")]
         self.nfe_per_step = int(predictor.sampler.nfe_per_step)
@@ -66,9 +71,15 @@ class StepTiming:
 
 
 def measure_step_times(checkpoints: dict[str, str | Path], data: str | None = None, members: int = 4,
-                       inits: int = 2, repeats: int = 7) -> dict[str, StepTiming]:
-    """Median step time of every named checkpoint (or run directory), timed interleaved after compilation."""
-    compiled = {label: CompiledStep(path, data, members, inits) for label, path in checkpoints.items()}
+                       inits: int = 2, repeats: int = 7,
+                       sampler_overrides: dict[str, list[str]] | None = None) -> dict[str, StepTiming]:
+    """Median step time of every named checkpoint (or run directory), timed interleaved after compilation.
+
+    `sampler_overrides[label]` (`key=value` overrides) change that model's sampler.
+    """
+    overrides = sampler_overrides or {}
+    compiled = {label: CompiledStep(path, data, members, inits, overrides.get(label, ()))
+                for label, path in checkpoints.items()}
     samples: dict[str, list[float]] = {label: [] for label in compiled}
     for _ in range(repeats):
         for label, step in compiled.items():
