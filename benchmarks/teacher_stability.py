@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from evaluation.io import align_truth, open_forecast  # noqa: E402
 from evaluation.metrics import ensemble_variance, fair_crps  # noqa: E402
+from evaluation.spectrum import ZONAL_BANDS as BANDS, band_sums  # noqa: E402
 from gencast_rmmd.data.grid import latitude_cell_weights  # noqa: E402
 from gencast_rmmd.data.stores import open_dataset  # noqa: E402
 
-BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, 21), (22, 32))
 BAND_LEADS = (0, 1, 3)
 
 
@@ -72,7 +72,7 @@ def band_rows(forecast: xr.DataArray, truth: xr.DataArray) -> list[tuple[int, li
         mean = spectra.mean(axis=0)
         spread = (np.abs(spectra - mean) ** 2).sum(axis=0).mean(axis=(0, 1)) / (members.shape[0] - 1)
         error = (np.abs(mean - np.fft.rfft(observed, axis=-1)) ** 2).mean(axis=(0, 1))
-        rows.append((lead, [(float(spread[a:b + 1].sum()), float(error[a:b + 1].sum())) for a, b in BANDS]))
+        rows.append((lead, list(zip(band_sums(spread, BANDS).tolist(), band_sums(error, BANDS).tolist()))))
     return rows
 
 

@@ -18,30 +18,26 @@ Every row of the test table (a label without a dot) is trained by
 `distill.LABEL` into `students/LABEL` and forecast by `forecast.LABEL`; a grid
 row's test forecast reads `selection/NAME.json` when its command is built.
 A row with `from: OTHER` trains from OTHER's chosen run instead of the teacher.
+A row with `base: OTHER` trains `--config selection/OTHER.yaml` with its
+overrides and grid values as `--set` (when OTHER has no grid: the file OTHER's
+own config starts from, or OTHER's resolved `configs/` file; see
+`pipelines.grid.BaseConfig`); the chosen config it reads is one of its
+inputs, so a changed choice trains it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
-from gencast_rmmd.config import config_to_dict
-from pipelines.config import ResolvedConfigs
+from gencast_rmmd.config import apply_overrides, config_to_dict
 from pipelines.digests import model_settings
 from pipelines.forecasts import Model, Split, forecast_stage, inits_stage
 from pipelines.graph import Command, Output, Stage, StageContext, TrainingSetup, task
-from pipelines.grid import Candidate, Row
+from pipelines.grid import Candidate, Row, selection_config, selection_file, value_overrides
+from pipelines.resolution import ResolvedConfigs
 
 TEACHER = Model("teacher")
-
-
-def selection_file(name: str) -> str:
-    return f"selection/{name}.json"
-
-
-def selection_config(name: str) -> str:
-    """The chosen candidate's full config, which a grid row's extra seeds train."""
-    return f"selection/{name}.yaml"
 
 
 def candidate_model(row: Row, candidate: Candidate) -> Model:
@@ -107,20 +103,61 @@ def row_stages(resolved: ResolvedConfigs, setup: TrainingSetup, validation: Spli
 
 
 @dataclass(frozen=True)
+class _TrainingConfig:
+    """What a training stage trains: its `--config`/`--set` arguments and what of them makes its identity.
+
+    A config known before any stage runs is in the identity as it is; one that
+    starts from a chosen config is in it as that file's name and the overrides,
+    with the selection's chosen config among the stage's inputs.
+    """
+
+    arguments: list[str]
+    settings: dict
+    inputs: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, file: str, overrides: tuple[str, ...], resolved: Any = None,
+           chosen_by: str | None = None) -> "_TrainingConfig":
+        """`--config FILE --set ...`: `resolved` is the config it makes, or `chosen_by` the row choosing FILE."""
+        arguments = ["--config", file, *_set_arguments(overrides)]
+        if chosen_by is None:
+            return cls(arguments, model_settings(config_to_dict(resolved)))
+        changes = model_settings(apply_overrides({}, overrides))      # a section left empty changes nothing
+        return cls(arguments, {"config": file, **{key: value for key, value in changes.items() if value != {}}},
+                   (f"select.{chosen_by}.config",))
+
+
+def _set_arguments(overrides: tuple[str, ...]) -> list[str]:
+    return [argument for override in overrides for argument in ("--set", override)]
+
+
+def _training_config(row: Row, label: str, extra: list[str], resolved: Any) -> _TrainingConfig:
+    """The config of `distill.LABEL`, a candidate of `row` or a seed row of a row without a grid.
+
+    `extra`: its grid values or seed as `--set` overrides; `resolved`: its
+    config in `DIR/configs/` (a pre-selection view when the row follows a choice).
+    """
+    base = row.base_config
+    if base is None:
+        return _TrainingConfig.of(f"configs/{row.config_name(label)}", (), resolved)
+    return _TrainingConfig.of(base.file, (*base.overrides, *extra), resolved, base.chosen_by)
+
+
+@dataclass(frozen=True)
 class _Distilling:
     """Builds the training stages of students: `gencast-rmmd distill` into a run directory."""
 
     setup: TrainingSetup
     store: str
 
-    def stage(self, name: str, description: str, settings: dict, inputs: tuple[str, ...], run_dir: str,
-              config_arguments: list[str], teacher: Callable[[StageContext], str]) -> Stage:
+    def stage(self, name: str, description: str, config: _TrainingConfig, inputs: tuple[str, ...], run_dir: str,
+              teacher: Callable[[StageContext], str]) -> Stage:
         """`teacher(context)`: the `--teacher` run (the teacher, or a `from` entry's chosen run)."""
         return Stage(
-            name, 4, description, settings, (*inputs, "data.train", "data.validation"),
+            name, 4, description, config.settings, (*inputs, *config.inputs, "data.train", "data.validation"),
             {"run": Output("run", run_dir)},
             lambda context: [*self.setup.preamble, Command((
-                "distill", *config_arguments, "--teacher", teacher(context), "--data", self.store, "--out", run_dir,
+                "distill", *config.arguments, "--teacher", teacher(context), "--data", self.store, "--out", run_dir,
                 *(["--resume"] if context.resume_run else [])))],
             training=True, environment=self.setup.environment)
 
@@ -133,12 +170,14 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
         source = resolved.distill[row.from_entry]
         source_inputs, teacher = chosen_inputs(source), (lambda context: chosen_model(source, context).checkpoint)
     method = row.candidates[0].config.distill
+    base = row.base_config
+    on_base = f", on {base.base}'s {'chosen ' if row.follows else ''}config" if base else ""
     what = (f"{method.method}, {method.student.steps} steps per 12 h, {row.candidates[0].config.train.steps} updates"
-            f"{', from ' + row.from_entry if row.from_entry else ''}")
+            f"{on_base}{', from ' + row.from_entry if row.from_entry else ''}")
     stages = [training.stage(f"distill.{c.label}", f"distill student {c.label} ({what})"
-                       + (f": {_values(c)}" if row.selected else ""),
-                       model_settings(config_to_dict(c.config)), source_inputs, candidate_model(row, c).checkpoint,
-                       ["--config", f"configs/{row.config_name(c.label)}"], teacher)
+                             + (f": {_values(c)}" if row.selected else ""),
+                             _training_config(row, c.label, value_overrides(c.values), c.config), source_inputs,
+                             candidate_model(row, c).checkpoint, teacher)
               for c in row.candidates]
     if validation is not None:
         stages += [forecast_stage(validation, c.label, f"student {c.label}", (candidate_run(row, c),),
@@ -147,16 +186,11 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
         stages.append(_select_stage(row, validation, region))
     for seed in row.seeds:
         label = row.seed_label(seed)
-        if row.selected:
-            settings, inputs = {"seed": seed, "config": selection_config(row.name)}, (f"select.{row.name}.config",)
-            arguments = ["--config", selection_config(row.name), "--set", f"seed={seed}"]
-        else:
-            settings, inputs = model_settings(config_to_dict(row.seed_config(seed))), ()
-            arguments = ["--config", f"configs/{row.config_name(label)}"]
+        config = (_TrainingConfig.of(selection_config(row.name), (f"seed={seed}",), chosen_by=row.name)
+                  if row.selected else _training_config(row, label, [f"seed={seed}"], row.seed_config(seed)))
         stages.append(training.stage(f"distill.{label}",
                                      f"distill student {label}: {row.name}'s config with seed {seed}",
-                               settings, (*source_inputs, *inputs), seed_model(row, seed).checkpoint,
-                               arguments, teacher))
+                                     config, source_inputs, seed_model(row, seed).checkpoint, teacher))
         if validation is not None:
             stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
                                          lambda _, seed=seed: seed_model(row, seed)))
@@ -168,19 +202,29 @@ def _values(candidate: Candidate) -> str:
 
 
 def _select_stage(row: Row, validation: Split, region: str) -> Stage:
-    """`select.NAME`: score every candidate's validation forecast against the teacher's and keep the best."""
+    """`select.NAME`: score every candidate's validation forecast against the teacher's and keep the best.
+
+    For a row that follows a choice the chosen config written is its `BaseConfig`'s
+    file with its overrides and the chosen candidate's values (`--base`, `--set`).
+    """
     forecasts = [validation.out(candidate.label) for candidate in row.candidates]
+    base = row.base_config if row.follows else None
+    on_base = {"base": {"config": base.file, "overrides": list(base.overrides)}} if base else {}
+    base_inputs = (f"select.{row.follows}.config",) if base else ()
+    base_arguments = ["--base", base.file, *_set_arguments(base.overrides)] if base else []
     return Stage(
         f"select.{row.name}", validation.group,
         f"choose {row.name} among {len(row.candidates)} candidates ({', '.join(row.grid)}): lowest validation "
         f"fair-CRPS change vs the teacher",
-        {"grid": list(row.grid), "candidates": [config_to_dict(c.config) for c in row.candidates], "region": region},
+        {"grid": list(row.grid), "candidates": [config_to_dict(c.config) for c in row.candidates], "region": region,
+         **on_base},
         (*(f"{validation.prefix}.{c.label}.forecast" for c in row.candidates),
-         f"{validation.prefix}.teacher.forecast", *validation.inputs),
+         f"{validation.prefix}.teacher.forecast", *validation.inputs, *base_inputs),
         {"selection": Output("file", selection_file(row.name)), "config": Output("config", selection_config(row.name))},
         lambda _: [task("select", "--name", row.name, "--truth", validation.store,
                         "--baseline", validation.out("teacher"), "--inits", validation.inits_file,
                         *(a for c, forecast in zip(row.candidates, forecasts)
                           for a in ("--candidate", forecast, "--config", f"configs/{row.config_name(c.label)}")),
                         *(a for key in row.grid for a in ("--key", key)), "--region", region,
+                        *base_arguments,
                         "--out", selection_file(row.name), "--config-out", selection_config(row.name))])

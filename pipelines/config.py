@@ -1,4 +1,4 @@
-"""The pipeline config file (`configs/pipelines/*.yaml`) and the per-stage configs it resolves to.
+"""The pipeline config file (`configs/pipelines/*.yaml`): its sections and their checks.
 
 A pipeline config names the product configs each stage uses and overrides
 some of their values; it never repeats them:
@@ -15,35 +15,29 @@ Choices are made on validation inits and test inits are scored once per
 final config: a distiller entry may carry `grid:` (candidates trained,
 forecast on the validation split and the one with the lowest fair-CRPS change
 against the teacher chosen: `pipelines.grid`, `pipelines.selection`),
-`seeds:` (extra training seeds of the chosen config) and `from: OTHER` (its
-`--teacher` is OTHER's chosen phase-1 run). Teacher sampler rows forecast the
-teacher with other sampler settings (`grid:` over them works the same way).
+`seeds:` (extra training seeds of the chosen config), `from: OTHER` (its
+`--teacher` is OTHER's chosen phase-1 run) and, instead of `config:`,
+`base: OTHER` (OTHER's chosen config with this entry's overrides). Teacher
+sampler rows forecast the teacher with other sampler settings (`grid:` over
+them works the same way).
 
 `overrides` are nested mappings merged into the named config, so every value
 is reachable with `--set`, e.g. `--set distill.rmmd.overrides.train.steps=50`.
-`resolve(...)` turns the pipeline config into validated data, teacher and
-distill configs: the pipeline's data section replaces the teacher's, the
-statistics file of stage `stats` is the teacher's, and the `distributed`
-settings go to every training stage. The resolved configs are written into
-the work directory (`DIR/configs/`) and are what the stages run with.
+`pipelines.resolution` turns this config into the validated configs of the
+stages.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from gencast_rmmd.config import (REPO_ROOT, DataConfig, DataFileConfig, StrictModel, apply_overrides, config_to_dict,
-                                 load_config, validate_config)
-from gencast_rmmd.diffusion.config import SamplerConfig
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.config import StrictModel, load_config
 from gencast_rmmd.training.config import DistributedConfig
-from pipelines.grid import Grid, Row, expand_row
+from pipelines.grid import Grid
 
 STATS_FILE = "stats/stats.nc"          # written by stage `stats`, relative to the work directory
 RESERVED_LABELS = ("teacher", "reference", "persistence", "climatology", "inits")
@@ -82,10 +76,21 @@ class DistillEntry(ConfigSection):
     distiller entry (a phase-1 `mmd` one) whose chosen run this entry starts
     from instead of the teacher: a phase-2 method fine-tunes it (no phase 1 of
     its own), an `mmd` entry continues its moment matching.
+
+    `base: OTHER` replaces `config:` (give exactly one): the entry's config is
+    OTHER's chosen config (`selection/OTHER.yaml` when OTHER has a grid,
+    OTHER's resolved config otherwise) with this entry's `overrides` on top,
+    e.g. an ablation of the chosen RMMD. Its own `grid` may repeat a key of
+    OTHER's grid (its values win) and its `seeds` work as for any entry;
+    `from` is not inherited. Overrides and grid keys are checked when the
+    pipeline loads, on OTHER's config file with OTHER's overrides (the chosen
+    config differs from that only in the values a choice sets).
     """
 
     model_config = ConfigDict(serialize_by_alias=True)
 
+    config: str | None = None                     # a configs/distill/*.yaml file, or `base:`
+    base: str | None = None
     grid: Grid = {}
     seeds: tuple[int, ...] = ()
     from_entry: str | None = Field(None, alias="from")
@@ -96,6 +101,13 @@ class DistillEntry(ConfigSection):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds {list(seeds)} repeat one another")
         return seeds
+
+    @model_validator(mode="after")
+    def _config_or_base(self) -> "DistillEntry":
+        if (self.config is None) == (self.base is None):
+            raise ValueError(f"{'config: and base: both given' if self.config else 'no config: or base:'}; give "
+                             "one: a configs/distill/*.yaml file as config:, or another distill entry as base:")
+        return self
 
 
 class TeacherSamplerEntry(StrictModel):
@@ -108,12 +120,6 @@ class TeacherSamplerEntry(StrictModel):
 
     sampler: dict[str, Any] = {}
     grid: Grid = {}
-
-
-class TeacherSamplerConfig(StrictModel):
-    """The config of a teacher sampler candidate: the teacher's sampler with the row's overrides."""
-
-    sampler: SamplerConfig
 
 
 class InitsSection(StrictModel):
@@ -187,6 +193,16 @@ class ScorecardSection(StrictModel):
     region: str = "global"
 
 
+class TableSection(StrictModel):
+    """The generated comparison table of every test row against the teacher (`pipelines.table`), stage `table`.
+
+    Off unless enabled (the RMMD table's pipeline enables it); `draws` of the moving-block bootstrap.
+    """
+
+    enabled: bool = False
+    draws: int = Field(5000, ge=100)
+
+
 class PipelineDistributed(DistributedConfig):
     """Where training runs: jax.distributed settings (multi-host) and, on CPU, a forced device count.
 
@@ -219,6 +235,7 @@ class PipelineConfig(StrictModel):
     evaluate: EvaluateSection = EvaluateSection()
     speed: SpeedSection = SpeedSection()
     scorecard: ScorecardSection = ScorecardSection()
+    table: TableSection = TableSection()
     distributed: PipelineDistributed = PipelineDistributed()
     runtime: RuntimeSection = RuntimeSection()
 
@@ -252,7 +269,7 @@ class PipelineConfig(StrictModel):
         if repeated:
             raise ValueError(f"the rows {', '.join(repeated)} have the same label; rename a distill or "
                              "teacher_samplers entry (seed rows are labelled NAME_seedS)")
-        distill_order(self.distill)                   # `from` names an entry, without a cycle
+        distill_order(self.distill)                   # `base` and `from` name entries, without a cycle
         if self.validation is None:
             for owner, entry in [*((f"distill.{n}", e) for n, e in self.distill.items()),
                                  *((f"teacher_samplers.{n}", e) for n, e in self.teacher_samplers.items())]:
@@ -263,24 +280,30 @@ class PipelineConfig(StrictModel):
 
 
 def distill_order(distill: dict[str, DistillEntry]) -> list[str]:
-    """Distiller names in declaration order, except that an entry comes after the entry it starts `from`.
+    """Distiller names in declaration order, except that an entry comes after the entries it builds on.
 
-    Raises ValueError for a `from` that names no entry or closes a cycle.
+    Those are its `base` and the entry it starts `from`. Raises ValueError for
+    a `base` or `from` that names no entry or closes a cycle (the chain named,
+    e.g. `a -base-> b -from-> a`).
     """
     order: list[str] = []
 
-    def place(name: str, chain: tuple[str, ...]) -> None:
+    def place(name: str, chain: tuple[tuple[str, str], ...]) -> None:
+        """`chain`: the (entry, link) pairs that led here."""
         if name in order:
             return
-        source = distill[name].from_entry
-        if source is not None:
+        entry = distill[name]
+        for link, source in (("base", entry.base), ("from", entry.from_entry)):
+            if source is None:
+                continue
             if source not in distill:
-                raise ValueError(f"distill.{name}.from: no distiller entry {source!r}; entries: "
+                raise ValueError(f"distill.{name}.{link}: no distiller entry {source!r}; entries: "
                                  f"{', '.join(distill)}")
-            if source in (*chain, name):
-                raise ValueError(f"distill.{name}.from: the entries start from one another in a cycle "
-                                 f"({' -> '.join((*chain, name, source))})")
-            place(source, (*chain, name))
+            links = (*chain, (name, link))
+            if source in (earlier for earlier, _ in links):
+                raise ValueError(f"distill.{name}.{link}: the entries build on one another in a cycle "
+                                 f"({' '.join(f'{earlier} -{via}->' for earlier, via in links)} {source})")
+            place(source, links)
         order.append(name)
 
     for name in distill:
@@ -292,125 +315,3 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...
                          data: str | None = None) -> PipelineConfig:
     """Load a pipeline config with `--set` overrides; `--data URL` is `--set data.path=URL`."""
     return load_config(path, PipelineConfig, list(overrides), data)
-
-
-# --------------------------------------------------------------------------- resolution
-
-
-def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """`{train: {steps: 5}}` -> `["train.steps=5"]` (values as JSON, which `--set` reads as YAML)."""
-    flat = []
-    for key, value in overrides.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat += flatten_overrides(value, f"{dotted}.")
-        else:
-            flat.append(f"{dotted}={json.dumps(value)}")
-    return flat
-
-
-def find_config_file(reference: str, pipeline_file: Path) -> Path:
-    """A referenced config: absolute, or relative to the pipeline file, the current directory or the repo."""
-    candidate = Path(reference).expanduser()
-    bases = (Path("/"),) if candidate.is_absolute() else (pipeline_file.parent, Path.cwd(), REPO_ROOT)
-    for base in bases:
-        if (base / candidate).is_file():
-            return (base / candidate).resolve()
-    raise UserInputError(f"{pipeline_file}: config file {reference} does not exist")
-
-
-def absolute_store(path: str) -> str:
-    """Local store paths made absolute (stages run inside the work directory); URLs unchanged."""
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-@dataclass(frozen=True)
-class ResolvedConfigs:
-    """Validated configs of every stage, as written to `DIR/configs/`."""
-
-    data: DataConfig
-    teacher: Any                      # TeacherConfig
-    distill: dict[str, Row]           # distiller rows, each after the entry it starts `from`
-    teacher_samplers: dict[str, Row] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> list[Row]:
-        return [*self.distill.values(), *self.teacher_samplers.values()]
-
-    def files(self) -> dict[str, dict]:
-        """File name (in DIR/configs/) -> content: data, teacher, every candidate and fixed-config seed row."""
-        files = {"data.yaml": {"data": config_to_dict(self.data)}, "teacher.yaml": config_to_dict(self.teacher)}
-        for row in self.rows:
-            files.update({row.config_name(c.label): config_to_dict(c.config) for c in row.candidates})
-            if not row.selected:
-                files.update({row.config_name(row.seed_label(seed)): config_to_dict(row.seed_config(seed))
-                              for seed in row.seeds})
-        return files
-
-
-def _distill_rows(config: PipelineConfig, pipeline_file: Path, distributed: str) -> dict[str, Row]:
-    """Every distiller entry's candidates (validated), in `distill_order`; checks seeds and `from`."""
-    from gencast_rmmd.distill.config import DistillConfig
-
-    rows: dict[str, Row] = {}
-    for name in distill_order(config.distill):
-        entry = config.distill[name]
-        config_file = find_config_file(entry.config, pipeline_file)
-        base = [*flatten_overrides(entry.overrides), distributed]
-        row = expand_row(name, "student", f"distill.{name}", entry.grid,
-                         lambda extra: load_config(config_file, DistillConfig, [*base, *extra]),
-                         seeds=entry.seeds, from_entry=entry.from_entry)
-        for candidate in row.candidates:
-            method = candidate.config.distill
-            if method.is_sweep:
-                raise UserInputError(f"distill.{candidate.label}: a reward-weight sweep ({list(method.reward_weight)})"
-                                     " is one student per value; give one distiller entry per reward weight, "
-                                     "or a grid over distill.reward_weight")
-        if row.from_entry:
-            source_methods = {c.config.distill.method for c in rows[row.from_entry].candidates}
-            if source_methods != {"mmd"}:
-                raise UserInputError(f"distill.{name}.from: {row.from_entry} is a {', '.join(sorted(source_methods))}"
-                                     " student; `from` takes a phase-1 (method mmd) entry")
-        own = sorted({c.config.seed for c in row.candidates} & set(row.seeds))
-        if own:
-            raise UserInputError(f"distill.{name}.seeds: {own[0]} is the seed of the config itself; list only "
-                                 "the extra seeds")
-        rows[name] = row
-    return rows
-
-
-def _teacher_sampler_rows(config: PipelineConfig, teacher_sampler: dict) -> dict[str, Row]:
-    """Every teacher sampler row's candidates: the teacher's sampler config with the row's values."""
-    rows = {}
-    for label, entry in config.teacher_samplers.items():
-        fixed = [f"sampler.{key}={json.dumps(value)}" for key, value in entry.sampler.items()]
-
-        def load(extra: list[str], fixed=fixed, label=label) -> TeacherSamplerConfig:
-            raw = apply_overrides({"sampler": teacher_sampler}, [*fixed, *extra])
-            return validate_config(raw, TeacherSamplerConfig, f"teacher_samplers.{label}")
-
-        def overrides(values: dict[str, Any], entry=entry) -> tuple[str, ...]:
-            chosen = {**entry.sampler, **{key.split(".", 1)[1]: value for key, value in values.items()}}
-            return tuple(f"{key}={json.dumps(value)}" for key, value in chosen.items())
-
-        rows[label] = expand_row(label, "teacher_sampler", f"teacher_samplers.{label}", entry.grid, load, overrides)
-    return rows
-
-
-def resolve(config: PipelineConfig, pipeline_file: str | Path) -> ResolvedConfigs:
-    """The data, teacher, distill and teacher sampler configs of the stages (UserInputError naming a bad value)."""
-    from gencast_rmmd.teacher.config import TeacherConfig
-
-    pipeline_file = Path(pipeline_file)
-    data_file = find_config_file(config.data.config, pipeline_file)
-    data = load_config(data_file, DataFileConfig, flatten_overrides(config.data.overrides, "data."),
-                       config.data.path).data
-    data = data.model_copy(update={"path": absolute_store(data.path)})
-    distributed = config.distributed.model_dump(mode="json", exclude={"cpu_devices"})
-    shared = [f"data={json.dumps(config_to_dict(data))}", f"distributed={json.dumps(distributed)}"]
-    teacher = load_config(find_config_file(config.teacher.config, pipeline_file), TeacherConfig,
-                          [*flatten_overrides(config.teacher.overrides), *shared, f"stats={STATS_FILE}"])
-    return ResolvedConfigs(data, teacher, _distill_rows(config, pipeline_file, shared[1]),
-                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)))

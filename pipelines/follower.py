@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from gencast_rmmd.errors import UserInputError
-from pipelines.config import PipelineConfig, resolve
+from pipelines.config import PipelineConfig
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import MANIFEST_FILE, Manifest
+from pipelines.resolution import resolve
 from pipelines.runner import StageFailed, _stop, default_workdir, start_command
 from pipelines.stages import Command, Stage, StageContext, build_stages
 

@@ -14,6 +14,11 @@ plain names): candidates are only forecast on validation, never scored on test.
 A nested grid (`grid: {train: {learning_rate: [...]}}`, which is what
 `--set distill.NAME.grid.train.learning_rate=[...]` writes) means the same as
 the dotted form.
+
+`select.NAME` writes the choice to `selection/NAME.json` and the chosen full
+config to `selection/NAME.yaml`. A distiller entry with `base: OTHER` starts
+from OTHER's config: when that is only known once a choice is made, the row's
+`BaseConfig` says which selection file and which overrides its runs train.
 """
 
 from __future__ import annotations
@@ -56,6 +61,21 @@ Grid = Annotated[dict[str, list[Any]], BeforeValidator(_flatten_grid), AfterVali
 """A pipeline row's `grid:` (dotted key -> candidate values), as the config sections declare it."""
 
 
+def selection_file(name: str) -> str:
+    """What `select.NAME` writes: every candidate's values and validation figures, and the choice."""
+    return f"selection/{name}.json"
+
+
+def selection_config(name: str) -> str:
+    """The chosen candidate's full config, which a grid row's extra seeds and `base: NAME` entries train."""
+    return f"selection/{name}.yaml"
+
+
+def value_overrides(values: dict[str, Any]) -> list[str]:
+    """A candidate's grid values as `--set` overrides: `{"train.steps": 5}` -> `["train.steps=5"]`."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The candidates' values in candidate order: keys sorted, the last key varying fastest."""
     keys = sorted(grid)
@@ -92,11 +112,32 @@ RowKind = Literal["student", "teacher_sampler"]
 
 
 @dataclass(frozen=True)
+class BaseConfig:
+    """Where the config of a `base: OTHER` row starts at run time: a file of the work directory and overrides.
+
+    `file` is `selection/X.yaml` when the config starts from a choice made on
+    validation (`chosen_by`: the grid row X, OTHER itself or the nearest grid
+    row up OTHER's `base` chain), else OTHER's resolved `configs/distill.OTHER.yaml`
+    (`chosen_by` None: the row's config is known before any stage runs).
+    `overrides` (`--set` syntax) are the entries' overrides from that file down
+    to this row, in order; a candidate's grid values or an extra seed follow them.
+    """
+
+    base: str                           # the entry named by `base:`
+    file: str
+    overrides: tuple[str, ...]
+    chosen_by: str | None
+
+
+@dataclass(frozen=True)
 class Row:
     """A row of the table: a distiller entry or a teacher sampler row, with its candidates.
 
     `seeds` are extra training seeds of the chosen config (rows `NAME_seedS`);
-    `from_entry` is the distiller entry whose (chosen) run is this one's `--teacher`.
+    `from_entry` is the distiller entry whose (chosen) run is this one's `--teacher`;
+    `base_config` where a `base:` entry's config starts at run time. The
+    candidates' configs of a row that follows a choice (`follows`) are its
+    pre-selection views: the values the choice sets hold those of the config file.
     """
 
     name: str
@@ -105,11 +146,17 @@ class Row:
     candidates: tuple[Candidate, ...]
     seeds: tuple[int, ...] = ()
     from_entry: str | None = None
+    base_config: BaseConfig | None = None
 
     @property
     def selected(self) -> bool:
         """True when the row's config is chosen among candidates on validation (it has a grid)."""
         return bool(self.grid)
+
+    @property
+    def follows(self) -> str | None:
+        """The grid row whose choice this row's config starts from (a `base:` entry's), else None."""
+        return self.base_config.chosen_by if self.base_config else None
 
     def config_name(self, label: str) -> str:
         """The file in `DIR/configs/` of a candidate's (or a fixed-config seed row's) resolved config."""
@@ -123,6 +170,14 @@ class Row:
         if self.selected:
             raise ValueError(f"{self.name}: the seeds of a grid row train the chosen candidate's config")
         return self.candidates[0].config.model_copy(update={"seed": seed})
+
+    @property
+    def label_configs(self) -> dict[str, Any]:
+        """Label -> resolved config of the labels with a file in `DIR/configs/`: candidates, fixed-config seed rows."""
+        configs = {candidate.label: candidate.config for candidate in self.candidates}
+        if not self.selected:
+            configs.update({self.seed_label(seed): self.seed_config(seed) for seed in self.seeds})
+        return configs
 
     @property
     def labels(self) -> list[str]:
@@ -145,7 +200,8 @@ def _unknown_key(content: dict, key: str) -> str:
 
 def expand_row(name: str, kind: RowKind, owner: str, grid: dict[str, list[Any]],
                load: Callable[[list[str]], Any], sampler: Callable[[dict[str, Any]], tuple[str, ...]] | None = None,
-               seeds: tuple[int, ...] = (), from_entry: str | None = None) -> Row:
+               seeds: tuple[int, ...] = (), from_entry: str | None = None,
+               base_config: BaseConfig | None = None) -> Row:
     """A row's candidates: `load(extra_overrides)` validates the row's config with one candidate's values.
 
     Every grid key must name a value of the config (`owner` prefixes the
@@ -166,9 +222,9 @@ def expand_row(name: str, kind: RowKind, owner: str, grid: dict[str, list[Any]],
     for index, values in enumerate(points):
         label = f"{name}.c{index}" if grid else name
         try:
-            config = load([f"{key}={json.dumps(value)}" for key, value in values.items()])
+            config = load(value_overrides(values))
         except UserInputError as error:
             raise UserInputError(f"{owner}.grid: candidate {label} {values}: {error}") from None
         candidates.append(Candidate(label, index if grid else None, values, config,
                                     sampler(values) if sampler else ()))
-    return Row(name, kind, tuple(sorted(grid)), tuple(candidates), tuple(seeds), from_entry)
+    return Row(name, kind, tuple(sorted(grid)), tuple(candidates), tuple(seeds), from_entry, base_config)

@@ -4,9 +4,10 @@ It links the two scorecards the `scorecard` stage writes (students and the
 teacher's few-call sampler rows against the teacher, with the speed table;
 every forecast against persistence), repeats their headlines, counts wins lead
 by lead (so "the teacher beats persistence from 24 h on" can be read off one
-row), shows what each grid row chose on validation (`selection/*.json`) and
-lists what every stage did, with its log. Scores are read with
-`evaluation.scorecard`.
+row), shows what each grid row chose on validation (`selection/*.json`; for a
+`base:` row, the chosen config its candidates start from) and lists what every
+stage did, with its log (a `base:` row's training stages name their base).
+Scores are read with `evaluation.scorecard`.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ def _selection_section(workdir: Path) -> str:
                  f"{entry['crps_change_pct']:+.2f}", f"{entry['win_rate']:.0%}",
                  "chosen" if entry["index"] == chosen else ""] for entry in selection["candidates"]]
         classes = [["", "", "", "", "win" if entry["index"] == chosen else ""] for entry in selection["candidates"]]
-        parts.append(f"<h3>{html.escape(selection['name'])}</h3>" + _table(
+        base = selection.get("base")
+        on_base = (f"<p>Candidates: <code>{html.escape(base['config'])}</code> (chosen earlier) with "
+                   f"{html.escape(', '.join(base['overrides']) or 'no overrides')} and their values.</p>"
+                   if base else "")
+        parts.append(f"<h3>{html.escape(selection['name'])}</h3>" + on_base + _table(
             rows, ["candidate", "values", "CRPS change vs teacher (%)", "win rate", ""], classes))
     if not parts:
         return ""

@@ -33,10 +33,11 @@ import yaml
 from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.io_utils import atomic_path
-from pipelines.config import PipelineConfig, ResolvedConfigs, resolve
+from pipelines.config import PipelineConfig
 from pipelines.digests import output_record, sha256_json
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, now
+from pipelines.resolution import ResolvedConfigs, resolve
 from pipelines.stages import SCORECARD_HTML, Stage, StageContext, build_stages
 
 NOT_APPLICABLE = "not applicable"
@@ -71,10 +72,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def _write_configs(workdir: Path, config: PipelineConfig, resolved: ResolvedConfigs) -> None:
-    files = {"pipeline.yaml": config_to_dict(config), **resolved.files()}
+    """`DIR/configs/`: the pipeline config and every stage's resolved config (pre-selection views headed by a note)."""
+    files, notes = {"pipeline.yaml": config_to_dict(config), **resolved.files()}, resolved.view_notes()
     for name, content in files.items():
         with atomic_path(workdir / "configs" / name) as temporary:
-            temporary.write_text(yaml.safe_dump(content, sort_keys=False))
+            temporary.write_text(notes.get(name, "") + yaml.safe_dump(content, sort_keys=False))
 
 
 class PipelineRunner:
@@ -94,6 +96,12 @@ class PipelineRunner:
         if record.get("state") == "not_applicable":
             return NOT_APPLICABLE
         return record["outputs"][output]["digest"]
+
+    def identity(self, stage: Stage) -> tuple[str, str, dict[str, str]]:
+        """The stage's identity, the hash of its settings and its inputs' digests (from the manifest)."""
+        inputs = {reference: self._input_digest(reference) for reference in stage.inputs}
+        config_sha256 = sha256_json(stage.settings)
+        return sha256_json({"config": config_sha256, "inputs": inputs}), config_sha256, inputs
 
     def _outputs_exist(self, stage: Stage) -> bool:
         return all((self.workdir / output.path).exists() for output in stage.outputs.values())
@@ -118,9 +126,7 @@ class PipelineRunner:
             self.manifest.update_stage(stage.name, state="not_applicable", outputs={}, action=NOT_APPLICABLE)
             self._say(stage, NOT_APPLICABLE)
             return NOT_APPLICABLE
-        inputs = {reference: self._input_digest(reference) for reference in stage.inputs}
-        config_sha256 = sha256_json(stage.settings)
-        identity = sha256_json({"config": config_sha256, "inputs": inputs})
+        identity, config_sha256, inputs = self.identity(stage)
         if (record.get("state") == "done" and record.get("identity") == identity and self._outputs_exist(stage)
                 and not self._forced(stage)):
             self.manifest.update_stage(stage.name, action="skipped")

@@ -13,7 +13,10 @@ beside it, not used.
 Writes `selection/NAME.json` (the candidates with their values, validation
 change and win rate, the chosen one and the validation inits) and
 `selection/NAME.yaml`: the chosen candidate's full config, a copy of its
-`configs/` file (what a grid row's extra seeds train).
+`configs/` file (what a grid row's extra seeds and `base: NAME` entries
+train). A `base:` row that follows another choice has pre-selection views in
+`configs/`; its chosen config is its base file (`selection/OTHER.yaml`) with
+its overrides and the chosen candidate's values, validated as a distill config.
 """
 
 from __future__ import annotations
@@ -67,14 +70,19 @@ def chosen_index(scores: Sequence[CandidateScore]) -> int:
 
 
 def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Sequence[str], baseline: str,
-           truth: str, inits_file: str, region: str, out: Path, config_out: Path) -> dict:
-    """Score the candidates (`forecasts[k]`, whose config file is `configs[k]`), choose, write both files."""
+           truth: str, inits_file: str, region: str, out: Path, config_out: Path, base: str | None = None,
+           base_overrides: Sequence[str] = ()) -> dict:
+    """Score the candidates (`forecasts[k]`, whose config file is `configs[k]`), choose, write both files.
+
+    With `base` the chosen config is not a copy of `configs[k]` (a pre-selection
+    view) but the distill config `base` with `base_overrides` and the chosen values.
+    """
     import yaml
 
     from evaluation.compare import crps_per_init
     from gencast_rmmd.data.stores import open_dataset
     from gencast_rmmd.io_utils import atomic_path, write_json_atomic
-    from pipelines.grid import lookup
+    from pipelines.grid import lookup, value_overrides
 
     if len(forecasts) != len(configs) or not forecasts:
         raise UserInputError("give one --config per --candidate, at least one candidate")
@@ -89,9 +97,18 @@ def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Se
                   for index, (path, config, content, score) in enumerate(zip(forecasts, configs, contents, scores))]
     selection = {"name": name, "criterion": CRITERION, "region": region, "baseline": baseline,
                  "validation_inits": json.loads(Path(inits_file).read_text())["inits"], "grid": list(keys),
+                 **({"base": {"config": base, "overrides": list(base_overrides)}} if base else {}),
                  "candidates": candidates, "chosen": candidates[chosen]}
+    if base is None:
+        chosen_config = Path(configs[chosen]).read_text()
+    else:
+        from gencast_rmmd.config import config_to_dict
+        from gencast_rmmd.distill.config import load_distill_config
+
+        config = load_distill_config(base, [*base_overrides, *value_overrides(candidates[chosen]["values"])])
+        chosen_config = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     write_json_atomic(out, selection)
     with atomic_path(config_out) as temporary:
-        temporary.write_text(Path(configs[chosen]).read_text())
+        temporary.write_text(chosen_config)
     return selection
 

@@ -12,7 +12,7 @@ directory lies.
 Work directory layout:
 
     configs/      the resolved configs every stage ran with (data, teacher, distill.LABEL, teacher_sampler.LABEL,
-                  pipeline)
+                  pipeline); a `base:` entry that follows a choice: its pre-selection view, headed by a comment
     data/         summary.json: store, splits and their fingerprints
     stats/        stats.nc
     teacher/      the teacher's training run (checkpoints/, metrics.jsonl)
@@ -31,10 +31,11 @@ from __future__ import annotations
 
 from gencast_rmmd.config import config_to_dict
 from pipelines.candidates import TEACHER, chosen_inputs, chosen_model, model_description, row_stages, seed_model
-from pipelines.config import STATS_FILE, PipelineConfig, ResolvedConfigs
+from pipelines.config import STATS_FILE, PipelineConfig
 from pipelines.digests import model_settings
 from pipelines.forecasts import DATA_FILE, Split, forecast_stage, inits_stage
 from pipelines.graph import GROUP_TITLES, Command, Output, Stage, StageContext, TrainingSetup, task  # noqa: F401
+from pipelines.resolution import ResolvedConfigs
 
 SCORECARD_HTML = "scorecard/index.html"
 
@@ -157,6 +158,17 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
         config_to_dict(config.scorecard),
         (*(f"evaluate.{label}.scores" for label in labels), *(("speed.timing",) if timed else ())),
         {"html": Output("file", SCORECARD_HTML)}, scorecards))
+    if config.table.enabled:
+        from pipelines.table import table_stage_spec   # xarray and the bootstrap: only when there is a table
+
+        spec = table_stage_spec(labels, [row.name for row in resolved.rows if row.selected], timed, store,
+                                config.table.draws)
+        stages.append(Stage(
+            spec["name"], spec["group"], "the comparison table: every test row against the teacher, with "
+                                         "block-bootstrap intervals, seeds, speed and the choices made on validation",
+            spec["settings"], tuple(spec["inputs"]),
+            {name: Output(kind, path) for name, (kind, path) in spec["outputs"].items()},
+            lambda _: [Command(tuple(spec["command"]))]))
     return stages
 
 

@@ -1,5 +1,5 @@
 """Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|select|devices|speed|
-scorecards`.
+scorecards|table`.
 
 Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not.
 
@@ -16,7 +16,9 @@ Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not
 - `scorecards`: the product's `scorecard` command twice (students and teacher
   sampler rows against the teacher with the speed table; every forecast
   against persistence), then the landing page `scorecard/index.html`
-  (`pipelines.report`).
+  (`pipelines.report`);
+- `table`: the RMMD table of a work directory, `table.json` and `table.md`
+  (`pipelines.table`; its inputs: `pipelines.table.table_stage_spec`).
 
 Exit codes as the product's: 0 ok, 2 bad input (one line), 1 internal error.
 """
@@ -234,11 +236,17 @@ def select(name: Annotated[str, typer.Option("--name", help="The row (distiller 
            out: Annotated[Path, typer.Option("--out", help="selection/NAME.json to write.")],
            config_out: Annotated[Path, typer.Option("--config-out", help="selection/NAME.yaml to write.")],
            key: Annotated[Optional[list[str]], typer.Option("--key", help="A grid key (repeatable).")] = None,
-           region: Annotated[str, typer.Option("--region")] = "global") -> None:
+           region: Annotated[str, typer.Option("--region")] = "global",
+           base: Annotated[Optional[str], typer.Option(
+               "--base", help="A `base:` row's chosen config file its candidates start from (their --config files "
+                              "are pre-selection views).")] = None,
+           overrides: Annotated[Optional[list[str]], typer.Option(
+               "--set", help="An override of --base before the candidate's values (repeatable).")] = None) -> None:
     """Choose the candidate with the lowest validation CRPS change against the teacher (`pipelines.selection`)."""
     from pipelines.selection import select as choose
 
-    selection = choose(name, list(key or []), candidate, config, baseline, truth, inits, region, out, config_out)
+    selection = choose(name, list(key or []), candidate, config, baseline, truth, inits, region, out, config_out,
+                       base, list(overrides or []))
     for entry in selection["candidates"]:
         _say(f"{entry['label']} {entry['values']}: {entry['crps_change_pct']:+.2f} % CRPS vs the teacher, "
              f"wins {entry['win_rate']:.0%} of targets x leads")
@@ -281,3 +289,22 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
     for line in write_report(Path("."), out / "index.html", region, students, samplers, forecast):
         _say(line)
     _say(f"wrote {out / 'index.html'}")
+
+
+@app.command("table")
+def table(workdir: Annotated[Path, typer.Option("--workdir", help="The pipeline's work directory.")],
+          truth: Annotated[str, typer.Option("--truth", help="The store the forecasts verify against.")],
+          out: Annotated[Path, typer.Option("--out", help="Directory for table.json and table.md.")],
+          draws: Annotated[int, typer.Option("--draws", help="Bootstrap draws.")] = 5000,
+          seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+          region: Annotated[str, typer.Option("--region")] = "global",
+          row: Annotated[Optional[list[str]], typer.Option("--row", help="Only this row (repeatable).")] = None
+          ) -> None:
+    """The RMMD table on the test inits: every row against the teacher, pairs, seeds, spectra, targets."""
+    from pipelines.table import build_table, write_table
+
+    result = build_table(workdir, truth, list(row) if row else None, draws, seed, region)
+    for path in write_table(result, out):
+        _say(f"wrote {path}")
+    for entry in result["targets"]:
+        _say(f"{entry['status']:<16} {entry['target']}: {entry['detail']}")

@@ -220,7 +220,8 @@ def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
 
 
 def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny_run, pipeline_args, tmp_path):
-    """A 2-candidate grid, a `from` entry with an extra seed and a teacher sampler row, on tiny's teacher."""
+    """A 2-candidate grid, a `from` entry with an extra seed, a `base` entry and a teacher sampler row, on tiny's
+    teacher."""
     workdir = tmp_path / "select"
     shutil.copytree(tiny_run[0], workdir)
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
@@ -244,16 +245,21 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
     assert f"--checkpoint students/mmd/c{chosen} " in (workdir / "logs" / "forecast.mmd.log").read_text()
     for label in ("rmmd", "rmmd_seed1"):
         assert f"--teacher students/mmd/c{chosen} " in (workdir / "logs" / f"distill.{label}.log").read_text()
-    for label in ("mmd", "rmmd", "rmmd_seed1", "teacher_3calls"):
+    # The `base: mmd` entry trains the chosen config with its override; configs/ holds its pre-selection view.
+    assert "distill --config selection/mmd.yaml --set distill.student.steps=2 --teacher teacher " in \
+        (workdir / "logs" / "distill.mmd_2step.log").read_text()
+    assert (workdir / "configs" / "distill.mmd_2step.yaml").read_text().startswith("# Pre-selection view")
+    for label in ("mmd", "rmmd", "rmmd_seed1", "mmd_2step", "teacher_3calls"):
         assert (workdir / "forecasts" / f"{label}.nc").is_file() and (workdir / "scores" / f"{label}.nc").is_file()
-    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "teacher_3calls"):
+    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "mmd_2step", "teacher_3calls"):
         assert (workdir / "validation" / "forecasts" / f"{label}.nc").is_file(), label
     import xarray as xr
 
-    with xr.open_dataset(workdir / "forecasts" / "teacher_3calls.nc") as few_calls:
-        assert int(few_calls.attrs["nfe_per_step"]) == 3
+    for label, calls in (("teacher_3calls", 3), ("mmd_2step", 2)):
+        with xr.open_dataset(workdir / "forecasts" / f"{label}.nc") as few_calls:
+            assert int(few_calls.attrs["nfe_per_step"]) == calls, label
     timing = json.loads((workdir / "scorecard" / "timing.json").read_text())
-    assert set(timing) == {"teacher", "mmd", "rmmd", "teacher_3calls"}
+    assert set(timing) == {"teacher", "mmd", "rmmd", "mmd_2step", "teacher_3calls"}
     assert timing["teacher_3calls"]["denoiser_calls_per_step"] == 3
     page = (workdir / "scorecard" / "index.html").read_text()
     assert "rmmd_seed1 better than teacher on" in page and "teacher_3calls better than teacher on" in page

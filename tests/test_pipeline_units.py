@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 from gencast_rmmd.errors import UserInputError
-from pipelines.config import flatten_overrides, load_pipeline_config, resolve
+from pipelines.config import load_pipeline_config
 from pipelines.digests import output_record
 from pipelines.graph import StageContext
 from pipelines.grid import grid_points
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, git_commit
+from pipelines.resolution import flatten_overrides, resolve
 from pipelines.selection import CandidateScore, chosen_index, score_candidates, select
 from pipelines.stages import build_stages
 from pipelines.tasks import choose_inits
@@ -198,8 +199,9 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
     (["teacher_samplers.teacher_3calls.sampler={chrun: 0}"], "teacher_samplers.teacher_3calls: sampler.chrun: "
                                                               "unknown key"),
     (["distill.rmmd.from=phase1"], "distill.rmmd.from: no distiller entry 'phase1'; entries: mmd, rmmd"),
-    (["distill.mmd.from=rmmd"], "in a cycle (mmd -> rmmd -> mmd)"),
-    (["distill.rmmd.from=rmmd"], "in a cycle (rmmd -> rmmd)"),
+    (["distill.mmd.from=rmmd"], "distill.rmmd.from: the entries build on one another in a cycle "
+                                "(mmd -from-> rmmd -from-> mmd)"),
+    (["distill.rmmd.from=rmmd"], "in a cycle (rmmd -from-> rmmd)"),
     (["distill.mmd.overrides.distill.method=rmmd"], "distill.rmmd.from: mmd is a rmmd student; `from` takes a "
                                                     "phase-1 (method mmd) entry"),
     (["distill.rmmd.seeds=[0]"], "distill.rmmd.seeds: 0 is the seed of the config itself"),
@@ -208,12 +210,26 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
     (["validation=null"], "distill.mmd.grid: candidates are chosen on validation inits; add a `validation:` section"),
     (["distill.rmmd.grid={distill.reward_weight: [[0.1, 0.3]]}"],
      "distill.rmmd.c0: a reward-weight sweep ([0.1, 0.3]) is one student per value"),
+    # base: (tiny_select.yaml's mmd_2step is `base: mmd`)
+    (["distill.x={config: configs/distill/tiny.yaml, base: mmd}"],
+     "distill.x: Value error, config: and base: both given; give one: a configs/distill/*.yaml file"),
+    (["distill.x={overrides: {train: {steps: 3}}}"], "distill.x: Value error, no config: or base:; give one"),
+    (["distill.x={base: mmdd}"], "distill.x.base: no distiller entry 'mmdd'; entries: mmd, rmmd, mmd_2step, x"),
+    (["distill.mmd.config=null", "distill.mmd.base=rmmd"],
+     "distill.rmmd.from: the entries build on one another in a cycle (mmd -base-> rmmd -from-> mmd)"),
+    (["distill.mmd_2step.overrides.distill.momnt_term=false"],
+     ("distill.mmd_2step (on mmd's config): ", "configs/distill/tiny.yaml: distill.momnt_term: unknown key")),
+    (["distill.mmd_2step.grid={train.learnign_rate: [0.1]}"],
+     "distill.mmd_2step.grid: train.learnign_rate is not a key of the config; keys of train: b1, b2"),
+    (["distill.rmmd.from=mmd_2step", "distill.mmd_2step.overrides.distill.method=rmmd"],
+     "distill.rmmd.from: mmd_2step is a rmmd student; `from` takes a phase-1 (method mmd) entry"),
 ])
 def test_bad_choices_are_one_line_errors(run_cli, tmp_path, overrides, phrase):
     args = [a for override in overrides for a in ("--set", override)]
     result = run_cli("pipeline", "run", SELECT, "--workdir", tmp_path / "w", *args)
     assert result.code == 2, result.err
-    assert phrase in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert all(part in result.err for part in ((phrase,) if isinstance(phrase, str) else phrase)), result.err
     assert not (tmp_path / "w").exists()
 
 
@@ -241,10 +257,10 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
         "validation.inits", "validation.forecast.teacher",
         "distill.mmd.c0", "distill.mmd.c1", "validation.forecast.mmd.c0", "validation.forecast.mmd.c1", "select.mmd",
         "distill.rmmd", "validation.forecast.rmmd", "distill.rmmd_seed1", "validation.forecast.rmmd_seed1",
-        "validation.forecast.teacher_3calls"]
+        "distill.mmd_2step", "validation.forecast.mmd_2step", "validation.forecast.teacher_3calls"]
     assert {name for name in names if name.startswith(("forecast.", "evaluate."))} >= {
         f"{kind}.{label}" for kind in ("forecast", "evaluate")
-        for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "teacher_3calls", "persistence")}
+        for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "mmd_2step", "teacher_3calls", "persistence")}
     assert stages["distill.mmd.c1"].outputs["run"].path == "students/mmd/c1"
     assert stages["distill.mmd.c1"].settings["train"]["learning_rate"] == 1e-3
     assert stages["validation.forecast.mmd.c1"].outputs["forecast"].path == "validation/forecasts/mmd.c1.nc"
@@ -261,7 +277,7 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
     assert stages["distill.rmmd_seed1"].outputs["run"].path == "students/rmmd_seed1"
     assert set(stages["forecast.mmd"].inputs) == chosen_mmd | {"forecast.inits.inits", "data.test"}
     assert stages["forecast.teacher_3calls"].settings["sampler"] == ["num_noise_levels=2"]
-    assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run"}
+    assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run", "distill.mmd_2step.run"}
     assert {"evaluate.rmmd_seed1.scores", "evaluate.teacher_3calls.scores"} <= set(stages["scorecard"].inputs)
 
 
@@ -282,14 +298,118 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
     assert "--checkpoint teacher --sampler num_noise_levels=2 " in command("forecast.teacher_3calls")
     speed = command("speed")
     assert ("--model teacher=teacher --model mmd=students/mmd/c1 --model rmmd=students/rmmd "
-            "--model teacher_3calls=teacher --model-sampler teacher_3calls:num_noise_levels=2") in speed
-    assert "--student mmd --student rmmd --student rmmd_seed1 --teacher-sampler teacher_3calls" in \
-        command("scorecard").replace("'", "")
+            "--model mmd_2step=students/mmd_2step --model teacher_3calls=teacher "
+            "--model-sampler teacher_3calls:num_noise_levels=2") in speed
+    assert ("--student mmd --student rmmd --student rmmd_seed1 --student mmd_2step "
+            "--teacher-sampler teacher_3calls") in command("scorecard").replace("'", "")
     # A grid row's extra seed trains the selection's config with its own seed.
     seeded = _stages(overrides=("distill.mmd.seeds=[3]",))
     assert "distill --config selection/mmd.yaml --set seed=3 --teacher teacher" in \
         seeded["distill.mmd_seed3"].commands(context)[-1].display()
     assert "select.mmd.config" in seeded["distill.mmd_seed3"].inputs
+
+
+BASE_ENTRIES = (
+    # Follows mmd_2step's config (itself mmd's choice, tiny_select.yaml) with a grid of its own over the key
+    # that mmd's grid chooses: its values win.
+    "distill.mmd_2step_lr={base: mmd_2step, overrides: {distill: {student: {eta: 1.0}}}, "
+    "grid: {train.learning_rate: [3.0e-5, 3.0e-4]}, seeds: [2]}",
+    # rmmd has no grid: its resolved config is known before any stage runs.
+    "distill.rmmd_short={base: rmmd, from: mmd, overrides: {train: {steps: 3}}, seeds: [4]}",
+    # `from:` an mmd entry defined with `base:`.
+    "distill.rmmd_2step={base: rmmd, from: mmd_2step, overrides: {distill: {student: {steps: 2}}}}",
+)
+
+
+def _write_choices(workdir: Path, chosen: dict[str, int]) -> StageContext:
+    """Fake `selection/NAME.json` files (NAME -> chosen index); a context whose commands read them."""
+    (workdir / "selection").mkdir(exist_ok=True)
+    for name, index in chosen.items():
+        (workdir / "selection" / f"{name}.json").write_text(json.dumps({"chosen": {"index": index}}))
+    return StageContext(workdir, False, {})
+
+
+def test_a_base_entry_trains_its_bases_chosen_config_with_its_overrides(tmp_path):
+    """`base: OTHER` trains `--config selection/OTHER.yaml --set ...` after select.OTHER, whose choice it reads."""
+    stages = _stages(overrides=BASE_ENTRIES)
+    names = list(stages)
+    assert names.index("select.mmd") < names.index("distill.mmd_2step") < names.index("distill.mmd_2step_lr.c0")
+    assert names.index("select.mmd_2step_lr") < names.index("distill.mmd_2step_lr_seed2")
+    assert names.index("distill.mmd_2step") < names.index("distill.rmmd_2step")
+    context = _write_choices(tmp_path, {"mmd": 1, "mmd_2step_lr": 0})
+
+    def command(name: str) -> str:
+        return stages[name].commands(context)[-1].display()
+
+    data = {"data.train", "data.validation"}
+    # mmd_2step (tiny_select.yaml): mmd's chosen config with its override; the choice is an input.
+    assert "distill --config selection/mmd.yaml --set distill.student.steps=2 --teacher teacher " in \
+        command("distill.mmd_2step")
+    assert set(stages["distill.mmd_2step"].inputs) == {"teacher.run", "select.mmd.config"} | data
+    assert stages["distill.mmd_2step"].settings == {"config": "selection/mmd.yaml",
+                                                    "distill": {"student": {"steps": 2}}}
+    # On mmd_2step, which has no grid: still mmd's choice, both entries' overrides, then the candidate's value.
+    assert ("distill --config selection/mmd.yaml --set distill.student.steps=2 --set distill.student.eta=1.0 "
+            "--set train.learning_rate=0.0003 --teacher teacher ") in command("distill.mmd_2step_lr.c1")
+    assert stages["distill.mmd_2step_lr.c1"].settings["train"] == {"learning_rate": 0.0003}
+    assert "select.mmd.config" in stages["distill.mmd_2step_lr.c0"].inputs
+    # Its selection writes that file with those overrides and the chosen value; its seed trains the selection.
+    assert "select.mmd.config" in stages["select.mmd_2step_lr"].inputs
+    assert ("--base selection/mmd.yaml --set distill.student.steps=2 --set distill.student.eta=1.0 "
+            "--out selection/mmd_2step_lr.json --config-out selection/mmd_2step_lr.yaml") in \
+        command("select.mmd_2step_lr")
+    assert "distill --config selection/mmd_2step_lr.yaml --set seed=2 --teacher teacher " in \
+        command("distill.mmd_2step_lr_seed2")
+    assert {"select.mmd_2step_lr.config", "distill.mmd_2step_lr.c0.run"} <= set(stages["forecast.mmd_2step_lr"].inputs)
+    # A base known before any stage runs: its resolved config file; the exact config is the identity.
+    chosen_mmd = {"select.mmd.config", "distill.mmd.c0.run", "distill.mmd.c1.run"}
+    assert "distill --config configs/distill.rmmd.yaml --set train.steps=3 --teacher students/mmd/c1 " in \
+        command("distill.rmmd_short")
+    assert "distill --config configs/distill.rmmd.yaml --set train.steps=3 --set seed=4 " in \
+        command("distill.rmmd_short_seed4")
+    assert set(stages["distill.rmmd_short"].inputs) == chosen_mmd | data
+    rmmd, short = stages["distill.rmmd"].settings, stages["distill.rmmd_short"].settings
+    assert short == {**rmmd, "train": {**rmmd["train"], "steps": 3}}
+    # From an mmd entry defined with base: its run is the teacher.
+    assert "distill --config configs/distill.rmmd.yaml --set distill.student.steps=2 --teacher students/mmd_2step " \
+        in command("distill.rmmd_2step")
+    assert set(stages["distill.rmmd_2step"].inputs) == {"distill.mmd_2step.run"} | data
+
+
+def test_a_base_entry_that_follows_a_choice_has_pre_selection_views_in_configs():
+    """DIR/configs/ holds, for an entry that follows a choice, its config with the config file's chosen values."""
+    resolved = resolve(load_pipeline_config(SELECT, list(BASE_ENTRIES)), SELECT)
+    files, notes = resolved.files(), resolved.view_notes()
+    assert set(notes) == {"distill.mmd_2step.yaml", "distill.mmd_2step_lr.c0.yaml", "distill.mmd_2step_lr.c1.yaml"}
+    assert notes["distill.mmd_2step.yaml"].startswith(
+        "# Pre-selection view: distill.mmd_2step trains selection/mmd.yaml (chosen by select.mmd)")
+    view = files["distill.mmd_2step.yaml"]
+    assert view["distill"]["method"] == "mmd" and view["distill"]["student"]["steps"] == 2
+    assert view["train"]["learning_rate"] == 1e-4                   # the file's value where select.mmd chooses
+    assert files["distill.mmd_2step_lr.c1.yaml"]["train"]["learning_rate"] == 3e-4
+    assert files["distill.rmmd_short_seed4.yaml"]["seed"] == 4       # exact: rmmd's config is known
+    assert "distill.mmd_2step_lr_seed2.yaml" not in files            # trains selection/mmd_2step_lr.yaml
+
+
+def test_a_base_entry_retrains_when_its_bases_choice_or_its_overrides_change(tmp_path):
+    from pipelines.runner import PipelineRunner
+
+    stages = _stages()
+    stage = stages["distill.mmd_2step"]
+    manifest = Manifest.load(tmp_path)
+    for reference in stage.inputs:
+        upstream, output = reference.rsplit(".", 1)
+        outputs = manifest.stage(upstream).setdefault("outputs", {})
+        outputs[output] = {"digest": f"{reference} digest"}
+        manifest.update_stage(upstream, state="done", outputs=outputs)
+    runner = PipelineRunner(tmp_path, list(stages.values()), manifest, load_pipeline_config(SELECT), False, (), print)
+    identity = runner.identity(stage)[0]
+    assert runner.identity(_stages(overrides=("distill.mmd_2step.overrides.train.progress=true",))
+                           ["distill.mmd_2step"])[0] == identity        # progress bars change no model
+    assert runner.identity(_stages(overrides=("distill.mmd_2step.overrides.distill.student.steps=3",))
+                           ["distill.mmd_2step"])[0] != identity
+    manifest.stages["select.mmd"]["outputs"]["config"]["digest"] = "the config of another choice"
+    assert runner.identity(stage)[0] != identity
 
 
 def test_choices_leave_the_identity_of_what_they_do_not_change():
@@ -340,7 +460,10 @@ def test_selection_chooses_the_lowest_change_and_never_a_diverged_run():
         score_candidates([{"target0": np.ones((2, 2)), "target1": np.ones((3, 2))}], baseline)
 
 
-def test_select_writes_the_choice_and_the_full_chosen_config(tmp_path, monkeypatch):
+@pytest.fixture
+def two_candidates(tmp_path, monkeypatch):
+    """In tmp_path: validation forecasts a.nc (worse than the teacher's) and b.nc (better) of the candidates
+    whose configs are a.yaml and b.yaml, with learning rates RATES, and inits.json."""
     import evaluation.compare
     import gencast_rmmd.data.stores
 
@@ -348,19 +471,49 @@ def test_select_writes_the_choice_and_the_full_chosen_config(tmp_path, monkeypat
     monkeypatch.setattr(evaluation.compare, "crps_per_init", lambda path, truth, region: tables[path])
     monkeypatch.setattr(gencast_rmmd.data.stores, "open_dataset", lambda path: None)
     monkeypatch.chdir(tmp_path)
-    for name, rate in (("a", 1e-4), ("b", 1e-3)):
+    for name, rate in zip("ab", RATES):
         Path(f"{name}.yaml").write_text(yaml.safe_dump({"seed": 0, "train": {"learning_rate": rate, "steps": 2}}))
     Path("inits.json").write_text(json.dumps({"inits": ["2001-01-06T00:00:00"]}))
+    return tmp_path
+
+
+RATES = (1e-4, 3e-5)
+
+
+def test_select_writes_the_choice_and_the_full_chosen_config(two_candidates):
     selection = select("mmd", ["train.learning_rate"], ["a.nc", "b.nc"], ["a.yaml", "b.yaml"], "teacher.nc",
                        "store.zarr", "inits.json", "global", Path("selection/mmd.json"), Path("selection/mmd.yaml"))
     written = json.loads(Path("selection/mmd.json").read_text())
     assert written == json.loads(json.dumps(selection))
-    assert written["chosen"]["index"] == 1 and written["chosen"]["values"] == {"train.learning_rate": 1e-3}
+    assert written["chosen"]["index"] == 1 and written["chosen"]["values"] == {"train.learning_rate": 3e-5}
     assert [entry["values"] for entry in written["candidates"]] == [{"train.learning_rate": 1e-4},
-                                                                     {"train.learning_rate": 1e-3}]
+                                                                     {"train.learning_rate": 3e-5}]
     assert written["candidates"][0]["crps_change_pct"] == pytest.approx(10.0)
     assert written["validation_inits"] == ["2001-01-06T00:00:00"] and written["region"] == "global"
     assert Path("selection/mmd.yaml").read_text() == Path("b.yaml").read_text()
+
+
+def test_select_of_a_base_row_writes_its_base_with_the_chosen_values(two_candidates):
+    """a.yaml and b.yaml are pre-selection views: the chosen config is the base's file, overrides, values."""
+    from gencast_rmmd.config import config_to_dict
+    from gencast_rmmd.distill.config import load_distill_config
+    from pipelines.report import _selection_section
+
+    chosen_before = load_distill_config(REPO / "configs" / "distill" / "tiny.yaml",
+                                        ["distill.method=mmd", "train.learning_rate=1.0e-3"])
+    Path("selection").mkdir()
+    Path("selection/mmd.yaml").write_text(yaml.safe_dump(config_to_dict(chosen_before), sort_keys=False))
+    select("mmd_lr", ["train.learning_rate"], ["a.nc", "b.nc"], ["a.yaml", "b.yaml"], "teacher.nc", "store.zarr",
+           "inits.json", "global", Path("selection/mmd_lr.json"), Path("selection/mmd_lr.yaml"),
+           base="selection/mmd.yaml", base_overrides=["distill.student.steps=2"])
+    chosen = yaml.safe_load(Path("selection/mmd_lr.yaml").read_text())
+    assert chosen["train"]["learning_rate"] == 3e-5 and isinstance(chosen["train"]["learning_rate"], float)
+    assert chosen["distill"]["student"]["steps"] == 2 and chosen["distill"]["method"] == "mmd"
+    assert chosen == config_to_dict(chosen_before.model_validate(chosen))       # a full, valid distill config
+    written = json.loads(Path("selection/mmd_lr.json").read_text())
+    assert written["base"] == {"config": "selection/mmd.yaml", "overrides": ["distill.student.steps=2"]}
+    assert ("<code>selection/mmd.yaml</code> (chosen earlier) with distill.student.steps=2 and their values"
+            in _selection_section(two_candidates))
 
 
 def test_a_config_output_is_digested_without_where_it_runs(tmp_path):
