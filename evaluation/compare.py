@@ -215,8 +215,9 @@ def select_targets(available: Sequence[str], wanted: Sequence[str] | None) -> li
     return [name for name in available if not wanted or any(chosen(name, target) for target in wanted)]
 
 
-def _check_same_layout(baseline: ForecastLayout, other: ForecastLayout, leads: Sequence[int],
-                       targets: Sequence[str]) -> None:
+def check_same_layout(baseline: ForecastLayout, other: ForecastLayout, leads: Sequence[int],
+                      targets: Sequence[str]) -> None:
+    """UserInputError (one line) unless `other` has the baseline's init times and every compared lead and target."""
     if not np.array_equal(baseline.init_times, other.init_times):
         extra = np.setdiff1d(other.init_times, baseline.init_times)
         lacking = np.setdiff1d(baseline.init_times, other.init_times)
@@ -266,7 +267,7 @@ def compare_forecasts(baseline_path: str, paths: Sequence[str], truth: xr.Datase
         raise UserInputError(f"no variable of {baseline_path} is in the truth store; check the truth URL")
     chosen = select_targets(scorable, targets)
     for other in others:
-        _check_same_layout(baseline, other, leads, chosen)
+        check_same_layout(baseline, other, leads, chosen)
     block_hours = float(max(leads)) if block_hours is None else float(block_hours)
     length = block_length(baseline.init_times, block_hours)
     variables = sorted({name.split("@")[0] for name in chosen})

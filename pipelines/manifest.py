@@ -40,16 +40,24 @@ def now() -> str:
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str | None:
-    """HEAD's commit of the source checkout, read from `.git` without running git (None outside a checkout)."""
+    """HEAD's commit of the source checkout, read from `.git` without running git (None outside a checkout).
+
+    `.git` is a directory in a clone and a `gitdir: PATH` file in a `git worktree` (where long experiments
+    run); a worktree's branch refs live in the common directory its `commondir` file names.
+    """
     git = repo / ".git"
     try:
+        if git.is_file():
+            git = (repo / git.read_text().strip().removeprefix("gitdir:").strip()).resolve()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        for directory in dict.fromkeys((git, common)):
+            if (directory / ref).is_file():
+                return (directory / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
     except OSError:

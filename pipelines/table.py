@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.compare import (MINIMUM_DRAWS, _check_same_layout, block_bootstrap_indices, block_length,
-                                change_pct, crps_per_init, forecast_layout, interval, target_name, win_rate)
+from evaluation.compare import (MINIMUM_DRAWS, block_bootstrap_indices, block_length, change_pct, check_same_layout,
+                                crps_per_init, forecast_layout, interval, target_name, win_rate)
 from evaluation.io import open_forecast
 from gencast_rmmd.errors import UserInputError
 
@@ -394,7 +394,7 @@ def _measure(workdir: Path, plans: list[RowPlan], forecasts: dict[str, Path], tr
     for label, path in forecasts.items():
         try:
             if label != TEACHER:
-                _check_same_layout(layout, forecast_layout(str(path)), leads, targets)
+                check_same_layout(layout, forecast_layout(str(path)), leads, targets)
             table = crps_per_init(str(path), truth, region, lead_hours=leads, variables=variables)
             tables[label] = {name: table[name] for name in targets}
         except UserInputError as error:

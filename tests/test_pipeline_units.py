@@ -524,3 +524,28 @@ def test_a_config_output_is_digested_without_where_it_runs(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**content, "seed": 1}))
     a, b, c = (output_record("config", tmp_path / f"{name}.yaml")["digest"] for name in "abc")
     assert a == b != c
+
+
+def test_git_commit_is_read_in_a_clone_and_in_a_worktree_on_a_branch_or_detached(tmp_path):
+    """The manifest's commit: `.git` is a directory in a clone and a `gitdir:` file in a worktree."""
+    import subprocess
+
+    from pipelines.manifest import git_commit
+
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    git("init", "-q", "-b", "main")
+    (tmp_path / "repo" / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    (tmp_path / "repo" / "a.txt").write_text("b")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    git("worktree", "add", "-q", "-b", "side", str(tmp_path / "side"), first)
+    git("worktree", "add", "-q", "--detach", str(tmp_path / "detached"), first)
+    git("pack-refs", "--all")                      # branch refs now only in packed-refs
+    assert git_commit(tmp_path / "repo") == git("rev-parse", "HEAD") != first
+    assert git_commit(tmp_path / "side") == first == git_commit(tmp_path / "detached")
+    assert git_commit(tmp_path / "nowhere") is None
