@@ -352,5 +352,18 @@ def config_to_dict(config: BaseModel) -> dict:
     return config.model_dump(mode="json")
 
 
+def without_keys(config: dict, dotted_keys: tuple[str, ...]) -> dict:
+    """A deep copy of a config mapping with each `dotted_keys` entry (e.g. `train.progress`) removed where present."""
+    config = copy.deepcopy(config)
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        section = config
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(last, None)
+    return config
+
+
 DEFAULT_DATA_CONFIG = REPO_ROOT / "configs" / "data" / "demo.yaml"
 SplitName = Literal["train", "validation", "test"]

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gencast_rmmd.config import without_keys
+
 
 def sha256_json(payload: Any) -> str:
     """sha256 of a JSON-serialisable value (keys sorted)."""
@@ -59,6 +61,10 @@ def netcdf_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What a stage's identity leaves out (a subset of `gencast_rmmd.training.run_config.RESULT_NEUTRAL_KEYS`).
+STAGE_NEUTRAL_KEYS = ("distributed", "train.progress", "data.splits.test")
+
+
 def model_settings(config: dict) -> dict:
     """A config (as a mapping) without what cannot change the trained model or forecast.
 
@@ -66,11 +72,7 @@ def model_settings(config: dict) -> dict:
     (a nightly run with a rolling test window must not retrain). `config` is
     left unchanged.
     """
-    settings = json.loads(json.dumps(config))
-    settings.pop("distributed", None)
-    settings.get("train", {}).pop("progress", None)
-    settings.get("data", {}).get("splits", {}).pop("test", None)
-    return settings
+    return without_keys(json.loads(json.dumps(config)), STAGE_NEUTRAL_KEYS)
 
 
 def run_record(run_dir: Path) -> dict:

@@ -37,6 +37,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from gencast_rmmd.config import without_keys
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.training.checkpoint import latest_checkpoint, read_meta
 from gencast_rmmd.training.config import TrainConfig
@@ -58,14 +59,7 @@ def run_config(seed: int, train: TrainConfig, settings: Mapping[str, Any]) -> di
     """The result config of a run (module docstring): `settings` with the loop's `seed` and `train`, less
     `RESULT_NEUTRAL_KEYS`, in JSON types (tuples as lists), so it compares equal to the recorded one."""
     config = json.loads(canonical_json({**settings, "seed": seed, "train": train.model_dump(mode="json")}))
-    for dotted in RESULT_NEUTRAL_KEYS:
-        *parents, last = dotted.split(".")
-        section = config
-        for key in parents:
-            section = section.get(key) if isinstance(section, dict) else None
-        if isinstance(section, dict):
-            section.pop(last, None)
-    return config
+    return without_keys(config, RESULT_NEUTRAL_KEYS)
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:
