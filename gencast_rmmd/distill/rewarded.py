@@ -203,7 +203,7 @@ class RewardedMomentMatching(_OnPolicyTask):
     def aux_loss(self, params, frozen, key, draw: PolicyDraw):
         """L_aux at the step's policy states of the current (stopped) student: the live aux follows its moments."""
         policy = draw.policy
-        denoised = jax.lax.stop_gradient(self._denoised(jax.lax.stop_gradient(params), policy))
+        denoised = jax.lax.stop_gradient(self._denoised(params, policy))
         return aux_regression(self.context, params["aux"], frozen["teacher"], key, policy.state, denoised,
                               policy.repeated.conditioning, policy.repeated.valid)
 
