@@ -5,6 +5,7 @@ some of their values; it never repeats them:
 
     data:     {config: configs/data/demo.yaml, simulate: true, overrides: {levels: [500, 850]}}
     teacher:  {config: configs/teacher/demo.yaml, overrides: {train: {steps: 1500}}}
+              (or {config: ..., weights: DIR}: a shipped weights package installed instead of trained)
     distill:  {rmmd: {config: configs/distill/rmmd.yaml, overrides: {train: {steps: 300}}}}
     forecast: {steps: 10, members: 4, inits: {count: 12, every_hours: 48}}
     validation: {steps: 10, members: 4, inits: {count: 8, spacing: even}}      (optional)
@@ -64,6 +65,27 @@ class ConfigSection(StrictModel):
 
     config: str
     overrides: dict[str, Any] = {}
+
+
+class TeacherSection(ConfigSection):
+    """The teacher: trained by stage `teacher` from its config, or, with `weights:`, a shipped weights package.
+
+    `weights` (a directory holding `weights.npz` and `weights.json`, written by
+    `gencast-rmmd weights export`; relative to the pipeline file, the current
+    directory or the repository) is checked against the config, the data and
+    their statistics and installed as the teacher's run instead of training
+    one (`gencast_rmmd.teacher.weights`). The config must then be the one the
+    weights were trained with; its `train` section has no effect.
+    """
+
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _weights_are_not_trained(self) -> "TeacherSection":
+        if self.weights is not None and self.overrides.get("train"):
+            raise ValueError("teacher.overrides.train has no effect with teacher.weights (the shipped weights are "
+                             "already trained); remove one of them")
+        return self
 
 
 class DistillEntry(ConfigSection):
@@ -225,7 +247,7 @@ class PipelineConfig(StrictModel):
 
     name: str | None = None                       # default: the config file's stem
     data: DataSection
-    teacher: ConfigSection
+    teacher: TeacherSection
     distill: dict[str, DistillEntry] = {}
     teacher_samplers: dict[str, TeacherSamplerEntry] = {}
     forecast: ForecastSection = ForecastSection()

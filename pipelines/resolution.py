@@ -60,6 +60,20 @@ def find_config_file(reference: str, pipeline_file: Path) -> Path:
     raise UserInputError(f"{pipeline_file}: config file {reference} does not exist")
 
 
+def find_weights(reference: str, pipeline_file: Path) -> Path:
+    """`teacher.weights`: a package directory, absolute or found as `find_config_file` finds a file."""
+    from gencast_rmmd.teacher.weights import INFO, read_info
+
+    candidate = Path(reference).expanduser()
+    bases = (Path("/"),) if candidate.is_absolute() else (pipeline_file.parent, Path.cwd(), REPO_ROOT)
+    for base in bases:
+        if (base / candidate / INFO).is_file():
+            read_info(base / candidate)                 # a damaged or foreign package fails at load
+            return (base / candidate).resolve()
+    raise UserInputError(f"{pipeline_file}: teacher.weights {reference} is not a weights package directory "
+                         f"(no {INFO} there); write one with `gencast-rmmd weights export`")
+
+
 def absolute_store(path: str) -> str:
     """Local store paths made absolute (stages run inside the work directory); URLs unchanged."""
     if "://" in path:
@@ -75,6 +89,7 @@ class ResolvedConfigs:
     teacher: Any                      # TeacherConfig
     distill: dict[str, Row]           # distiller rows, each after the entries it builds on (`base`, `from`)
     teacher_samplers: dict[str, Row] = field(default_factory=dict)
+    teacher_weights: Path | None = None  # a weights package installed instead of training (`teacher.weights`)
 
     @property
     def rows(self) -> list[Row]:
@@ -183,5 +198,6 @@ def resolve(config: PipelineConfig, pipeline_file: str | Path) -> ResolvedConfig
     shared = [f"data={json.dumps(config_to_dict(data))}", f"distributed={json.dumps(distributed)}"]
     teacher = load_config(find_config_file(config.teacher.config, pipeline_file), TeacherConfig,
                           [*flatten_overrides(config.teacher.overrides), *shared, f"stats={STATS_FILE}"])
+    weights = None if config.teacher.weights is None else find_weights(config.teacher.weights, pipeline_file)
     return ResolvedConfigs(data, teacher, _distill_rows(config, pipeline_file, shared[1]),
-                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)))
+                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights)

@@ -56,12 +56,7 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
               {"variables": config_to_dict(data.variables), "levels": list(data.levels), "step_hours": data.step_hours},
               ("data.train",), {"stats": Output("netcdf", STATS_FILE)},
               lambda _: [Command(("data", "stats", "--data", store, "--config", DATA_FILE, "--out", STATS_FILE))]),
-        Stage("teacher", 3, f"train the teacher ({resolved.teacher.train.steps} steps)",
-              model_settings(config_to_dict(resolved.teacher)), ("data.train", "data.validation", "stats.stats"),
-              {"run": Output("run", "teacher")},
-              lambda context: [*setup.preamble, Command(("train", "--config", "configs/teacher.yaml", "--out",
-                                                         "teacher", *(["--resume"] if context.resume_run else [])))],
-              training=True, environment=setup.environment),
+        _teacher_stage(resolved, setup),
     ]
     validation = None
     if config.validation is not None:
@@ -75,6 +70,28 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
     stages += _evaluation_stages(config, resolved, [stage.name.split(".", 1)[1] for stage in stages
                                                     if stage.group == 5 and stage.name != "forecast.inits"])
     return stages
+
+
+def _teacher_stage(resolved: ResolvedConfigs, setup: TrainingSetup) -> Stage:
+    """`teacher`: train it, or install the shipped weights package (`teacher.weights`) after checking it."""
+    inputs, outputs = ("data.train", "data.validation", "stats.stats"), {"run": Output("run", "teacher")}
+    settings = model_settings(config_to_dict(resolved.teacher))
+    if resolved.teacher_weights is None:
+        return Stage("teacher", 3, f"train the teacher ({resolved.teacher.train.steps} steps)", settings, inputs,
+                     outputs, lambda context: [*setup.preamble, Command((
+                         "train", "--config", "configs/teacher.yaml", "--out", "teacher",
+                         *(["--resume"] if context.resume_run else [])))],
+                     training=True, environment=setup.environment)
+    from gencast_rmmd.teacher.weights import read_info
+
+    info = read_info(resolved.teacher_weights)
+    settings = {key: value for key, value in settings.items() if key != "train"}
+    return Stage("teacher", 3, f"install the teacher weights {resolved.teacher_weights.name} (step "
+                 f"{info['source']['checkpoint_step']}, sha256 {info['params_sha256'][:12]}…)",
+                 {**settings, "weights_sha256": info["params_sha256"]}, inputs, outputs,
+                 lambda _: [Command(("weights", "install", str(resolved.teacher_weights), "--config",
+                                     "configs/teacher.yaml", "--stats", STATS_FILE, "--out", "teacher"))],
+                 training=True)
 
 
 def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stage]:

@@ -146,6 +146,35 @@ def test_changed_distill_config_reruns_only_distill_and_what_follows(tiny_run, p
     assert digests(workdir)["teacher"] == digests(tiny_run[0])["teacher"]
 
 
+def test_a_shipped_teacher_is_installed_instead_of_trained_and_every_output_after_it_is_the_same(
+        tiny_run, pipeline_args, tmp_path):
+    """`teacher.weights`: tiny's own teacher, exported, gives bit-identical students, forecasts and scores."""
+    import yaml
+
+    workdir, package = tmp_path / "weights", tmp_path / "package"
+    shutil.copytree(tiny_run[0], workdir)
+    assert subprocess.call([sys.executable, "-m", "gencast_rmmd.cli", "weights", "export", str(workdir / "teacher"),
+                            "--out", str(package)], stderr=subprocess.DEVNULL) == 0
+    config = yaml.safe_load(TINY.read_text())
+    config["teacher"] = {"config": "configs/teacher/tiny.yaml", "weights": str(package)}
+    shipped = tmp_path / "tiny_weights.yaml"
+    shipped.write_text(yaml.safe_dump(config))
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=shipped)
+    assert code == 0, err[-3000:]
+    actions = manifest(workdir)["runs"][-1]["actions"]
+    assert actions["teacher"] == "ran" and actions["data"] == actions["stats"] == "skipped"
+    assert "installed" in (workdir / "logs" / "teacher.log").read_text()
+    before, after = digests(tiny_run[0]), digests(workdir)
+    assert after["teacher"] != before["teacher"]               # the raw params are now the EMA ones
+    for name in DETERMINISTIC:
+        if name not in ("data", "stats", "teacher"):
+            assert after[name] == before[name], name
+    config["teacher"]["overrides"] = {"train": {"steps": 5}}
+    shipped.write_text(yaml.safe_dump(config))
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=shipped)
+    assert code == 2 and "teacher.overrides.train has no effect with teacher.weights" in err
+
+
 def _wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

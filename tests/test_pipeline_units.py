@@ -73,6 +73,9 @@ def test_every_shipped_pipeline_config_resolves_to_a_graph_of_seven_groups():
     (["teacher.overrides.data.path=x"], "teacher.overrides.data: set data in the pipeline's own data section"),
     (["distill.tiny.overrides.distill.reward_weight=[0.1,0.3]"], "give one distiller entry per reward weight"),
     (["teacher.config=configs/teacher/nope.yaml"], "config file configs/teacher/nope.yaml does not exist"),
+    (["teacher.weights=configs", "teacher.overrides.train={}"],
+     "teacher.weights configs is not a weights package directory"),
+    (["teacher.weights=gencast_rmmd/teacher/pretrained/demo"], "teacher.overrides.train has no effect"),
 ])
 def test_bad_pipeline_configs_are_one_line_errors(run_cli, tmp_path, overrides, phrase):
     args = [a for override in overrides for a in ("--set", override)]

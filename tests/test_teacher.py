@@ -166,3 +166,95 @@ def test_forecast_bad_input(run_cli, tiny_run, wb2_store, tmp_path, args, phrase
 def test_missing_checkpoint_is_bad_input(run_cli, tmp_path):
     result = run_cli("inspect", tmp_path / "nothing")
     assert result.code == 2 and "does not exist" in result.err
+
+
+@pytest.fixture(scope="module")
+def package(tiny_run, tmp_path_factory):
+    """The tiny teacher exported as a weights package."""
+    from gencast_rmmd.cli import main
+    out = tmp_path_factory.mktemp("weights") / "tiny"
+    assert main(["weights", "export", str(tiny_run), "--out", str(out), "--reproduce", "pytest"]) == 0
+    return out
+
+
+def _install(run_cli, package, wb2_store, out, *extra):
+    return run_cli("weights", "install", package, "--config", TINY, "--data", wb2_store, "--set", LEVELS,
+                   "--stats", *extra, "--out", out) if extra else run_cli(
+        "weights", "install", package, "--config", TINY, "--data", wb2_store, "--set", LEVELS, "--out", out)
+
+
+def test_installed_weights_forecast_exactly_as_the_run_they_came_from(run_cli, tiny_run, package, wb2_store,
+                                                                       tmp_path):
+    """Export -> install is lossless: the hash is the run's EMA hash and the forecasts are identical."""
+    from gencast_rmmd.training.checkpoint import latest_checkpoint, read_meta
+
+    verified = run_cli("weights", "verify", package, "--json")
+    assert verified.code == 0, verified.err
+    summary = json.loads(verified.out)
+    assert summary["params_sha256"] == read_meta(latest_checkpoint(tiny_run))["ema_params_sha256"]
+    assert summary["step"] == 20 and summary["reproduce"] == "pytest"
+    installed = tmp_path / "installed"
+    result = _install(run_cli, package, wb2_store, installed, tiny_run / "stats.nc")
+    assert result.code == 0, result.err
+    assert "agree with the package's to 0.00e+00" in result.err
+    forecasts = []
+    for run in (tiny_run, installed):
+        out = tmp_path / f"{run.name}.nc"
+        assert run_cli("forecast", "--checkpoint", run, "--data", wb2_store, "--init", "2001-01-08T00",
+                       "--steps", "2", "--members", "2", "--out", out).code == 0
+        forecasts.append(xr.open_dataset(out))
+    for name in forecasts[0].data_vars:
+        np.testing.assert_array_equal(forecasts[0][name].values, forecasts[1][name].values)
+    # Installing again into the same run is a no-op; a run holding other checkpoints is refused.
+    again = _install(run_cli, package, wb2_store, installed)
+    assert again.code == 0 and "already holds these weights" in again.err
+    assert _install(run_cli, package, wb2_store, tiny_run).code == 2
+
+
+def _damaged_copy(package, tmp_path, change):
+    import shutil
+    copy = tmp_path / "damaged"
+    shutil.copytree(package, copy)
+    change(copy)
+    return copy
+
+
+def _flip_one_weight(copy):
+    with np.load(copy / "weights.npz") as stored:
+        arrays = {key: stored[key].copy() for key in stored.files}
+    first = sorted(arrays)[0]
+    arrays[first].flat[0] += 1.0
+    np.savez(copy / "weights.npz", **arrays)
+
+
+@pytest.mark.parametrize("damage,phrase", [
+    (_flip_one_weight, "damaged or was altered"),
+    (lambda copy: (copy / "weights.json").write_text("{"), "not valid JSON"),
+    (lambda copy: (copy / "weights.npz").unlink(), "is not a weights package"),
+    (lambda copy: (copy / "weights.npz").write_bytes(b"PK\x03\x04 truncated"), "cannot be read"),
+])
+def test_a_damaged_package_is_refused_and_nothing_is_written(run_cli, package, wb2_store, tmp_path, damage,
+                                                              phrase):
+    copy = _damaged_copy(package, tmp_path, damage)
+    result = _install(run_cli, copy, wb2_store, tmp_path / "run")
+    assert result.code == 2 and phrase in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_weights_for_another_model_grid_or_data_are_refused(run_cli, tiny_run, package, wb2_store, tmp_path):
+    import xarray
+
+    other_model = run_cli("weights", "install", package, "--config", TINY, "--data", wb2_store, "--set", LEVELS,
+                          "--set", "model.latent_size=8", "--out", tmp_path / "a")
+    assert other_model.code == 2 and "model.latent_size differs" in other_model.err
+    other_levels = run_cli("weights", "install", package, "--config", TINY, "--data", wb2_store,
+                           "--set", "data.levels=[500]", "--out", tmp_path / "b")
+    assert other_levels.code == 2 and "variables and levels" in other_levels.err
+    stats = xarray.open_dataset(tiny_run / "stats.nc").load()
+    shifted = xarray.where(stats["statistic"] == "std", stats * 1.5, stats, keep_attrs=True)
+    shifted.to_netcdf(tmp_path / "other_stats.nc")
+    other_data = _install(run_cli, package, wb2_store, tmp_path / "c", tmp_path / "other_stats.nc")
+    assert other_data.code == 2 and "not the data the weights were trained on" in other_data.err
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
+    not_a_teacher = run_cli("weights", "export", tmp_path / "nothing", "--out", tmp_path / "d")
+    assert not_a_teacher.code == 2 and not (tmp_path / "d").exists()

@@ -1,4 +1,4 @@
-"""`gencast-rmmd train`, `forecast` and `inspect`."""
+"""`gencast-rmmd train`, `forecast`, `inspect` and `weights` (export, install, verify teacher weights packages)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,61 @@ def inspect(target: Annotated[Path, typer.Argument(help="Checkpoint, run directo
             console.print(f"{key:<14} {summary[key]}")
 
 
+weights_app = typer.Typer(help="Teacher weights packages: export a trained teacher, verify one, install one as a run.",
+                          no_args_is_help=True)
+PackageArgument = Annotated[Path, typer.Argument(help="Weights package directory (weights.npz, weights.json).")]
+
+
+@weights_app.command("export")
+def weights_export(checkpoint: Annotated[Path, typer.Argument(help="Teacher checkpoint or run directory.")],
+                   out: Annotated[Path, typer.Option("--out", help="Package directory to write.")],
+                   reproduce: Annotated[str | None, typer.Option(
+                       "--reproduce", help="The command that reproduces the run, recorded in the package.")] = None,
+                   ) -> None:
+    """Write a teacher's EMA parameters and the payload that rebuilds it as a weights package."""
+    from gencast_rmmd.teacher.weights import export_weights
+
+    info = export_weights(checkpoint, out, reproduce)
+    console.print(f"wrote {out}: {info['param_count']} parameters, sha256 {info['params_sha256']}")
+
+
+@weights_app.command("verify")
+def weights_verify(package: PackageArgument,
+                   as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Check a package's parameters against its recorded hash and describe it."""
+    from gencast_rmmd.teacher.weights import load_weights
+
+    _, info = load_weights(package)
+    summary = {"path": str(package), "params_sha256": info["params_sha256"], "param_count": info["param_count"],
+               "step": info["source"]["checkpoint_step"], "reproduce": info["source"].get("reproduce"),
+               "model": info["payload"].get("model")}
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        return
+    console.print(f"{package}: parameters match their sha256 {info['params_sha256']}")
+    for key in ("param_count", "step", "reproduce"):
+        console.print(f"{key:<12} {summary[key]}")
+
+
+@weights_app.command("install")
+def weights_install(package: PackageArgument, config: ConfigArgument, out: OutOption,
+                    stats: Annotated[Path | None, typer.Option(
+                        "--stats", help="Statistics of the data (default: the config's stats file).")] = None,
+                    data: DataOption = None, overrides: SetOption = None) -> None:
+    """Check a package against a teacher config and its data, and write it as a teacher run in --out."""
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.teacher.config import TeacherConfig
+    from gencast_rmmd.teacher.weights import install_weights
+
+    teacher_config = load_config(config, TeacherConfig, overrides or [], data)
+    install_weights(package, teacher_config, out, stats, log=console.print)
+
+
 def register(app: typer.Typer) -> None:
     """Add the model commands to the top-level app."""
     app.command("train")(train)
     app.command("forecast")(forecast)
     app.command("inspect")(inspect)
+    app.add_typer(weights_app, name="weights")
 
 

@@ -1,0 +1,211 @@
+"""Teacher weights packages: a trained teacher shipped without its training state, verified when installed.
+
+A package is a directory of two files:
+
+    weights.npz    the teacher's EMA denoiser parameters, one plain array per leaf (no pickle)
+    weights.json   format, the parameters' sha256, the checkpoint payload that rebuilds the model (config,
+                   layout, normaliser, grid, sampler), and where it came from (run, step, config hash, and
+                   the command that reproduces it)
+
+The normalisation statistics travel inside the payload, as GenCast's do with
+its weights. `export_weights` writes a package from a teacher checkpoint;
+`install_weights` checks it (hash, model config, grid, variables, and that
+the data's own statistics agree with the package's) and writes it as an
+ordinary teacher run (`RUN/checkpoints/step_N/`, params and EMA params both
+the shipped weights), so distillation, forecasts and the pipeline use it like
+a teacher trained in place. Its training cannot be resumed: there is no
+optimiser state.
+
+The hash is `params_sha256({"denoiser": params})`: the `ema_params_sha256`
+the exporting checkpoint recorded, so a package can be traced to its run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gencast_rmmd.config import config_to_dict
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.io_utils import atomic_path
+from gencast_rmmd.training import checkpoint as checkpoints
+from gencast_rmmd.training.tree_io import flatten_with_segments, nested_dicts, params_sha256
+
+FORMAT = "gencast_rmmd.weights/1"
+WEIGHTS, INFO = "weights.npz", "weights.json"
+GROUP = "denoiser"
+# Teacher config sections that describe where and how a run trained, not the model it gives.
+LOCAL_SECTIONS = ("data", "stats", "train", "seed", "distributed")
+# Largest relative difference of a channel's mean (in units of its std) or std between the data's
+# statistics and the package's before installing is refused: beyond it the data are not the ones the
+# weights were trained on (e.g. another dataset or other units).
+STATS_TOLERANCE = 0.05
+
+
+def _write_file(path: Path, write) -> None:
+    with open(path, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
+    """Write the EMA denoiser of a teacher checkpoint (or run's latest) as a package in `out`; return its info."""
+    loaded = checkpoints.load_checkpoint(checkpoint)
+    payload = loaded.meta.get("task") or {}
+    if payload.get("kind") != "teacher":
+        raise UserInputError(f"{loaded.path} is not a teacher checkpoint (kind {payload.get('kind')!r}); export "
+                             "a run of `gencast-rmmd train`")
+    group = payload.get("params_group", GROUP)
+    params = loaded.ema_params[group]
+    payload = json.loads(json.dumps(payload))
+    payload["config"] = {key: value for key, value in payload["config"].items() if key not in LOCAL_SECTIONS}
+    payload.pop("data_source", None)
+    info = {
+        "format": FORMAT,
+        "params_sha256": params_sha256({GROUP: params}),
+        "param_count": int(sum(np.size(leaf) for _, leaf in flatten_with_segments(params).values())),
+        "payload": payload,
+        "source": {"checkpoint_step": loaded.step, "run_config_sha256": loaded.meta.get("run_config_sha256"),
+                   "seed": loaded.meta.get("seed"), "train": loaded.meta.get("train"),
+                   "data": loaded.meta["task"]["config"].get("data", {}).get("simulation"),
+                   "versions": loaded.meta.get("versions"), "reproduce": reproduce},
+    }
+    arrays = {key: np.asarray(leaf) for key, (_, leaf) in flatten_with_segments(params).items()}
+    info["arrays"] = {key: list(segments) for key, (segments, _) in flatten_with_segments(params).items()}
+    with atomic_path(out) as temporary:
+        temporary.mkdir()
+        _write_file(temporary / WEIGHTS, lambda file: np.savez_compressed(file, allow_pickle=False, **arrays))
+        _write_file(temporary / INFO, lambda file: file.write((json.dumps(info, indent=1, sort_keys=True)
+                                                                + "\n").encode()))
+    return info
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """A package's `weights.json` (UserInputError naming what is missing or unknown)."""
+    path = Path(path)
+    if not (path / INFO).is_file() or not (path / WEIGHTS).is_file():
+        raise UserInputError(f"{path} is not a weights package (it needs {WEIGHTS} and {INFO}); write one with "
+                             "`gencast-rmmd weights export`")
+    try:
+        info = json.loads((path / INFO).read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path / INFO} is not valid JSON ({error}); the package is damaged, fetch it "
+                             "again") from None
+    if info.get("format") != FORMAT:
+        raise UserInputError(f"{path / INFO}: unknown weights format {info.get('format')!r} (expected {FORMAT})")
+    return info
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
+    """`(params, info)` of a package, after checking the parameters against the recorded hash."""
+    path = Path(path)
+    info = read_info(path)
+    try:
+        with np.load(path / WEIGHTS, allow_pickle=False) as stored:
+            leaves = {tuple(info["arrays"][key]): stored[key] for key in info["arrays"]}
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"{path / WEIGHTS} cannot be read ({error}); the package is damaged, fetch it "
+                             "again") from None
+    params = nested_dicts(leaves)
+    found = params_sha256({GROUP: params})
+    if found != info["params_sha256"]:
+        raise UserInputError(f"{path / WEIGHTS}: the parameters' sha256 is {found[:16]}…, not the "
+                             f"{info['params_sha256'][:16]}… {INFO} records; the package is damaged or was "
+                             "altered, fetch it again")
+    return params, info
+
+
+def _first_difference(expected: Any, found: Any, where: str = "") -> str | None:
+    """Dotted key of the first value that differs between two JSON-like trees (None when equal)."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found)):
+            difference = _first_difference(expected.get(key), found.get(key), f"{where}.{key}" if where else key)
+            if difference:
+                return difference
+        return None
+    return None if expected == found else where or "(root)"
+
+
+def _statistics_gap(package: dict, data: dict) -> float:
+    """Largest relative difference of the normalisers' means (in stds) and stds over every channel."""
+    gaps = [0.0]
+    for mean, std in (("input_mean", "input_std"), ("target_mean", "target_std")):
+        if mean in package and std in package:
+            scale = np.abs(np.asarray(package[std], np.float64))
+            gaps.append(float(np.max(np.abs(np.asarray(data[mean]) - np.asarray(package[mean])) / scale)))
+            gaps.append(float(np.max(np.abs(np.asarray(data[std]) - scale) / scale)))
+    return max(gaps)
+
+
+def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, stats: str | os.PathLike | None = None,
+                    log=print) -> Path:
+    """Install a package as the teacher run `out` for the TeacherConfig `config`; return the checkpoint path.
+
+    Refused (UserInputError, nothing written) when the parameters do not match
+    their hash, when `config`'s model, noise, sampler or loss differ from the
+    package's, when the data's variables, levels or grid differ, or when the
+    data's statistics (`stats`, else `config.stats`) are further than
+    STATS_TOLERANCE from the package's.
+    """
+    from gencast_rmmd.data.normalization import Normalizer
+    from gencast_rmmd.data.source import DataSource
+    from gencast_rmmd.data.stats import load_stats
+
+    path, out = Path(path), Path(out)
+    params, info = load_weights(path)
+    payload = json.loads(json.dumps(info["payload"]))
+    settings = config_to_dict(config)
+    mine = {key: value for key, value in settings.items() if key not in LOCAL_SECTIONS}
+    difference = _first_difference(payload["config"], mine)
+    if difference:
+        raise UserInputError(f"the teacher config's {difference} differs from the weights package {path}'s; "
+                             "use the config the weights were trained with (its values are in "
+                             f"{path / INFO} under payload.config)")
+    source = DataSource.open(config.data)
+    layout = source.layout.to_dict()
+    difference = _first_difference(payload["layout"], layout)
+    if difference:
+        raise UserInputError(f"the data {config.data.path} do not have the variables and levels the weights were "
+                             f"trained on (layout.{difference} differs); select them in the data config")
+    for axis in ("latitude", "longitude"):
+        shipped, found = np.asarray(payload["grid"][axis]), np.asarray(getattr(source, axis))
+        if shipped.shape != found.shape or not np.allclose(shipped, found, atol=1e-6):
+            raise UserInputError(f"the data {config.data.path} are on a {len(found)}-point {axis} grid, not the "
+                                 f"{len(shipped)}-point grid the weights were trained on; regrid the data")
+    stats = stats or config.stats
+    if stats:
+        gap = _statistics_gap(payload["normalizer"], Normalizer.from_stats(load_stats(stats), source.layout).to_dict())
+        if gap > STATS_TOLERANCE:
+            raise UserInputError(f"the statistics of {config.data.path} ({stats}) differ from the weights "
+                                 f"package's by {gap:.3g} (relative, at most {STATS_TOLERANCE} allowed): these are "
+                                 "not the data the weights were trained on; train a teacher on them instead")
+        log(f"data statistics agree with the package's to {gap:.2e} (relative)")
+    existing = checkpoints.list_checkpoints(out)
+    if existing:
+        installed = checkpoints.read_meta(existing[-1]).get("installed_from") or {}
+        if len(existing) == 1 and installed.get("params_sha256") == info["params_sha256"]:
+            log(f"{out} already holds these weights ({existing[-1]})")
+            return existing[-1]
+        raise UserInputError(f"{out} already holds checkpoints; install into an empty run directory")
+    payload["config"] = settings
+    payload["data_source"] = source.report.location
+    step = int(info["source"]["checkpoint_step"])
+    state = {"params": {GROUP: params}, "ema_params": {GROUP: params}}
+    out.mkdir(parents=True, exist_ok=True)
+    written = checkpoints.save_checkpoint(out, state, {
+        "step": step, "seed": info["source"].get("seed"), "train": info["source"].get("train"), "task": payload,
+        "params_sha256": info["params_sha256"], "ema_params_sha256": info["params_sha256"],
+        "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"],
+                           "source": info["source"]},
+        "versions": info["source"].get("versions"),
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    log(f"installed {path} ({info['param_count']} parameters, sha256 {info['params_sha256'][:16]}…, step {step}) "
+        f"-> {written}")
+    return written
