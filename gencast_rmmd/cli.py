@@ -1,9 +1,14 @@
 """The `gencast-rmmd` command line.
 
 Sub-commands live beside the code they drive and are registered here. Errors
-are answered in one place: bad input (`UserInputError`, click usage errors)
-prints one line and exits 2; anything else is an internal error, exits 1 and
-prints a traceback only when GENCAST_RMMD_DEBUG=1.
+are answered in one place: bad input (`UserInputError`) prints one line and
+exits 2; a usage error (unknown option or command, a missing or out-of-range
+value) prints click's usual usage message, or the help for a bare group, and
+exits 2; anything else is an internal error, exits 1 and prints a traceback
+only when GENCAST_RMMD_DEBUG=1.
+
+Typer (pinned 0.29.2) parses with its own bundled copy of click, so its usage
+errors are `typer.TyperException`s, not `click.ClickException`s.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 from gencast_rmmd.errors import UserInputError
@@ -50,6 +54,15 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _show_usage_error(error: typer.TyperException) -> None:
+    """Print a usage error as click does: usage line, help hint and `Error: ...`."""
+    show = getattr(error, "show", None)
+    if show is not None:
+        show()
+    else:
+        print(f"error: {error.format_message()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map errors to exit codes (0 ok, 2 bad input, 1 internal)."""
     try:
@@ -61,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    except click.ClickException as error:
-        error.show()
+    except typer.TyperException as error:  # usage errors: click's message and exit 2
+        _show_usage_error(error)
         return error.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
