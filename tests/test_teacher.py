@@ -61,6 +61,22 @@ def test_resume_reaches_the_same_parameters(run_cli, tiny_run, tmp_path, wb2_sto
     assert hashes[0] == hashes[1]
 
 
+def test_resume_falls_back_past_a_truncated_latest_checkpoint(run_cli, tiny_run, tmp_path, wb2_store):
+    """`train --resume` with a truncated newest checkpoint says which it skipped and ends where an uninterrupted run does."""
+    run = tmp_path / "split"
+    common = ["--config", TINY, "--data", wb2_store, "--set", LEVELS, "--out", run]
+    assert run_cli("train", *common, "--set", "train.steps=20", "--set", "train.checkpoint_every=10").code == 0
+    arrays = run / "checkpoints" / "step_00000020" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:1000])
+    result = run_cli("inspect", run, "--json")
+    assert result.code == 2 and result.err.startswith(f"error: {arrays} cannot be read"), result.err
+    result = run_cli("train", *common, "--resume")
+    assert result.code == 0, result.err
+    assert f"skipped the corrupt checkpoint {arrays.parent}" in result.out + result.err
+    hashes = [json.loads(run_cli("inspect", path, "--json").out)["params_sha256"] for path in (run, tiny_run)]
+    assert hashes[0] == hashes[1]
+
+
 def test_refuses_to_overwrite_a_run(run_cli, tiny_run, wb2_store):
     result = run_cli("train", "--config", TINY, "--data", wb2_store, "--set", LEVELS, "--out", tiny_run)
     assert result.code == 2 and "--resume" in result.err

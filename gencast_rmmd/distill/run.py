@@ -20,7 +20,8 @@ phase is a separate run of the generic loop with its own exact kill -9
 resume, so the whole chain resumes bit-identically. Phase 2 stores its anchors
 as frozen trees in its own checkpoints. Before any run moves on, every run the
 call continues is checked against the config its checkpoints record
-(`training.run_config`): a refused resume leaves all of `RUN/` as it was.
+(`training.run_config`): a refused resume leaves all of `RUN/` as it was, but
+for a corrupt newest checkpoint, which is set aside as `step_N.corrupt`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.denoiser import DenoiserNetwork
 from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
-from gencast_rmmd.training.checkpoint import read_meta
+from gencast_rmmd.training.checkpoint import fall_back_to_verified, read_meta
 from gencast_rmmd.training.loop import check_run_dir
 from gencast_rmmd.training.run_config import check_resume_config, run_config
 
@@ -148,11 +149,15 @@ def run_settings(config: DistillConfig, environment: _Environment) -> dict:
                         "phase1_params_sha256": phase1["params_sha256"] if phase1 is not None else None}}
 
 
-def _check_resumable(run_dir: Path, config: DistillConfig, environment: _Environment) -> None:
+def _check_resumable(run_dir: Path, config: DistillConfig, environment: _Environment,
+                     log: Callable[[str], None]) -> None:
     """A resumed run must continue under the config and teacher it was started with (`training.run_config`).
 
-    Runs from older code record no config: for those only the teacher and the method are checked, as before.
+    A corrupt newest checkpoint is set aside first (`fall_back_to_verified`), so the checks read the one
+    the run resumes from. Runs from older code record no config: for those only the teacher and the
+    method are checked, as before.
     """
+    fall_back_to_verified(run_dir, log)
     latest = latest_checkpoint(run_dir)
     previous = read_meta(latest) if latest is not None else {}
     if previous and "run_config_sha256" not in previous:
@@ -216,7 +221,7 @@ def distill(config: DistillConfig, teacher: str | Path, run_dir: str | Path, dat
         and config.distill.phase1_steps > 0
     phase1_run = [(run_dir / "phase1", config.phase1())] if trains_phase1 else []
     for target, target_config in [*phase1_run, *planned.values()]:  # refuse before any run moves on
-        _check_resumable(target, target_config, environment)
+        _check_resumable(target, target_config, environment, log)
     log(f"distilling {teacher} with {config.distill.method} on {environment.data.report.location} -> {run_dir}"
         f"{' (resuming)' if resume else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)

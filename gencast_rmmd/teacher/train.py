@@ -20,6 +20,7 @@ from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.task import TeacherTask
 from gencast_rmmd.training import TrainResult, initialize_distributed, train
+from gencast_rmmd.training.checkpoint import fall_back_to_verified
 from gencast_rmmd.training.loop import check_run_dir
 from gencast_rmmd.training.run_config import check_resume_config, run_config
 
@@ -99,6 +100,7 @@ def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = Fal
     check_run_dir(run_dir, resume)
     settings = config_to_dict(config)
     if resume:
+        fall_back_to_verified(run_dir, log)
         check_resume_config(run_dir, run_config(config.seed, config.train, settings))
     initialize_distributed(config.distributed)
     source = DataSource.open(config.data)

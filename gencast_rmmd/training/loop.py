@@ -150,6 +150,8 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
     run_dir = Path(run_dir)
     primary = is_primary()
     check_run_dir(run_dir, resume)
+    if resume and primary:  # a corrupt newest checkpoint is set aside, named, and the one before it resumed
+        checkpoints.fall_back_to_verified(run_dir, log)
     latest = checkpoints.latest_checkpoint(run_dir) if resume else None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("gencast_rmmd.train: run directory checked")
