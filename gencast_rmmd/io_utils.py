@@ -2,7 +2,8 @@
 
 A crash part-way leaves the previous file (or nothing) at the destination, never
 a half-written one. Temporary siblings are named `.NAME.tmp-PID` so they are easy
-to recognise and clean.
+to recognise and clean: the next write to the same destination removes those of
+processes that no longer run on this host (a killed forecast's `.F.nc.tmp-PID`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(destination)
     _remove(temporary)
+    remove_dead_temporaries(destination)
     try:
         yield temporary
         if temporary.is_dir() and destination.exists():
@@ -46,6 +48,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(temporary)
         raise
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether a process `pid` exists (a reused pid counts as running: its temporary is kept)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings `.NAME.tmp-PID` of `path` whose process no longer runs; those removed."""
+    destination = Path(path)
+    prefix = f".{destination.name}.tmp-"
+    removed = []
+    if not destination.parent.is_dir():
+        return removed
+    for leftover in destination.parent.iterdir():
+        pid = leftover.name.removeprefix(prefix)
+        if leftover.name.startswith(prefix) and pid.isdigit() and int(pid) > 0 and not _pid_running(int(pid)):
+            _remove(leftover)
+            removed.append(leftover)
+    return removed
 
 
 def _remove(path: Path) -> None:
