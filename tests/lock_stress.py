@@ -52,7 +52,7 @@ def contend(workdir: Path, starts: int, stale: bool = False) -> dict[str, int]:
     if stale:
         (workdir / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
                                                    "started": "earlier"}))
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold JAX threads
     start, tried, results = context.Barrier(starts), context.Barrier(starts), context.Queue()
     processes = [context.Process(target=_contender, args=(str(workdir), start, tried, results))
                  for _ in range(starts)]
