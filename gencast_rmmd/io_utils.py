@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
+
 
 def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -50,19 +52,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _pid_running(pid: int) -> bool:
-    """Whether a process `pid` exists (a reused pid counts as running: its temporary is kept)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary siblings `.NAME.tmp-PID` of `path` whose process no longer runs; those removed."""
+    """Remove the temporary siblings `.NAME.tmp-PID` of `path` whose process no longer runs; those removed.
+
+    A reused pid counts as running: its temporary is kept.
+    """
     destination = Path(path)
     prefix = f".{destination.name}.tmp-"
     removed = []
@@ -70,7 +64,7 @@ def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
         return removed
     for leftover in destination.parent.iterdir():
         pid = leftover.name.removeprefix(prefix)
-        if leftover.name.startswith(prefix) and pid.isdigit() and int(pid) > 0 and not _pid_running(int(pid)):
+        if leftover.name.startswith(prefix) and pid.isdigit() and int(pid) > 0 and not psutil.pid_exists(int(pid)):
             _remove(leftover)
             removed.append(leftover)
     return removed

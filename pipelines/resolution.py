@@ -52,24 +52,28 @@ def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 
 def find_config_file(reference: str, pipeline_file: Path) -> Path:
     """A referenced config: absolute, or relative to the pipeline file, the current directory or the repo."""
+    for candidate in _candidates(reference, pipeline_file):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UserInputError(f"{pipeline_file}: config file {reference} does not exist")
+
+
+def _candidates(reference: str, pipeline_file: Path) -> list[Path]:
+    """Where a referenced path may lie: itself when absolute, else under the pipeline file's folder, the
+    current directory and the repository, in that order."""
     candidate = Path(reference).expanduser()
     bases = (Path("/"),) if candidate.is_absolute() else (pipeline_file.parent, Path.cwd(), REPO_ROOT)
-    for base in bases:
-        if (base / candidate).is_file():
-            return (base / candidate).resolve()
-    raise UserInputError(f"{pipeline_file}: config file {reference} does not exist")
+    return [base / candidate for base in bases]
 
 
 def find_weights(reference: str, pipeline_file: Path) -> Path:
     """`teacher.weights`: a package directory, absolute or found as `find_config_file` finds a file."""
     from gencast_rmmd.teacher.weights import INFO, read_info
 
-    candidate = Path(reference).expanduser()
-    bases = (Path("/"),) if candidate.is_absolute() else (pipeline_file.parent, Path.cwd(), REPO_ROOT)
-    for base in bases:
-        if (base / candidate / INFO).is_file():
-            read_info(base / candidate)                 # a damaged or foreign package fails at load
-            return (base / candidate).resolve()
+    for candidate in _candidates(reference, pipeline_file):
+        if (candidate / INFO).is_file():
+            read_info(candidate)                        # a damaged or foreign package fails at load
+            return candidate.resolve()
     raise UserInputError(f"{pipeline_file}: teacher.weights {reference} is not a weights package directory "
                          f"(no {INFO} there); write one with `gencast-rmmd weights export`")
 
