@@ -4,11 +4,17 @@ A crash part-way leaves the previous file (or nothing) at the destination, never
 a half-written one. Temporary siblings are named `.NAME.tmp-PID` so they are easy
 to recognise and clean: the next write to the same destination removes those of
 processes that no longer run on this host (a killed forecast's `.F.nc.tmp-PID`).
+
+Output paths that cannot be written are bad input, said in one line before any
+long work (`check_output_path`) and again by `atomic_path` itself: a parent
+that is a file, a file where a directory goes and the reverse, and a full disk
+("no space left on device writing PATH"; the destination keeps what it had).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,6 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import psutil
+
+from gencast_rmmd.errors import UserInputError
+
+# Below this many free bytes a failed write is reported as a full disk: HDF5 and
+# netCDF say only "HDF error" when the disk fills, so errno alone cannot tell.
+_NEARLY_FULL_BYTES = 1 << 20
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -31,12 +43,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removed and the destination is untouched.
     """
     destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(destination)
     temporary = _temporary_sibling(destination)
     _remove(temporary)
     remove_dead_temporaries(destination)
     try:
-        yield temporary
+        try:
+            yield temporary
+        except Exception as error:
+            if not isinstance(error, UserInputError) and _disk_full(error, destination.parent):
+                raise disk_full(destination) from None
+            raise
+        if temporary.is_dir() != destination.is_dir() and destination.exists():
+            raise UserInputError(
+                f"cannot write {destination}: it is an existing {'directory' if destination.is_dir() else 'file'} "
+                f"and the output is a {'directory' if temporary.is_dir() else 'file'}; remove it or choose another "
+                "name (nothing was written)")
         if temporary.is_dir() and destination.exists():
             # Directories cannot be renamed over a non-empty directory: move the
             # old one aside first, then swap, then delete the old one.
@@ -50,6 +72,61 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(temporary)
         raise
+
+
+def check_output_path(path: str | os.PathLike, *, directory: bool | None = None, option: str = "--out") -> Path:
+    """Refuse, before any long work, an output path that cannot be written; return it as a Path.
+
+    `directory`: the output is a directory (a run, a zarr store) rather than a
+    file; None: a directory if the name ends in `.zarr`. Refused: an existing directory where a file goes (and the reverse),
+    a parent path that is a file, a parent that cannot be written. Nothing is
+    created.
+    """
+    destination = Path(path)
+    if directory is None:
+        directory = destination.name.lower().endswith(".zarr")
+    if destination.exists() and destination.is_dir() != directory:
+        found, wanted = ("directory", "a file") if destination.is_dir() else ("file", "a directory")
+        raise UserInputError(f"{option} {destination} is an existing {found}; give the path of {wanted} "
+                             "(or remove it)")
+    ancestor = destination.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"{option} {destination}: {ancestor} is a file, not a directory; choose another "
+                             "location")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{option} {destination}: cannot write in {ancestor} (permission denied)")
+    return destination
+
+
+def disk_full(path: str | os.PathLike) -> UserInputError:
+    """The one-line error for a write that ran out of space."""
+    where = Path(path).parent
+    free = shutil.disk_usage(where).free if where.exists() else 0
+    return UserInputError(f"no space left on device writing {path} ({free // 1024} KiB free in {where}); free some "
+                          "space or write elsewhere (nothing was replaced)")
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether `error` (raised while writing in `directory`) came from a full disk or quota."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _make_parent(destination: Path) -> None:
+    """Create the parent directories of `destination`, or say in one line why they cannot be."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        check_output_path(destination, directory=False, option="output")
+        raise
+    except PermissionError:
+        raise UserInputError(f"cannot create the directory {destination.parent} (permission denied)") from None
 
 
 def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:

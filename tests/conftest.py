@@ -28,6 +28,41 @@ def wb2_store(tmp_path_factory, wb2_dataset):
     return write_store(wb2_dataset, tmp_path_factory.mktemp("stores") / "era5_64x32.zarr", "64x32")
 
 
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """configs/data/test.yaml simulated once (`data simulate`'s code, a fresh cache): (result, cache).
+
+    A store made by the project: tests that damage it work on a copy (`simulated_copy`).
+    """
+    from gencast_rmmd.config import DataFileConfig, load_config
+    from gencast_rmmd.data.simulator import TrajectoryCache, simulate_store
+
+    simulation = load_config(TEST_DATA_CONFIG, DataFileConfig).data.simulation
+    cache = TrajectoryCache.for_config(simulation, tmp_path_factory.mktemp("simulator-cache"))
+    result = simulate_store(simulation, tmp_path_factory.mktemp("stores") / "test.zarr", cache, log=lambda _: None)
+    return result, cache
+
+
+@pytest.fixture
+def simulated_copy(simulated, tmp_path) -> Path:
+    """A private copy of the simulated store, to damage."""
+    import shutil
+
+    return Path(shutil.copytree(simulated[0].path, tmp_path / "copy.zarr"))
+
+
+@pytest.fixture(scope="session")
+def demo_teacher_run(simulated, tmp_path_factory) -> Path:
+    """The shipped demo teacher installed as a run on the simulated store (`weights install`; no training)."""
+    from gencast_rmmd.cli import main
+
+    run = tmp_path_factory.mktemp("demo-teacher") / "run"
+    assert main(["weights", "install", str(REPO / "gencast_rmmd" / "teacher" / "pretrained" / "demo"),
+                 "--config", str(REPO / "configs" / "teacher" / "demo.yaml"), "--data", str(simulated[0].path),
+                 "--out", str(run)]) == 0
+    return run
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -43,19 +43,9 @@ def data_config() -> DataFileConfig:
 
 
 @pytest.fixture(scope="session")
-def cache_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("simulator-cache")
-
-
-@pytest.fixture(scope="session")
-def simulated(tmp_path_factory, data_config, cache_root):
-    """The test config simulated once into a fresh cache: (result, cache)."""
-    from gencast_rmmd.data.simulator import TrajectoryCache, simulate_store
-
-    simulation = data_config.data.simulation
-    cache = TrajectoryCache.for_config(simulation, cache_root)
-    result = simulate_store(simulation, tmp_path_factory.mktemp("stores") / "test.zarr", cache, log=lambda _: None)
-    return result, cache
+def cache_root(simulated) -> Path:
+    """The fresh cache that conftest's `simulated` store was made with."""
+    return simulated[1].directory.parent
 
 
 def _values(path: Path) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ import typer
 
 from gencast_rmmd.commands.common import ConfigOption, DataOption, SetOption, console, load_data_config
 from gencast_rmmd.commands.simulate import simulate as simulate_command
+from gencast_rmmd.io_utils import check_output_path
 
 app = typer.Typer(help="Data: simulate the embedded dataset, check a store's schema, compute statistics.",
                   no_args_is_help=True)
@@ -17,14 +18,20 @@ app.command("simulate")(simulate_command)
 
 
 @app.command("check")
-def check(data: DataOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
+def check(data: DataOption = None, config: ConfigOption = None, overrides: SetOption = None,
+          deep: Annotated[bool, typer.Option(
+              "--deep", help="Also read and decode every chunk of every variable the config uses "
+                             "(slow on big stores); list each corrupt chunk.")] = False) -> None:
     """Check a store against a data config: variables, levels, dims, times, NaNs; print a schema summary.
 
     Exits 2 with one line naming the first problem. Time gaps are reported, not errors.
+    Without --deep only the chunks the checks sample are read.
     """
     from gencast_rmmd.data.source import DataSource
 
     data_config = load_data_config(config, overrides, data).data
+    if deep:  # first, so that every bad chunk is listed even where the schema checks would stop at one
+        _deep_check(data_config)
     source = DataSource.open(data_config)
     for line in source.report.lines():
         console.print(line)
@@ -38,6 +45,37 @@ def check(data: DataOption = None, config: ConfigOption = None, overrides: SetOp
                   f"{source.layout.n_target_channels} target channels)")
 
 
+def _deep_check(data_config) -> None:
+    """Read every chunk of the stored arrays the config uses; print each bad one, then exit 2 if any."""
+    from gencast_rmmd.data.chunks import deep_check
+    from gencast_rmmd.data.schema import DERIVABLE
+    from gencast_rmmd.data.stores import checked_store, describe_location, open_store
+    from gencast_rmmd.errors import UserInputError
+
+    raw = open_store(data_config.path)
+    variables = data_config.variables
+    wanted = [*variables.time_varying, *variables.static]
+    stored = [name if name in raw.variables else DERIVABLE.get(name, name) for name in wanted]
+    names = [name for name in stored if name in raw.variables]
+    names += [name for name in raw.dims if name in raw.variables]
+    result = deep_check(checked_store(data_config.path), list(dict.fromkeys(names)), log=console.print)
+    location = describe_location(data_config.path)
+    shown = 20
+    for variable, index, problem in result.problems[:shown]:
+        console.print(f"corrupt chunk: {variable} {index} ({problem})", markup=False)
+    if len(result.problems) > shown:
+        console.print(f"... and {len(result.problems) - shown} more corrupt chunks")
+    if result.problems:
+        variable, index, _ = result.problems[0]
+        raise UserInputError(
+            f"{location}: {len(result.problems)} corrupt chunk(s) (first: {variable} chunk {index}); "
+            "restore the store from its source or write it again")
+    absent = sum(result.absent.values())
+    console.print(f"deep check: all {result.chunks_read} stored chunks of {len(result.absent)} arrays decode"
+                  + (f"; {absent} chunks are not stored (zarr reads them as the fill value)"
+                     if absent else ""))
+
+
 @app.command("stats")
 def stats(out: Annotated[Path, typer.Option("--out", help="Output NetCDF file.")],
           data: DataOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
@@ -45,6 +83,7 @@ def stats(out: Annotated[Path, typer.Option("--out", help="Output NetCDF file.")
     from gencast_rmmd.data.source import DataSource
     from gencast_rmmd.data.stats import compute_stats, save_stats
 
+    check_output_path(out, directory=False)
     data_config = load_data_config(config, overrides, data).data
     source = DataSource.open(data_config)
     start, end = source.time_range("train")

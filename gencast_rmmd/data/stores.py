@@ -18,7 +18,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 import xarray as xr
+from zarr.storage import FsspecStore, LocalStore
 
+from gencast_rmmd.data.chunks import CheckedStore
 from gencast_rmmd.data.variables import COORDINATE_ALIASES
 from gencast_rmmd.errors import UserInputError
 
@@ -66,6 +68,31 @@ def _storage_options(url: str) -> dict:
     return {"token": "anon"} if _scheme(url) in ("gs", "gcs") else {}
 
 
+def checked_store(url: str) -> CheckedStore:
+    """The zarr store at `url`, read-only, wrapped so that every chunk read is checked.
+
+    `url`: a local path, `file://`, `gs://` (anonymous) or any fsspec URL; see
+    `gencast_rmmd.data.chunks` for the checks. Raises `UserInputError` for a missing path, a directory that is not a zarr
+    store, or an unreachable host.
+    """
+    url = str(url)
+    if _scheme(url) in ("", "file"):
+        path = _local_path(url)
+        if not path.exists():
+            raise UserInputError(
+                f"no store at {path}: the path does not exist; give an existing zarr store with --data")
+        if not path.is_dir():
+            raise UserInputError(f"{path} is a file, not a zarr store (a directory); give the store's root directory")
+        if not any((path / marker).exists() for marker in (".zgroup", "zarr.json", ".zmetadata")):
+            raise UserInputError(
+                f"{path} is not a zarr store (no .zgroup or zarr.json inside); give the store's root directory")
+        store = LocalStore(path, read_only=True)
+    else:
+        _check_host_reachable(url)
+        store = FsspecStore.from_url(url, storage_options=_storage_options(url) or None, read_only=True)
+    return CheckedStore(store, describe_location(url))
+
+
 def open_store(url: str, use_dask: bool = True) -> xr.Dataset:
     """Open a zarr store lazily as it is stored (no renaming or reordering).
 
@@ -79,25 +106,14 @@ def open_store(url: str, use_dask: bool = True) -> xr.Dataset:
     host.
     """
     url = str(url)
-    scheme = _scheme(url)
-    if scheme in ("", "file"):
-        path = _local_path(url)
-        if not path.exists():
-            raise UserInputError(
-                f"no store at {path}: the path does not exist; give an existing zarr store with --data")
-        if not any((path / marker).exists() for marker in (".zgroup", "zarr.json", ".zmetadata")):
-            raise UserInputError(
-                f"{path} is not a zarr store (no .zgroup or zarr.json inside); give the store's root directory")
-        target, options = str(path), {}
-    else:
-        _check_host_reachable(url)
-        target, options = url, _storage_options(url)
+    # Every chunk read passes through CheckedStore: a truncated or undecodable chunk is one
+    # named error, never a blosc traceback or wrong numbers.
+    checked = checked_store(url)
     last_error: Exception | None = None
     for consolidated in (True, False):
         try:
-            return xr.open_dataset(target, engine="zarr", consolidated=consolidated,
-                                   storage_options=options or None, chunks={} if use_dask else None,
-                                   cache=False, decode_timedelta=True)
+            return xr.open_dataset(checked, engine="zarr", consolidated=consolidated,
+                                   chunks={} if use_dask else None, cache=False, decode_timedelta=True)
         except (KeyError, FileNotFoundError, ValueError) as error:
             last_error = error
         except OSError as error:
