@@ -40,6 +40,8 @@ def _register_commands() -> None:
     model_commands.register(app)
     from gencast_rmmd.commands import distill as distill_commands
     distill_commands.register(app)
+    from gencast_rmmd.commands import imports as import_commands
+    import_commands.register(app)
     try:
         from evaluation import cli as evaluation_cli
     except ImportError as error:  # evaluation is part of the product; surface a broken install

@@ -166,8 +166,14 @@ def _build_graphs_cached(
         mesh2grid_edge_normaliser=m2g_norm,
         mesh_bandwidth=icosahedral.bandwidth(mesh_senders, mesh_receivers),
     )
-    for field in dataclasses.fields(graphs):
-        value = getattr(graphs, field.name)
-        if isinstance(value, np.ndarray):
-            value.setflags(write=False)
-    return graphs
+    return freeze(graphs)
+
+
+def freeze(value):
+    """Make an array, or every array field of a `MeshGraphs`, read-only (they are cached and shared); return it."""
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif isinstance(value, MeshGraphs):
+        for field in dataclasses.fields(value):
+            freeze(getattr(value, field.name))
+    return value

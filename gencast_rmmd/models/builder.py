@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gencast_rmmd.geometry import build_graphs, khop_band_layout, khop_block_layout, khop_mask
+from gencast_rmmd.geometry.graphcast_graphs import build_graphcast_graphs
 from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.denoiser import DenoiserNetwork, build_network
 
@@ -28,11 +29,23 @@ def attention_structure(config: ModelConfig, graphs) -> dict:
             "block_size": layout.block_size, "padded_nodes": layout.n_blocks * layout.block_size}
 
 
+# `model.graphs` -> (latitude, longitude, refinement, radius_fraction) -> MeshGraphs
+GRAPH_BUILDERS = {
+    "rmmd": build_graphs,
+    "graphcast": build_graphcast_graphs,
+}
+
+
+def graphs_for_grid(config: ModelConfig, latitude: np.ndarray, longitude: np.ndarray):
+    """The model's three graphs on a lat/lon grid (latitude ascending), built as `config.graphs` says."""
+    return GRAPH_BUILDERS[config.graphs](np.asarray(latitude), np.asarray(longitude), config.mesh_refinement,
+                                         radius_fraction=config.radius_fraction)
+
+
 def network_for_grid(config: ModelConfig, latitude: np.ndarray, longitude: np.ndarray,
                      n_outputs: int) -> DenoiserNetwork:
     """The denoiser network on a lat/lon grid (latitude ascending), `n_outputs` target channels."""
-    graphs = build_graphs(np.asarray(latitude), np.asarray(longitude), config.mesh_refinement,
-                          radius_fraction=config.radius_fraction)
+    graphs = graphs_for_grid(config, latitude, longitude)
     return build_network(config, graphs, attention_structure(config, graphs), n_outputs)
 
 

@@ -8,7 +8,7 @@ targets, plus the structural features (sin lat, cos lon, sin lon). Then:
 2. processor: the k-hop sparse transformer over mesh nodes;
 3. decoder: embed mesh->grid edges (each grid point reads the 3 vertices of its
    mesh triangle), one interaction-network step onto the grid, a linear map
-   to the target channels.
+   (or, `output_head: mlp`, a swish MLP) to the target channels.
 All LayerNorms are FiLM-conditioned on the noise-level encoding. The network
 is the raw F of EDM; preconditioning wraps it (`gencast_rmmd.diffusion`).
 """
@@ -47,14 +47,19 @@ class GraphDenoiserCore(hk.Module):
             [grid_features, constant(graphs.grid_node_features)], axis=-1))
         mesh = embed("mesh_node_embed", constant(graphs.mesh_node_features))
         grid2mesh = embed("grid2mesh_edge_embed", constant(graphs.grid2mesh_edge_features))
-        grid, mesh, _ = InteractionNetwork(latent, hidden, update_senders=True, name="encoder")(
+        aggregate = config.receiver_aggregate
+        grid, mesh, _ = InteractionNetwork(latent, hidden, update_senders=True, aggregate=aggregate, name="encoder")(
             grid, mesh, grid2mesh, graphs.grid2mesh_senders, graphs.grid2mesh_receivers, conditioning)
         processor = config.processor
         mesh = MeshTransformer(processor.num_layers, processor.num_heads, processor.ffw_hidden,
-                               name="processor")(mesh, conditioning, self._attention)
+                               final_norm=config.processor_final_norm, name="processor")(
+            mesh, conditioning, self._attention)
         mesh2grid = embed("mesh2grid_edge_embed", constant(graphs.mesh2grid_edge_features))
-        _, grid, _ = InteractionNetwork(latent, hidden, update_senders=False, name="decoder")(
+        _, grid, _ = InteractionNetwork(latent, hidden, update_senders=False, aggregate=aggregate, name="decoder")(
             mesh, grid, mesh2grid, graphs.mesh2grid_senders, graphs.mesh2grid_receivers, conditioning)
+        if config.output_head == "mlp":
+            return hk.nets.MLP([latent] * hidden + [self._n_outputs], activation=jax.nn.swish,
+                               name="output_mlp")(grid)
         return hk.Linear(self._n_outputs, name="output")(grid)
 
 

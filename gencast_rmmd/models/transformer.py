@@ -109,13 +109,19 @@ class TransformerBlock(hk.Module):
 
 
 class MeshTransformer(hk.Module):
-    """A stack of `TransformerBlock`s over [N, D] mesh latents, conditioned on the noise-level encoding."""
+    """A stack of `TransformerBlock`s over [N, D] mesh latents, conditioned on the noise-level encoding.
 
-    def __init__(self, num_layers: int, num_heads: int, ffw_hidden: int, name: str | None = None):
+    With `final_norm` the stack ends in a conditioned LayerNorm, as graphcast's sparse transformer does.
+    """
+
+    def __init__(self, num_layers: int, num_heads: int, ffw_hidden: int, final_norm: bool = False,
+                 name: str | None = None):
         super().__init__(name=name)
-        self._layers, self._heads, self._ffw = num_layers, num_heads, ffw_hidden
+        self._layers, self._heads, self._ffw, self._final_norm = num_layers, num_heads, ffw_hidden, final_norm
 
     def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
         for layer in range(self._layers):
             latents = TransformerBlock(self._heads, self._ffw, name=f"layer_{layer}")(latents, conditioning, attention)
+        if self._final_norm:
+            latents = ConditionedLayerNorm(name="final_norm")(latents, conditioning)
         return latents

@@ -1,0 +1,66 @@
+"""Write an imported GenCast checkpoint as a teacher run that forecast, distill, inspect and evaluate accept.
+
+The run holds one checkpoint whose payload is the one `train` writes (config, model,
+layout, normaliser, grid, sampler), built for a data config whose variables and
+levels are the GenCast task's; the grid is the store's (graphcast builds its graphs
+for any grid; the published weights were trained at 1 degree or 0.25 degree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from gencast_rmmd.config import DataConfig, config_to_dict
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.data.stats import save_stats
+from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.forecast.build import sampler_payload
+from gencast_rmmd.teacher.config import TeacherConfig
+from gencast_rmmd.teacher.gencast_import import import_gencast, read_gencast_checkpoint
+from gencast_rmmd.training import checkpoint as checkpoints
+from gencast_rmmd.training import params_sha256
+
+# GenCast's per-variable loss weights (graphcast gencast.py), kept so the teacher can be fine-tuned.
+GENCAST_LOSS = LossConfig(variable_weights={
+    "10m_u_component_of_wind": 0.1, "10m_v_component_of_wind": 0.1, "mean_sea_level_pressure": 0.1,
+    "sea_surface_temperature": 0.1, "total_precipitation_12hr": 0.1})
+GROUP = "denoiser"
+
+
+def write_imported_teacher(location: str, stats_dir: str | os.PathLike, data: DataConfig,
+                           out: str | os.PathLike, log=print) -> Path:
+    """Import the GenCast checkpoint at `location` for the store of `data`; write it as run `out`."""
+    from gencast_rmmd.teacher.train import diffusion_noise, grid_payload
+
+    out = Path(out)
+    if checkpoints.list_checkpoints(out):
+        raise UserInputError(f"{out} already holds checkpoints; import into an empty run directory")
+    gencast = read_gencast_checkpoint(location)
+    source = DataSource.open(data)
+    imported = import_gencast(gencast, stats_dir, source.layout)
+    config = TeacherConfig(data=data, model=imported.model, noise=imported.noise, sampler=imported.sampler,
+                           loss=GENCAST_LOSS, stats=str(out / "stats.nc"))
+    noise = diffusion_noise(config, source)
+    sampler = DPMSolverPlusPlus2S(config.sampler, noise)
+    payload = {
+        "kind": "teacher", "config": config_to_dict(config), "model": config_to_dict(config.model),
+        "layout": source.layout.to_dict(), "normalizer": imported.normalizer.to_dict(),
+        "grid": grid_payload(source, noise),
+        "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
+        "data_source": source.report.location,
+    }
+    params = {GROUP: imported.params}
+    digest = params_sha256(params)
+    out.mkdir(parents=True, exist_ok=True)
+    save_stats(imported.stats, out / "stats.nc")
+    written = checkpoints.save_checkpoint(out, {"params": params, "ema_params": params}, {
+        "step": 0, "seed": None, "task": payload, "params_sha256": digest, "ema_params_sha256": digest,
+        "imported_from": {"location": str(location), "description": gencast.description,
+                          "statistics": str(Path(stats_dir).resolve())},
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    log(f"imported {location} ({gencast.description}) for {source.report.location} -> {written}")
+    return written
