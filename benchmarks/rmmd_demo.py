@@ -48,6 +48,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from teacher_quality_gate import cli, held_out_inits, target_table  # noqa: E402
 
+from evaluation.scores_file import open_scores  # noqa: E402
+from gencast_rmmd.data.forecast_io import write_forecast  # noqa: E402
 from gencast_rmmd.config import load_config  # noqa: E402
 from gencast_rmmd.forecast.inspect import describe  # noqa: E402
 from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
@@ -129,9 +131,7 @@ def reuse_teacher_forecast(source: Path, out: Path, inits: list[str], members: i
                          f"{forecast.sizes['prediction_timedelta']} leads; need {members} and {steps}")
     subset = forecast.isel(number=slice(0, members), prediction_timedelta=slice(0, steps)).load()
     subset.attrs["subset_of"] = str(source)
-    partial = out.with_suffix(".partial.nc")
-    subset.to_netcdf(partial)
-    partial.rename(out)
+    write_forecast(subset, out)
 
 
 def teacher_identity(run: Path) -> dict:
@@ -209,7 +209,7 @@ def main() -> int:
         if not score.exists():
             cli("evaluate", "--forecast", forecast, "--truth", args.store, "--out", score, "--label", name,
                 "--no-progress", log=log)
-        scores[name] = xr.open_dataset(score).load()
+        scores[name] = open_scores(score)
     for name in runs:
         entry = compare(scores[name], scores["teacher"])
         nfe = int(xr.open_dataset(work / f"{name}.nc").attrs["nfe_per_step"])

@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from evaluation.compare import split_levels  # noqa: E402
+from evaluation.scores_file import open_scores  # noqa: E402
 from gencast_rmmd.config import load_config  # noqa: E402
+from gencast_rmmd.data.forecast_io import write_forecast  # noqa: E402
 from gencast_rmmd.data.source import DataSource  # noqa: E402
 from gencast_rmmd.io_utils import atomic_path  # noqa: E402
 from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
@@ -95,8 +97,7 @@ def forecast_in_groups(run: Path, store: str, inits: list[str], steps: int, memb
     try:
         merged = xr.concat(pieces, dim="time", data_vars="minimal", coords="minimal", compat="override",
                            combine_attrs="override")
-        with atomic_path(out) as temporary:
-            merged.to_netcdf(temporary)
+        write_forecast(merged, out)
     finally:
         for piece in pieces:
             piece.close()
@@ -180,7 +181,7 @@ def main() -> int:
         path = work / f"scores_{name}.nc"
         cli("evaluate", "--forecast", forecast, "--truth", args.store, "--out", path, "--label", name,
             "--no-progress", log=log)
-        scores[name] = xr.open_dataset(path).load()
+        scores[name] = open_scores(path)
     cli("scorecard", "--scores", work / "scores_teacher.nc", "--baseline", work / "scores_climatology.nc",
         "--out", work / "scorecard_vs_climatology", log=log)
     cli("scorecard", "--scores", work / "scores_teacher.nc", "--baseline", work / "scores_persistence.nc",

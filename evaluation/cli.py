@@ -107,7 +107,8 @@ TruthOption = Annotated[str, typer.Option("--truth", help="Truth store URL.")]
 InitOption = Annotated[list[str], typer.Option(
     "--init", help="Initialisation time (ISO), repeatable; START..END gives one every --init-every-hours.")]
 StepsOption = Annotated[int, typer.Option("--steps", help="Number of lead steps.")]
-OutOption = Annotated[Path, typer.Option("--out", help="Forecast NetCDF to write.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Forecast to write: NetCDF, or a zarr store for a name "
+                                                          "ending in .zarr.")]
 StepHoursOption = Annotated[int, typer.Option("--step-hours", help="Hours per step.")]
 InitEveryOption = Annotated[int, typer.Option("--init-every-hours", help="Spacing of START..END inits.")]
 VariablesOption = Annotated[Optional[str], typer.Option("--variables", help="Comma-separated (default: all).")]

@@ -27,7 +27,7 @@ import xarray as xr
 
 from evaluation import metrics
 from evaluation.io import LEAD_DIM, align_truth, open_forecast
-from evaluation.regions import REGIONS, region_weights
+from evaluation.regions import REGION_ALIASES, REGIONS, canonical_region, region_weights
 from evaluation.scoring import regional_mean
 from gencast_rmmd.data.stores import open_dataset
 from gencast_rmmd.errors import UserInputError
@@ -123,6 +123,7 @@ def crps_per_init(path: str, truth: xr.Dataset, region: str = "global", *, lead_
     if variables is not None:
         forecast = forecast[[name for name in forecast.data_vars if name in variables]]
     aligned, _ = align_truth(forecast, truth)
+    region = canonical_region(region)
     weights = region_weights(aligned["latitude"], (region,))
     table: dict[str, np.ndarray] = {}
     for name in aligned.data_vars:
@@ -255,8 +256,9 @@ def compare_forecasts(baseline_path: str, paths: Sequence[str], truth: xr.Datase
         raise UserInputError("a forecast is given twice; give each once")
     if draws < MINIMUM_DRAWS:
         raise UserInputError(f"--draws must be at least {MINIMUM_DRAWS}, got {draws}")
-    if region not in REGIONS:
+    if region not in REGIONS and region not in REGION_ALIASES:
         raise UserInputError(f"unknown --region {region!r}; known: {', '.join(REGIONS)}")
+    region = canonical_region(region)
     baseline = forecast_layout(baseline_path)
     others = [forecast_layout(path) for path in paths]
     leads = sorted(set(leads)) if leads else baseline.lead_hours

@@ -101,6 +101,8 @@ def open_forecast(path: str, member_dim: str | None = None) -> xr.Dataset:
     if not fields:
         raise UserInputError(f"{path}: no variable has dims (time, prediction_timedelta, latitude, longitude)")
     dataset = dataset[fields]
+    # Scalar coordinates (the 2 m / 10 m heights of our files) say nothing the scores need.
+    dataset = dataset.drop_vars([name for name in dataset.coords if dataset[name].ndim == 0])
     for name in fields:
         order = [dim for dim in FORECAST_DIMS if dim in dataset[name].dims]
         dataset[name] = dataset[name].transpose(*order, ...)

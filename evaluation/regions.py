@@ -4,9 +4,9 @@ Weights follow WeatherBench2 (`weatherbench2.metrics.get_lat_weights`): cell
 bounds are the midpoints between grid latitudes plus the poles, and a cell's
 weight is its area fraction `sin(upper) - sin(lower)`, normalised to mean 1
 (`gencast_rmmd.data.grid.latitude_cell_weights`, shared with the training loss).
-Regions are latitude bands (DESIGN §6); a region is applied as a 0/1 mask on
-the latitude weights, so a regional mean is a cell-area-weighted mean over the
-region's cells only.
+Regions are WeatherBench2's latitude bands under WB2's names; a region is
+applied as a 0/1 mask on the latitude weights, so a regional mean is a
+cell-area-weighted mean over the region's cells only.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data.grid import latitude_cell_weights
+from gencast_rmmd.errors import UserInputError
 
-__all__ = ["REGIONS", "LatitudeBand", "latitude_cell_weights", "region_weights"]
+__all__ = ["REGIONS", "REGION_ALIASES", "LatitudeBand", "canonical_region", "latitude_cell_weights",
+           "region_weights"]
 
 
 @dataclass(frozen=True)
@@ -46,29 +48,43 @@ class LatitudeBand:
         return inside
 
 
-# DESIGN §6: tropics |φ| <= 20; extra-tropics |φ| > 20; hemispheres beyond 20 deg;
-# polar caps beyond 60 deg.
+# WeatherBench2's latitude bands (`scripts/evaluate.py`, `predefined_regions`): `SliceRegion`s select with
+# `.sel(latitude=slice(a, b))`, inclusive at both ends, so the rows at exactly +-20 and +-60 degrees belong to
+# the tropics and to the extra-tropics / hemispheres, and to the polar caps.
 REGIONS: dict[str, LatitudeBand] = {
     "global": LatitudeBand(),
     "tropics": LatitudeBand(north=20.0, absolute=True),
-    "extra_tropics": LatitudeBand(south=20.0, south_inclusive=False, absolute=True),
-    "northern_hemisphere": LatitudeBand(south=20.0, south_inclusive=False),
-    "southern_hemisphere": LatitudeBand(north=-20.0, north_inclusive=False),
-    "arctic": LatitudeBand(south=60.0, south_inclusive=False),
-    "antarctic": LatitudeBand(north=-60.0, north_inclusive=False),
+    "extra-tropics": LatitudeBand(south=20.0, absolute=True),
+    "northern-hemisphere": LatitudeBand(south=20.0),
+    "southern-hemisphere": LatitudeBand(north=-20.0),
+    "arctic": LatitudeBand(south=60.0),
+    "antarctic": LatitudeBand(north=-60.0),
 }
+# Names earlier versions wrote (and configs may still say): the same regions.
+REGION_ALIASES: dict[str, str] = {name.replace("-", "_"): name for name in REGIONS if "-" in name}
+
+
+def canonical_region(name: str) -> str:
+    """WeatherBench2's name of a region, given it or an old underscore alias (`extra_tropics`).
+
+    Raises `UserInputError` naming the known regions for any other name.
+    """
+    if name in REGIONS:
+        return name
+    if name in REGION_ALIASES:
+        return REGION_ALIASES[name]
+    raise UserInputError(f"unknown region {name!r}; choose from {', '.join(REGIONS)}")
 
 
 def region_weights(latitude: xr.DataArray, regions: tuple[str, ...] | list[str]) -> xr.DataArray:
     """Latitude weights masked to each region, dims `(region, latitude)`.
 
-    Entry (r, j) is the cell-area weight of latitude j (see
+    Regions may be given by old alias; the `region` coordinate holds WB2's
+    names. Entry (r, j) is the cell-area weight of latitude j (see
     `latitude_cell_weights`) if j lies in region r, else 0. A regional mean of a
     field f is Σ_j Σ_i w_rj f_ij / Σ_j Σ_i w_rj (i over longitude).
     """
-    unknown = [name for name in regions if name not in REGIONS]
-    if unknown:
-        raise KeyError(f"unknown region(s) {unknown}; known: {', '.join(REGIONS)}")
+    regions = [canonical_region(name) for name in regions]
     values = np.asarray(latitude.values, dtype=np.float64)
     weights = latitude_cell_weights(values)
     masked = np.stack([np.where(REGIONS[name].contains(values), weights, 0.0) for name in regions])

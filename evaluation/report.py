@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation.regions import canonical_region
 from evaluation.scorecard import (ScoreSet, Timing, compare, comparison_table, headline, lead_label, load_scores,
                                   load_timing, row_label, speedup_table, unique_labels)
 from evaluation.scorecard_figure import CLIP_PERCENT, COLORMAP, PANEL_METRICS, plot_scorecard
@@ -111,6 +112,7 @@ def write_scorecard(scores: list[str | Path], baseline: str | Path, out: str | P
     With `timing` (see `scorecard.load_timing`) a speedup table is added.
     """
     out = Path(out)
+    region = canonical_region(region)
     out.mkdir(parents=True, exist_ok=True)
     loaded = unique_labels([load_scores(path) for path in scores] + [load_scores(baseline)])
     candidates, reference = loaded[:-1], loaded[-1]

@@ -1,10 +1,11 @@
 """Compare scores files: relative differences per target, headline counts, tables, timing.
 
 A *target* is one (variable, level, lead time); surface variables have no
-level. Scores files come from `gencast-rmmd evaluate` (dims `(metric, region,
-lead_time[, level])`). The comparison of a forecast A with a baseline B on a
-metric is the relative difference 100·(A − B)/B in %, negative when A has the
-lower (better) error. `evaluation.scorecard_figure` draws it and
+level. Scores files come from `gencast-rmmd evaluate`, read in the in-memory
+layout of `evaluation.scores_file` (dims `(metric, region, lead_time[,
+level])`). The comparison of a forecast A with a baseline B on a metric is the
+relative difference 100·(A − B)/B in %, negative when A has the lower (better)
+error. `evaluation.scorecard_figure` draws it and
 `evaluation.report` writes HTML and markdown.
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from evaluation.scoring import RANK_HISTOGRAM_SUFFIX
+from evaluation.regions import canonical_region
+from evaluation.scores_file import RANK_HISTOGRAM_SUFFIX, open_scores
 from gencast_rmmd.data.variables import VARIABLES
 from gencast_rmmd.errors import UserInputError
 
@@ -52,19 +54,13 @@ class ScoreSet:
 
 
 def load_scores(path: str | Path) -> ScoreSet:
-    """Read a scores NetCDF written by `gencast-rmmd evaluate` into memory.
+    """Read a scores NetCDF written by `gencast-rmmd evaluate` into memory (`scores_file.open_scores`).
 
     The label is the file's `label` attribute (the forecast's name), else the
     file stem. Raises `UserInputError` for a missing file or one without scores.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"no scores file at {path}; write one with `gencast-rmmd evaluate`")
-    try:
-        with xr.open_dataset(path, decode_timedelta=True) as opened:
-            dataset = opened.load()
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"cannot read scores file {path} ({type(error).__name__}: {error})") from None
+    dataset = open_scores(path)
     score_set = ScoreSet(str(dataset.attrs.get("label") or path.stem), path, dataset)
     if not score_set.variables or "lead_time" not in dataset.dims:
         raise UserInputError(f"{path} holds no scores (no variable with metric and lead_time dims); "
@@ -85,6 +81,7 @@ def unique_labels(score_sets: list[ScoreSet]) -> list[ScoreSet]:
 
 def metric_frame(score_set: ScoreSet, metric: str, region: str) -> pd.Series:
     """One metric of one file as a Series indexed by (variable, level, lead_time); level −1 = surface."""
+    region = canonical_region(region)
     if region not in score_set.dataset["region"].values:
         raise UserInputError(f"{score_set.path} has no region {region!r}; it has "
                              f"{', '.join(map(str, score_set.dataset['region'].values))}")

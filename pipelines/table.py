@@ -195,12 +195,14 @@ def _cells(dataset, targets: list[str], leads: list[int], select) -> np.ndarray:
 
 def score_figures(scores_path: Path, targets: list[str], leads: list[int], region: str) -> dict | None:
     """RMSE and SSR [target, lead] and the rank-histogram outer-bin excess of a scores file (None: absent)."""
+    from evaluation.regions import canonical_region
     from evaluation.scorecard import load_scores
-    from evaluation.scoring import RANK_HISTOGRAM_SUFFIX
+    from evaluation.scores_file import RANK_HISTOGRAM_SUFFIX
 
     if not scores_path.is_file():
         return None
     dataset = load_scores(scores_path).dataset
+    region = canonical_region(region)
     try:
         rmse, ssr = (_cells(dataset, targets, leads, lambda v, m=metric: dataset[v].sel(metric=m, region=region))
                      for metric in ("ensemble_mean_rmse", "spread_skill_ratio"))

@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 
 from evaluation.baselines import climatology_forecast, lead_times, persistence_forecast
+from evaluation.scores_file import open_scores
 from gencast_rmmd.config import SplitRange
 from gencast_rmmd.data.stores import open_dataset
 
@@ -111,8 +112,8 @@ def test_baseline_cli_writes_the_forecast_layout_that_evaluate_reads(tmp_path, c
                          "--out", tmp_path / f"{name}_scores.nc", "--no-progress")
         assert result.code == 0, result.err
     # Persistence error grows with lead exactly as the clock does: |X - Y| = lead in steps of 12 h.
-    with xr.open_dataset(tmp_path / "persistence_scores.nc", decode_timedelta=True) as scores:
-        np.testing.assert_allclose(scores["2m_temperature"].sel(metric="rmse", region="global").values, [1, 2, 3])
+    scores = open_scores(tmp_path / "persistence_scores.nc")
+    np.testing.assert_allclose(scores["2m_temperature"].sel(metric="rmse", region="global").values, [1, 2, 3])
     bad = run_cli("baseline", "persistence", "--truth", clock_store, "--init", "1999-01-01", "--steps", "2",
                   "--out", tmp_path / "bad.nc")
     assert bad.code == 2 and "no state at init time" in bad.err

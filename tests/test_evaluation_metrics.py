@@ -10,7 +10,8 @@ import xskillscore
 from scipy import stats
 
 from evaluation import metrics
-from evaluation.regions import REGIONS, latitude_cell_weights, region_weights
+from evaluation.regions import REGIONS, canonical_region, latitude_cell_weights, region_weights
+from gencast_rmmd.errors import UserInputError
 from evaluation.scoring import score_variable
 
 
@@ -170,17 +171,31 @@ def test_latitude_weights_match_the_closed_form(latitude):
         np.testing.assert_allclose(latitude_cell_weights(latitude), cosine / cosine.mean(), rtol=1e-12)
 
 
-def test_regions_select_the_documented_latitude_bands():
-    latitude = xr.DataArray(np.array([-80.0, -60.0, -20.0, 0.0, 20.0, 20.5, 61.0]), dims="latitude")
+def test_regions_select_weatherbench2s_latitude_bands():
+    """WB2's names and inclusive bounds: the rows at exactly +-20 and +-60 degrees belong to both sides."""
+    latitude = xr.DataArray(np.array([-80.0, -60.0, -20.0, 0.0, 20.0, 20.5, 60.0, 61.0]), dims="latitude")
     weights = region_weights(latitude, tuple(REGIONS))
     selected = {region: latitude.values[weights.sel(region=region).values > 0].tolist() for region in REGIONS}
+    assert list(REGIONS) == ["global", "tropics", "extra-tropics", "northern-hemisphere", "southern-hemisphere",
+                             "arctic", "antarctic"]
     assert selected["global"] == latitude.values.tolist()
     assert selected["tropics"] == [-20.0, 0.0, 20.0]
-    assert selected["extra_tropics"] == [-80.0, -60.0, 20.5, 61.0]
-    assert selected["northern_hemisphere"] == [20.5, 61.0]
-    assert selected["southern_hemisphere"] == [-80.0, -60.0]
-    assert selected["arctic"] == [61.0]
-    assert selected["antarctic"] == [-80.0]
+    assert selected["extra-tropics"] == [-80.0, -60.0, -20.0, 20.0, 20.5, 60.0, 61.0]
+    assert selected["northern-hemisphere"] == [20.0, 20.5, 60.0, 61.0]
+    assert selected["southern-hemisphere"] == [-80.0, -60.0, -20.0]
+    assert selected["arctic"] == [60.0, 61.0]
+    assert selected["antarctic"] == [-80.0, -60.0]
+
+
+def test_old_region_names_mean_the_same_regions():
+    latitude = xr.DataArray(np.linspace(-87.1875, 87.1875, 32), dims="latitude")
+    old = region_weights(latitude, ("extra_tropics", "northern_hemisphere", "southern_hemisphere"))
+    new = region_weights(latitude, ("extra-tropics", "northern-hemisphere", "southern-hemisphere"))
+    assert old["region"].values.tolist() == new["region"].values.tolist()
+    np.testing.assert_array_equal(old.values, new.values)
+    assert canonical_region("extra_tropics") == "extra-tropics" and canonical_region("global") == "global"
+    with pytest.raises(UserInputError, match="unknown region 'mid_latitudes'"):
+        canonical_region("mid_latitudes")
 
 
 def test_spread_skill_ratio_states_the_finite_ensemble_factor():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
 from evaluation.io import align_truth, chunk_for_scoring, open_forecast
-from evaluation.scoring import compute_scores, score_dataset
+from evaluation import metrics
+from evaluation.scorecard import ScoreSet, metric_frame
+from evaluation.scores_file import open_scores
+from evaluation.scoring import combine_scores, compute_scores, score_dataset
 from gencast_rmmd.data.forecast_io import forecast_dataset, write_forecast
 from gencast_rmmd.data.stores import open_dataset
 from wb2_stores import write_store
@@ -56,7 +60,7 @@ def test_evaluate_cli_matches_direct_numpy_within_0p2_percent(tmp_path, wb2_data
     result = run_cli("evaluate", "--forecast", tmp_path / "forecast.nc", "--truth", wb2_store,
                      "--out", tmp_path / "scores.nc", "--no-progress")
     assert result.code == 0, result.err
-    scores = xr.open_dataset(tmp_path / "scores.nc", decode_timedelta=True)
+    scores = open_scores(tmp_path / "scores.nc")
     assert scores["temperature"].dims == ("metric", "region", "lead_time", "level")
     assert scores["2m_temperature"].dims == ("metric", "region", "lead_time")
     assert np.issubdtype(scores["lead_time"].dtype, np.timedelta64)
@@ -207,3 +211,73 @@ def test_evaluation_never_imports_model_code():
                 continue
             assert not [name for name in names if name.startswith(forbidden)], (module.name, names)
 
+
+
+def test_scores_files_re_average_over_other_inits(tmp_path, wb2_dataset, wb2_store, run_cli):
+    """The sums and counts a scores file keeps give, combined over two files of disjoint inits, the scores of
+    all the inits scored at once (every metric and the rank histogram, per region, lead and level)."""
+    forecast = _forecast(wb2_dataset)
+    parts = {"whole": forecast, "first": forecast.isel(time=[0]), "rest": forecast.isel(time=[1, 2])}
+    for name, part in parts.items():
+        write_forecast(part, tmp_path / f"{name}.nc")
+        result = run_cli("evaluate", "--forecast", tmp_path / f"{name}.nc", "--truth", wb2_store,
+                         "--out", tmp_path / f"{name}_scores.nc", "--no-progress")
+        assert result.code == 0, result.err
+    whole, first, rest = (open_scores(tmp_path / f"{name}_scores.nc") for name in parts)
+    combined = combine_scores([first, rest])
+    assert combined.attrs["init_count"] == 3
+    for name in VARIABLES:
+        xr.testing.assert_allclose(combined[name], whole[name], rtol=1e-12)
+        # The random tie-breaks are drawn by position in the scored array, so the few exact ties (float32
+        # members equal to the truth) may fall in other bins when the inits are scored apart.
+        xr.testing.assert_allclose(combined[f"{name}_rank_histogram"], whole[f"{name}_rank_histogram"], atol=0.01)
+        assert (combined[f"{name}_init_count"] == whole[f"{name}_init_count"]).all()
+    # Averaging the two files' metrics instead (what a file of RMSEs alone allows) is not the same.
+    naive = (first["temperature"] + 2 * rest["temperature"]) / 3
+    rmse = {"metric": "ensemble_mean_rmse"}
+    assert not np.allclose(naive.sel(rmse), whole["temperature"].sel(rmse), rtol=1e-9)
+
+
+def test_scores_file_has_one_variable_per_metric_with_its_units(tmp_path, wb2_dataset, wb2_store, run_cli):
+    write_forecast(_forecast(wb2_dataset), tmp_path / "forecast.nc")
+    result = run_cli("evaluate", "--forecast", tmp_path / "forecast.nc", "--truth", wb2_store, "--regions",
+                     "global,extra_tropics", "--out", tmp_path / "scores.nc", "--no-progress")
+    assert result.code == 0, result.err
+    with netCDF4.Dataset(tmp_path / "scores.nc") as stored:
+        assert stored.Conventions == "CF-1.8"
+        assert stored["region_name"].dtype == "S1" and stored["region_name"].dimensions[0] == "region"
+        assert len(stored["region_name"].dimensions) == 2                      # (region, string length)
+        assert stored["region_name"][:].tolist() == ["global", "extra-tropics"]  # netCDF4 joins the chars
+        units = {name: stored[name].units for name in stored.variables if name.startswith("2m_temperature")}
+        assert stored["2m_temperature_crps"].coordinates == "region_name"
+        assert stored["lead_time"].standard_name == "forecast_period" and stored["lead_time"].dtype == np.int32
+    assert units["2m_temperature_crps"] == units["2m_temperature_ensemble_mean_rmse"] == "K"
+    assert units["2m_temperature_spread_skill_ratio"] == "1"
+    assert units["2m_temperature_ensemble_mean_squared_error_sum"] == "K2"
+    assert units["2m_temperature_ensemble_variance_sum"] == "K2"
+    assert units["2m_temperature_init_count"] == "1"
+    with xr.open_dataset(tmp_path / "scores.nc") as plain:    # what xarray reads back as written
+        assert plain["region_name"].values.tolist() == ["global", "extra-tropics"]
+        assert "metric" not in plain.dims
+    scores = open_scores(tmp_path / "scores.nc")
+    assert scores["region"].values.tolist() == ["global", "extra-tropics"]
+    assert scores["2m_temperature"].attrs["units"] == "K"
+    assert list(scores["temperature"]["metric"].values) == list(metrics.METRICS)
+
+
+def test_scores_files_of_the_layout_before_read_the_same(tmp_path, wb2_dataset, wb2_store):
+    """A file written before (a `metric` dim, underscore region names) reads as the current layout does."""
+    forecast = _forecast(wb2_dataset)
+    write_forecast(forecast, tmp_path / "forecast.nc")
+    current = _score_files(tmp_path / "forecast.nc", wb2_store)
+    old = current[[name for name in current.data_vars if "metric" in current[name].dims
+                   or name.endswith("_rank_histogram")]]
+    old = old.assign_coords(region=[name.replace("-", "_") for name in old["region"].values])
+    old.to_netcdf(tmp_path / "old_scores.nc")
+    reread = open_scores(tmp_path / "old_scores.nc")
+    assert reread["region"].values.tolist() == current["region"].values.tolist()
+    for name in old.data_vars:
+        xr.testing.assert_allclose(reread[name], current[name])
+    for region in ("extra_tropics", "extra-tropics"):     # the old names still select
+        frame = metric_frame(ScoreSet("old", tmp_path / "old_scores.nc", reread), "crps", region)
+        assert np.isfinite(frame.values).all()

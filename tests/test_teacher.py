@@ -100,6 +100,28 @@ def test_forecast_writes_a_valid_ensemble(run_cli, tiny_run, wb2_store, tmp_path
     assert float(np.abs(values - values.mean()).max()) < 50 * truth_scale
 
 
+def test_forecast_to_zarr_holds_the_netcdf_values_and_both_pass_the_cf_checkers(run_cli, tiny_run, wb2_store,
+                                                                                tmp_path):
+    """`--out F.zarr`: the same forecast as `--out F.nc`, in a store WB2's `xr.open_zarr` reads; CF-1.8 clean."""
+    from cf_checkers import assert_cf_clean
+
+    arguments = ("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", "2001-01-08T00",
+                 "--steps", "2", "--members", "2")
+    for suffix in ("nc", "zarr"):
+        result = run_cli(*arguments, "--out", tmp_path / f"forecast.{suffix}")
+        assert result.code == 0, result.err
+    store = xr.open_zarr(tmp_path / "forecast.zarr")
+    with xr.open_dataset(tmp_path / "forecast.nc") as netcdf:
+        assert set(store.data_vars) == set(netcdf.data_vars) and store.attrs["nfe_per_step"] == 39
+        for name in netcdf.data_vars:
+            np.testing.assert_array_equal(store[name].values, netcdf[name].values)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["forecast.nc", "forecast.zarr"]
+    scratch = tmp_path / "checks"
+    scratch.mkdir()
+    for suffix in ("nc", "zarr"):
+        assert_cf_clean(tmp_path / f"forecast.{suffix}", scratch)
+
+
 def test_members_do_not_depend_on_ensemble_size(run_cli, tiny_run, wb2_store, tmp_path):
     outputs = []
     for members in (2, 3):

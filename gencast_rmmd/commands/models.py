@@ -33,7 +33,8 @@ def forecast(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Chec
              init: Annotated[list[str], typer.Option("--init", help="Initialisation time (ISO), repeatable.")],
              steps: Annotated[int, typer.Option("--steps", min=1, help="Number of 12 h steps.")],
              members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members.")],
-             out: Annotated[Path, typer.Option("--out", help="Output NetCDF file.")],
+             out: Annotated[Path, typer.Option("--out", help="Forecast to write: NetCDF, or a zarr store for a "
+                                                               "name ending in .zarr.")],
              data: DataOption = None,
              seed: Annotated[int, typer.Option("--seed", help="Seed of the ensemble keys.")] = 0,
              ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA parameters.")] = True,
@@ -42,7 +43,7 @@ def forecast(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Chec
              sampler: Annotated[list[str] | None, typer.Option(
                  "--sampler", help="key=value override of the checkpoint's sampler config "
                                    "(e.g. noise_inflation=1.0), repeatable.")] = None) -> None:
-    """Autoregressive ensemble forecast from a checkpoint, written to CF NetCDF (WB2 forecast layout)."""
+    """Autoregressive ensemble forecast from a checkpoint, written to CF NetCDF or zarr (WB2 forecast layout)."""
     from gencast_rmmd.forecast.run import run_forecast
 
     timing = run_forecast(checkpoint, init, steps, members, out, data=data, seed=seed, use_ema=ema,

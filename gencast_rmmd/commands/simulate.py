@@ -28,7 +28,8 @@ def simulate(
         "--cache-dir", help="Spin-up / restart cache (default: $GENCAST_RMMD_SIMULATOR_CACHE, else "
                             "data.simulation.cache_dir).")] = None,
     reference_out: Annotated[Optional[Path], typer.Option(
-        "--reference-out", help="Also write a perfect-model reference ensemble (forecast NetCDF) here.")] = None,
+        "--reference-out", help="Also write a perfect-model reference ensemble here (forecast NetCDF, or zarr "
+                                "for a name ending in .zarr).")] = None,
     init: Annotated[Optional[list[str]], typer.Option(
         "--init", help="Initialisation time of the reference ensemble (ISO, repeatable).")] = None,
     members: Annotated[int, typer.Option("--members", help="Reference ensemble members.")] = 8,
