@@ -27,17 +27,26 @@ def run(config: Annotated[Path, typer.Argument(help="Pipeline config (configs/pi
             "--resume", help="Continue interrupted or failed stages (training from its last checkpoint).")] = False,
         force: Annotated[Optional[list[str]], typer.Option(
             "--force", help="Run this stage again even if unchanged (name or glob, e.g. 'distill.*'; repeatable).")]
-        = None) -> None:
+        = None,
+        progress_every: Annotated[float, typer.Option(
+            "--progress-every", min=0, help="Without a terminal (cron, a pipe): a progress line of the running "
+                                            "stage every SECONDS (0: none). A terminal shows live bars.")] = 30.0
+        ) -> None:
     """Run the pipeline: unchanged stages are skipped; prints the scorecard HTML path at the end.
 
-    Each stage logs to WORKDIR/logs/STAGE.log; WORKDIR/manifest.json records
-    configs, input and output hashes, times and versions. A second run on the
+    The running stage shows its progress (step/total, rate, loss, ETA) and each
+    finished stage its duration and peak memory. Each stage logs to
+    WORKDIR/logs/STAGE.log; WORKDIR/manifest.json records configs, input and
+    output hashes, times and versions; WORKDIR/run_summary.json the run's wall
+    time, peak memory and machine. A second run on the
     same work directory is refused while the first holds WORKDIR/.lock. With
     distributed.process_id > 0 this process only takes its share of the
     training stages that process 0 runs (multi-host; see pipelines/follower.py).
     """
     from pipelines.config import load_pipeline_config
+    from pipelines.progress import format_bytes, format_duration
     from pipelines.runner import StageFailed, run_pipeline
+    from pipelines.stage_console import stage_console
 
     pipeline_config = load_pipeline_config(config, overrides or [], data)
     if pipeline_config.distributed.enabled and pipeline_config.distributed.process_id:
@@ -51,13 +60,14 @@ def run(config: Annotated[Path, typer.Argument(help="Pipeline config (configs/pi
         return
     try:
         summary = run_pipeline(config, pipeline_config, workdir, resume=resume, force=tuple(force or ()),
-                               log=_say)
+                               log=_say, console=stage_console(console, progress_every))
     except StageFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         raise typer.Exit(failure.exit_code) from None
     ran = sum(action in ("ran", "resumed") for action in summary.actions.values())
-    console.print(f"pipeline done: {ran} stage(s) ran, {len(summary.actions) - ran} skipped or not applicable; "
-                  f"scorecard:", markup=False)
+    console.print(f"pipeline done in {format_duration(summary.wall_seconds)} (peak memory "
+                  f"{format_bytes(summary.peak_rss_bytes)}; {summary.workdir / 'run_summary.json'}): {ran} stage(s) "
+                  f"ran, {len(summary.actions) - ran} skipped or not applicable; scorecard:", markup=False)
     print(summary.scorecard)
 
 

@@ -4,13 +4,16 @@
      "environment": {python, platform, host, packages: {name: version}, git_commit},
      "stages": {NAME: {state, order, group, description, config_sha256, inputs: {stage.output: digest},
                        identity, outputs: {key: {path, kind, digest, ...}}, commands, log,
-                       started, ended, seconds, attempts, action, error, pid}},
-     "runs": [{started, ended, command, result, actions: {NAME: ran|resumed|skipped|not applicable}}]}
+                       started, ended, seconds, peak_rss_bytes, cpu_seconds, attempts, action, error, pid}},
+     "runs": [{started, ended, command, result, actions: {NAME: ran|resumed|skipped|not applicable},
+               wall_seconds, peak_rss_bytes}]}
 
 `state` is pending, running, done, failed or not_applicable. A stage's
 `identity` hashes its config and its inputs' digests; a stage is skipped when
 its recorded identity matches and its outputs exist. Written atomically after
-every change, so a kill leaves the last consistent state.
+every change, so a kill leaves the last consistent state. A stage's
+`peak_rss_bytes` and `cpu_seconds` are its commands' (`pipelines.run_summary`),
+a run's its wall time and the peak of the pipeline and all its commands.
 """
 
 from __future__ import annotations

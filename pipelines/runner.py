@@ -5,10 +5,16 @@ For every stage, in order:
 - it is skipped when the manifest records it done with that identity and its
   outputs exist (a rerun with nothing changed skips every stage);
 - otherwise its commands run as subprocesses inside the work directory, output
-  appended to `logs/STAGE.log`; a training stage whose run was interrupted
-  with the same identity continues from its last checkpoint (`--resume`),
-  one whose identity changed starts again from an empty run directory;
-- its outputs are digested and recorded; the manifest is saved after every change.
+  appended to `logs/STAGE.log`, progress kept in `logs/STAGE.progress.json`
+  and followed on the console (`pipelines.stage_console`); a training stage
+  whose run was interrupted with the same identity continues from its last
+  checkpoint (`--resume`), one whose identity changed starts again from an
+  empty run directory;
+- its outputs are digested and recorded with its duration, peak memory and CPU
+  time (`pipelines.run_summary`); the manifest is saved after every change.
+
+Every run ends by writing `run_summary.json`: wall time, peak memory, the
+machine and each stage's figures.
 
 A failing command stops the pipeline with an error naming the stage and its
 log. Stage processes die with the runner (Linux: PR_SET_PDEATHSIG), so a
@@ -33,14 +39,20 @@ import yaml
 from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.io_utils import atomic_path
+from gencast_rmmd.progress_record import PROGRESS_FILE_ENV
 from pipelines.config import PipelineConfig
 from pipelines.digests import output_record, sha256_json
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, now
+from pipelines.progress import (ProgressFollower, ProgressView, format_bytes, format_duration, progress_file,
+                                progress_text)
 from pipelines.resolution import ResolvedConfigs, resolve
+from pipelines.run_summary import CommandUsage, write_run_summary
+from pipelines.stage_console import PlainStageConsole, Show, StageConsole
 from pipelines.stages import SCORECARD_HTML, Stage, StageContext, build_stages
 
 NOT_APPLICABLE = "not applicable"
+POLL_SECONDS = 0.5                  # how often a running command's exit and progress record are looked at
 Log = Callable[[str], None]
 
 
@@ -57,6 +69,8 @@ class RunSummary:
     workdir: Path
     actions: dict[str, str]        # stage -> ran | resumed | skipped | not applicable
     scorecard: Path
+    wall_seconds: float
+    peak_rss_bytes: int            # of the pipeline and every stage command (run_summary.json)
 
 
 def default_workdir(config_file: str | Path, config: PipelineConfig) -> Path:
@@ -83,9 +97,10 @@ class PipelineRunner:
     """Runs the stages of one pipeline in one work directory (the caller holds the lock)."""
 
     def __init__(self, workdir: Path, stages: list[Stage], manifest: Manifest, config: PipelineConfig,
-                 resume: bool, force: tuple[str, ...], log: Log):
+                 resume: bool, force: tuple[str, ...], log: Log, console: StageConsole | None = None):
         self.workdir, self.stages, self.manifest = workdir, stages, manifest
         self.config, self.resume, self.force, self.log = config, resume, force, log
+        self.console = console or PlainStageConsole(log)
         self.width = max(len(stage.name) for stage in stages)
 
     # ----------------------------------------------------------------- identity
@@ -115,8 +130,11 @@ class PipelineRunner:
         return StageContext(self.workdir, resume_run,
                             {name: record.get("state", "pending") for name, record in self.manifest.stages.items()})
 
+    def _title(self, stage: Stage) -> str:
+        return f"[{stage.group}/7] {stage.name:<{self.width}}"
+
     def _say(self, stage: Stage, message: str) -> None:
-        self.log(f"[{stage.group}/7] {stage.name:<{self.width}}  {message}")
+        self.log(f"{self._title(stage)}  {message}")
 
     def run_stage(self, stage: Stage, order: int) -> str:
         """Run, resume or skip one stage (the `order`-th); return the action taken."""
@@ -141,14 +159,20 @@ class PipelineRunner:
             ended=None, seconds=None, error=None, attempts=record.get("attempts", 0) + 1)
         began = time.monotonic()
         self._say(stage, f"{'resuming' if resume_run else 'running'} (log: {self.workdir / record['log']})")
-        for command in commands:
-            self._run_command(stage, command)
+        usages: list[CommandUsage] = []
+        last_view = None
+        with self.console.stage(self._title(stage)) as show:
+            for command in commands:
+                last_view = self._run_command(stage, command, show, usages) or last_view
         outputs = {key: {"path": output.path, "kind": output.kind,
                          **output_record(output.kind, self.workdir / output.path)}
                    for key, output in stage.outputs.items()}
         seconds = round(time.monotonic() - began, 2)
         self.manifest.update_stage(stage.name, state="done", outputs=outputs, ended=now(), seconds=seconds, pid=None)
-        self._say(stage, f"done in {seconds:.1f} s")
+        peak = self.manifest.stages[stage.name]["peak_rss_bytes"]
+        self._say(stage, f"done in {format_duration(seconds)}"
+                         f"{' (' + progress_text(last_view) + ')' if last_view is not None else ''}, "
+                         f"peak memory {format_bytes(peak)}")
         return action
 
     def _prepare_run_directory(self, stage: Stage, record: dict, identity: str) -> bool:
@@ -167,26 +191,51 @@ class PipelineRunner:
         shutil.rmtree(run_dir)
         return False
 
-    def _run_command(self, stage: Stage, command) -> None:
+    def _run_command(self, stage: Stage, command, show: Show, usages: list[CommandUsage]) -> ProgressView | None:
+        """Run one command of `stage`, showing its progress; the last progress view (None if it kept none)."""
         log_path = self.workdir / "logs" / f"{stage.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        record = self.workdir / progress_file(stage.name)
+        record.unlink(missing_ok=True)                        # an earlier command's or attempt's
+        follower = ProgressFollower(record)
         with open(log_path, "a") as log:
-            process = start_command(command, stage, self.config, self.workdir, log)
+            process = start_command(command, stage, self.config, self.workdir, log, progress_to=record)
             self.manifest.update_stage(stage.name, pid=process.pid)
             try:
-                code = process.wait()
+                code, usage = wait_with_usage(process, lambda: show(follower.poll()))
             except BaseException:
                 _stop(process)
                 self.manifest.update_stage(stage.name, state="failed", ended=now(), error="interrupted", pid=None)
                 log.write(f"== {now()} interrupted\n")
                 raise
             log.write(f"== {now()} exit code {code}\n")
+        usages.append(usage)
+        self.manifest.update_stage(stage.name, peak_rss_bytes=max(u.peak_rss_bytes for u in usages),
+                                   cpu_seconds=round(sum(u.cpu_seconds for u in usages), 2))
         if code != 0:
             last = _last_line(log_path)
             message = (f"stage {stage.name} failed (exit code {code}): {last}; "
                        f"full log: {log_path}")
             self.manifest.update_stage(stage.name, state="failed", ended=now(), error=last, pid=None)
             raise StageFailed(message, 2 if code == 2 else 1)
+        return follower.poll()
+
+
+def wait_with_usage(process: subprocess.Popen, tick: Callable[[], None],
+                    poll_seconds: float = POLL_SECONDS) -> tuple[int, CommandUsage]:
+    """Wait for `process`, calling `tick` every `poll_seconds`; its exit code and what it used.
+
+    The process is reaped with `os.wait4`, which hands over the kernel's count of
+    its peak memory and CPU time (with every process it waited for); `process`
+    learns its return code as from `Popen.wait`.
+    """
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, CommandUsage.of(usage)
+        tick()
+        time.sleep(poll_seconds)
 
 
 
@@ -196,16 +245,23 @@ def stage_environment(config: PipelineConfig, stage: Stage) -> dict[str, str]:
     cached = ({"JAX_COMPILATION_CACHE_DIR": str(Path(cache).expanduser()),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
               if cache else {})
-    return {**os.environ, **cached, **stage.environment, "PYTHONUNBUFFERED": "1"}
+    ours = {key: value for key, value in os.environ.items() if key != PROGRESS_FILE_ENV}
+    return {**ours, **cached, **stage.environment, "PYTHONUNBUFFERED": "1"}
 
 
-def start_command(command, stage: Stage, config: PipelineConfig, workdir: Path, log) -> subprocess.Popen:
-    """Start one command of `stage` in `workdir`, appending its output to the open `log`; it dies with us."""
+def start_command(command, stage: Stage, config: PipelineConfig, workdir: Path, log,
+                  progress_to: Path | None = None) -> subprocess.Popen:
+    """Start one command of `stage` in `workdir`, appending its output to the open `log`; it dies with us.
+
+    With `progress_to`, the command keeps its progress record there (`$GENCAST_RMMD_PROGRESS_FILE`).
+    """
     log.write(f"\n== {now()} stage {stage.name}\n$ {command.display()}\n")
     log.flush()
+    environment = stage_environment(config, stage)
+    if progress_to is not None:
+        environment[PROGRESS_FILE_ENV] = str(progress_to)
     return subprocess.Popen(command.argv(), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=stage_environment(config, stage),
-                            preexec_fn=_die_with_parent)
+                            stdin=subprocess.DEVNULL, env=environment, preexec_fn=_die_with_parent)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -224,13 +280,29 @@ def _last_line(log_path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def _end_run(manifest: Manifest, result: str, began: float, order: list[str]) -> dict:
+    """Record how the run ended, its wall time and peak memory; write `run_summary.json`; return it."""
+    wall_seconds = time.monotonic() - began
+    manifest.current_run.update(ended=now(), result=result)
+    summary = write_run_summary(manifest.path.parent, manifest.content, wall_seconds, order)
+    manifest.current_run.update(wall_seconds=summary["wall_seconds"], peak_rss_bytes=summary["peak_rss_bytes"])
+    manifest.save()
+    return summary
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str | Path | None = None,
-                 resume: bool = False, force: tuple[str, ...] = (), log: Log = print) -> RunSummary:
-    """Run the pipeline of `config` (loaded from `config_file`) in `workdir`; return what each stage did."""
+                 resume: bool = False, force: tuple[str, ...] = (), log: Log = print,
+                 console: StageConsole | None = None) -> RunSummary:
+    """Run the pipeline of `config` (loaded from `config_file`) in `workdir`; return what each stage did.
+
+    `log` gets the stage lines; `console` shows the running stage's progress
+    (default: a plain line through `log` every 30 s).
+    """
+    began = time.monotonic()
     workdir = Path(workdir or default_workdir(config_file, config)).resolve()
     resolved = resolve(config, config_file)
     stages = build_stages(config, resolved)
@@ -262,18 +334,17 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
             manifest.content["runs"].append({"started": now(), "resume": resume, "force": list(force),
                                              "result": "running", "actions": {}})
             manifest.save()
-            runner = PipelineRunner(workdir, stages, manifest, config, resume, force, log)
+            runner = PipelineRunner(workdir, stages, manifest, config, resume, force, log, console)
             log(f"pipeline {manifest.content['pipeline']['name']} in {workdir}: {len(stages)} stages")
+            order = [stage.name for stage in stages]
             try:
-                for order, stage in enumerate(stages):
-                    manifest.current_run["actions"][stage.name] = runner.run_stage(stage, order)
+                for position, stage in enumerate(stages):
+                    manifest.current_run["actions"][stage.name] = runner.run_stage(stage, position)
             except BaseException as error:
-                manifest.current_run.update(ended=now(), result="failed" if isinstance(error, StageFailed)
-                                            else "interrupted")
-                manifest.save()
+                _end_run(manifest, "failed" if isinstance(error, StageFailed) else "interrupted", began, order)
                 raise
-            manifest.current_run.update(ended=now(), result="ok")
-            manifest.save()
-            return RunSummary(workdir, dict(manifest.current_run["actions"]), workdir / SCORECARD_HTML)
+            summary = _end_run(manifest, "ok", began, order)
+            return RunSummary(workdir, dict(manifest.current_run["actions"]), workdir / SCORECARD_HTML,
+                              summary["wall_seconds"], summary["peak_rss_bytes"])
     finally:
         signal.signal(signal.SIGTERM, previous)

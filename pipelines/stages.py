@@ -24,7 +24,8 @@ Work directory layout:
                   climatology (test split)
     scores/       LABEL.nc from `gencast-rmmd evaluate`
     scorecard/    index.html (start here), students_vs_teacher/, vs_persistence/, speed.json, timing.json
-    logs/         STAGE.log, one per stage
+    logs/         STAGE.log, one per stage; STAGE.progress.json, its latest progress record
+    manifest.json, run_summary.json   what ran with what (pipelines.manifest); what the last run cost
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,7 +78,7 @@ def digests(workdir: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, pipeline_args, dask_scheduler):
     workdir = tmp_path_factory.mktemp("pipelines") / "tiny"
-    code, out, err, seconds = run_pipeline("--workdir", workdir, *pipeline_args)
+    code, out, err, seconds = run_pipeline("--workdir", workdir, *pipeline_args, "--progress-every", "1")
     assert code == 0, err[-3000:]
     return workdir, out, err, seconds, dask_scheduler.scheduler.transition_counter
 
@@ -111,6 +113,55 @@ def test_tiny_pipeline_end_to_end(tiny_run):
     assert set(json.loads((workdir / "scorecard" / "timing.json").read_text())) == {"teacher", "tiny"}
 
 
+def test_without_a_terminal_the_console_prints_progress_lines_and_each_stage_its_duration(tiny_run):
+    """A pipe gets plain lines (no ANSI codes): the running stage's step/total every second, one line per stage."""
+    workdir, _, err = tiny_run[:3]
+    assert "\x1b" not in err
+    lines = err.splitlines()
+    # While the teacher trained: its step out of 20 from its progress record, and how long it has run.
+    assert any(re.fullmatch(r"\[3/7\] teacher +teacher: step \d+/20, .* elapsed", line) for line in lines)
+    stages = manifest(workdir)["stages"]
+    for name, record in stages.items():
+        if record["state"] == "done":
+            done = [line for line in lines if re.match(rf"\[\d/7\] {re.escape(name)} +done in ", line)]
+            assert len(done) == 1 and "peak memory" in done[0], name
+    finished = {name: next(line for line in lines if re.match(rf"\[\d/7\] {re.escape(name)} +done in", line))
+                for name in ("teacher", "distill.tiny", "forecast.teacher")}
+    assert "teacher: step 20/20" in finished["teacher"]
+    assert "students/tiny: step 2/2" in finished["distill.tiny"]                # phase 2, after phase 1's run
+    assert "forecasts/teacher.nc: step 2/2 of 2 init(s) x 2 members" in finished["forecast.teacher"]
+    teacher = json.loads((workdir / "logs" / "teacher.progress.json").read_text())
+    assert (teacher["label"], teacher["done"], teacher["total"], teacher["start"]) == ("teacher", 20, 20, 0)
+
+
+def test_the_run_summary_holds_wall_time_peak_memory_and_the_machine(tiny_run):
+    """`run_summary.json`: figures a README can quote, consistent with each other and with the manifest."""
+    workdir, seconds = tiny_run[0], tiny_run[3]
+    summary = json.loads((workdir / "run_summary.json").read_text())
+    content = manifest(workdir)
+    assert summary["result"] == "ok" and summary["pipeline"] == "tiny"
+    assert summary["git_commit"] == content["environment"]["git_commit"]
+    assert summary["started"] <= summary["ended"] and 0 < summary["wall_seconds"] <= seconds
+    assert content["runs"][-1]["wall_seconds"] == summary["wall_seconds"]
+    memory = psutil.virtual_memory().total
+    assert 100e6 < summary["peak_rss_bytes"] < memory
+    assert [stage["name"] for stage in summary["stages"]] == [name for name, _ in
+                                                              sorted(content["stages"].items(),
+                                                                     key=lambda item: item[1]["order"])]
+    ran = [stage for stage in summary["stages"] if stage["action"] == "ran"]
+    assert len(ran) == sum(record["state"] == "done" for record in content["stages"].values())
+    for stage in ran:
+        record = content["stages"][stage["name"]]
+        assert stage["seconds"] == record["seconds"] and stage["peak_rss_bytes"] == record["peak_rss_bytes"]
+        assert 20e6 < stage["peak_rss_bytes"] <= summary["peak_rss_bytes"], stage
+        assert 0 < stage["cpu_seconds"], stage
+    assert sum(stage["seconds"] for stage in ran) <= summary["wall_seconds"]
+    assert max(stage["peak_rss_bytes"] for stage in ran) > 300e6                # JAX training is not small
+    machine = summary["machine"]
+    assert machine["host"] == socket.gethostname() and machine["memory_bytes"] == memory
+    assert 1 <= machine["usable_cpus"] <= machine["cpu_count"] and machine["cpu_model"]
+
+
 def test_status_prints_the_stage_table(tiny_run, run_cli):
     workdir = tiny_run[0]
     result = run_cli("pipeline", "status", workdir)
@@ -130,6 +181,13 @@ def test_rerun_with_nothing_changed_skips_every_stage(tiny_run, pipeline_args):
     assert set(actions.values()) == {"skipped", "not applicable"}
     assert seconds < 30
     assert Path(out.strip().splitlines()[-1]).is_file()
+    # The summary of a run that skipped everything keeps each stage's figures from the run that made it.
+    summary = json.loads((workdir / "run_summary.json").read_text())
+    stages = manifest(workdir)["stages"]
+    assert summary["wall_seconds"] < 30
+    for stage in summary["stages"]:
+        if stage["action"] == "skipped":
+            assert stage["seconds"] == stages[stage["name"]]["seconds"] and stage["peak_rss_bytes"] > 0
 
 
 def test_changed_distill_config_reruns_only_distill_and_what_follows(tiny_run, pipeline_args, tmp_path):

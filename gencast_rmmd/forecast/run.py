@@ -16,6 +16,7 @@ from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import predictor_from_payload
 from gencast_rmmd.forecast.rollout import DEFAULT_BATCH_SIZE, RolloutTiming, rollout
 from gencast_rmmd.forecast.writer import ForecastWriter
+from gencast_rmmd.progress_record import ProgressRecord
 from gencast_rmmd.training import load_checkpoint
 
 
@@ -89,5 +90,11 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
         f"{payload['sampler']['name']} ({predictor.sampler.nfe_per_step} denoiser calls per step)")
     with ForecastWriter(out, init_times=init_times, leads=leads, members=members, layout=source.layout,
                         latitude=source.latitude, longitude=source.longitude, attrs=attrs) as writer:
+        record = ProgressRecord("forecast", str(out), steps, detail=f"{len(init_times)} init(s) x {members} members")
+
+        def progress(step: int) -> None:
+            log(f"step {step}/{steps} done")
+            record.update(step)
+
         return rollout(predictor, params, source, init_times, steps, members, jax.random.PRNGKey(seed), writer,
-                       progress=lambda step: log(f"step {step}/{steps} done"), batch_size=batch_size)
+                       progress=progress, batch_size=batch_size)

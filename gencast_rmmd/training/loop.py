@@ -207,7 +207,8 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
                 "versions": package_versions(), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
             checkpoints.prune_checkpoints(run_dir, config.keep_checkpoints)
 
-        with TrainingProgress(config.steps, start_step, enabled=config.progress and primary) as progress:
+        with TrainingProgress(config.steps, start_step, enabled=config.progress and primary, label=str(run_dir),
+                              record=primary) as progress:
             for step in range(start_step, config.steps):
                 batch = first_batch if step == start_step else next(iterator)
                 started = time.perf_counter()

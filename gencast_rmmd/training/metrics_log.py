@@ -1,4 +1,5 @@
-"""Where training metrics go: `RUN/metrics.jsonl`, optional TensorBoard / MLflow, a rich progress bar.
+"""Where training metrics go: `RUN/metrics.jsonl`, optional TensorBoard / MLflow, a rich progress bar, and the
+progress record a pipeline follows (`gencast_rmmd.progress_record`).
 
 `metrics.jsonl` has one JSON object per logged step (`step`, `loss`, `lr`,
 `grad_norm`, `step_seconds`, `skipped_total`, task metrics, and
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gencast_rmmd.io_utils import atomic_path
+from gencast_rmmd.progress_record import ProgressRecord
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -111,10 +113,17 @@ class MetricsLog:
 
 
 class TrainingProgress:
-    """A rich progress bar on stderr (step, steps/s, loss); disabled when asked, off process 0, or not a TTY."""
+    """A rich progress bar on stderr (step, steps/s, loss); disabled when asked, off process 0, or not a TTY.
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool):
+    With `record` (process 0) every step also goes to the progress record of
+    `$GENCAST_RMMD_PROGRESS_FILE`, labelled `label` (the run directory), whether
+    or not the bar shows: that is what a pipeline's console follows.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, enabled: bool, label: str = "train",
+                 record: bool = False):
         self._enabled = enabled and sys.stderr.isatty()
+        self._record = ProgressRecord("train", label, total_steps, start_step) if record else None
         self._start_time, self._start_step = time.perf_counter(), start_step
         self._progress = Progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
@@ -128,6 +137,8 @@ class TrainingProgress:
         return self
 
     def update(self, step: int, loss: float) -> None:
+        if self._record is not None:
+            self._record.update(step, loss)
         if self._enabled:
             elapsed = time.perf_counter() - self._start_time
             rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
