@@ -75,7 +75,7 @@ def run(config: Annotated[Path, typer.Argument(help="Pipeline config (configs/pi
 def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pipeline.")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the manifest's stages as JSON.")] = False
            ) -> None:
-    """Print a table of the stages: state, last action, duration, outputs and logs."""
+    """Print a table of the stages: state, last action, duration, outputs and logs; a running stage's progress."""
     import json
 
     from rich.console import Console
@@ -84,6 +84,7 @@ def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pip
     from gencast_rmmd.errors import UserInputError
     from pipelines.lock import WorkdirLock
     from pipelines.manifest import Manifest
+    from pipelines.progress import ProgressFollower, progress_file, progress_text
 
     if not (workdir / "manifest.json").is_file():
         raise UserInputError(f"{workdir} holds no pipeline (no manifest.json); run `gencast-rmmd pipeline run`")
@@ -114,6 +115,11 @@ def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pip
     failed = [(name, record) for name, record in manifest.stages.items() if record.get("state") == "failed"]
     for name, record in failed:
         out.print(f"{name} failed: {record.get('error')} (log: {workdir / record.get('log', '')})", markup=False)
+    running = [name for name, record in manifest.stages.items() if record.get("state") == "running"]
+    for name in running if holder else ():              # without a holder the run was killed: --resume
+        view = ProgressFollower(workdir / progress_file(name)).poll()
+        if view is not None:
+            out.print(f"{name} running: {progress_text(view)}", markup=False)
 
 
 def register(parent: typer.Typer) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from rich.console import Console
@@ -161,7 +162,6 @@ def test_a_terminal_gets_a_live_bar_and_a_pipe_plain_lines_without_ansi_codes():
     plain = stage_console(Console(file=piped, width=160), every=0.0001)
     assert isinstance(plain, PlainStageConsole)
     with plain.stage("[3/7] teacher") as show:
-        import time
         time.sleep(0.01)
         show(ProgressView("teacher", "step", 7, 20, 0, 0.5, "", 2.0, 0.1))
     assert "teacher: step 7/20, 2.00 step/s, loss 0.5, ETA 6.5 s" in piped.getvalue()
@@ -176,3 +176,18 @@ def test_a_reaped_command_reports_its_exit_code_peak_memory_and_cpu_time():
     assert code == 3 and process.returncode == 3 and process.poll() == 3
     assert 300e6 < usage.peak_rss_bytes < 2e9 and usage.cpu_seconds > 0
     assert ticks
+
+
+def test_status_shows_the_running_stages_progress_while_a_run_holds_the_lock(tmp_path, run_cli):
+    from pipelines.lock import WorkdirLock
+    from pipelines.manifest import Manifest
+
+    Manifest.load(tmp_path).update_stage("teacher", order=0, group=3, state="running", log="logs/teacher.log")
+    (tmp_path / "logs").mkdir()
+    now = time.time()
+    record(tmp_path / "logs" / "teacher.progress.json", 120, now - 2, total=200, start=100,
+           first_step=[now - 192, 101])
+    assert "teacher running" not in run_cli("pipeline", "status", tmp_path).out    # no holder: it was killed
+    with WorkdirLock(tmp_path, log=lambda _: None):
+        out = " ".join(run_cli("pipeline", "status", tmp_path).out.split())
+    assert "teacher running: teacher: step 120/200 (resumed at 100), 10.0 s/step, loss 0.5, ETA 13 min 20 s" in out
