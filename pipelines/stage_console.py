@@ -11,12 +11,13 @@ one when it ends (with its duration); the stage's own output goes to its log.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from pipelines.progress import ProgressView, format_duration, progress_text
 
@@ -54,21 +55,29 @@ class PlainStageConsole:
 
 
 class LiveStageConsole:
-    """A rich bar for the running stage on `console` (a terminal); log lines printed to it appear above."""
+    """A rich bar for the running stage on `console` (a terminal); log lines printed to it appear above.
 
-    def __init__(self, console: Console):
-        self._console = console
+    The elapsed time is the stage's, kept here: rich's own stops when a bar
+    first fills, and a distillation fills one bar per run.
+    """
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic):
+        self._console, self._clock = console, clock
 
     @contextmanager
     def stage(self, title: str) -> Iterator[Show]:
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
-                            TextColumn("{task.fields[text]}"), TimeElapsedColumn(), console=self._console,
-                            transient=True, refresh_per_second=4)
-        task = progress.add_task(title, total=None, counts="", text="running")
+                            TextColumn("{task.fields[text]}"), TextColumn("[yellow]{task.fields[elapsed]}"),
+                            console=self._console, transient=True, refresh_per_second=4)
+        task = progress.add_task(title, total=None, counts="", text="running", elapsed="0:00:00")
+        began = self._clock()
 
         def show(view: ProgressView | None) -> None:
-            if view is not None:
-                progress.update(task, total=view.total, completed=view.done,
+            elapsed = str(dt.timedelta(seconds=int(self._clock() - began)))
+            if view is None:
+                progress.update(task, elapsed=elapsed)
+            else:
+                progress.update(task, total=view.total, completed=view.done, elapsed=elapsed,
                                 counts=f"{view.done}/{view.total} {view.unit}s", text=progress_text(view, counts=False))
 
         with progress:

@@ -158,6 +158,15 @@ def test_a_terminal_gets_a_live_bar_and_a_pipe_plain_lines_without_ansi_codes():
     with stage_console(terminal).stage("[3/7] teacher") as show:
         show(ProgressView("teacher", "step", 7, 20, 0, 0.5, "", 2.0, 0.1))
     assert "7/20 steps" in screen.getvalue() and "\x1b[" in screen.getvalue()
+    # The stage's elapsed time goes on when a distillation's first run fills its bar and the next begins.
+    clock, screen = [0.0], io.StringIO()
+    live = LiveStageConsole(Console(file=screen, force_terminal=True, width=160), clock=lambda: clock[0])
+    with live.stage("[4/7] distill.rmmd") as show:
+        clock[0] = 65.0
+        show(ProgressView("students/rmmd/phase1", "step", 2, 2, 0, 0.5, "", 1.0, 0.1))
+        clock[0] = 3725.0
+        show(ProgressView("students/rmmd", "step", 1, 2, 0, 0.5, "", 1.0, 0.1))
+    assert "1/2 steps students/rmmd" in screen.getvalue() and "1:02:05" in screen.getvalue()   # the last frame
     piped = io.StringIO()
     plain = stage_console(Console(file=piped, width=160), every=0.0001)
     assert isinstance(plain, PlainStageConsole)
