@@ -34,16 +34,47 @@ def parse_init_times(values: list[str], every_hours: int = 24):
     for value in values:
         try:
             if ".." in value:
-                start, end = value.split("..", 1)
-                times.extend(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=f"{every_hours}h"))
+                start, end = (pd.Timestamp(part) for part in value.split("..", 1))
             else:
-                times.append(pd.Timestamp(value))
+                start = end = pd.Timestamp(value)
         except (ValueError, TypeError):
             raise UserInputError(f"--init {value!r} is not an ISO time (e.g. 2000-10-01T00) or a "
                                  "START..END range") from None
+        if pd.isna(start) or pd.isna(end):
+            raise UserInputError(f"--init {value!r} is not an ISO time (e.g. 2000-10-01T00) or a START..END range")
+        if end < start:
+            raise UserInputError(f"--init {value!r}: the range ends before it starts; write START..END with "
+                                 "START first")
+        if every_hours < 1:
+            raise UserInputError(f"--init-every-hours must be at least 1 (got {every_hours})")
+        times.extend(pd.date_range(start, end, freq=f"{every_hours}h"))
     if not times:
         raise UserInputError("give at least one --init")
     return pd.DatetimeIndex(sorted(set(times)))
+
+
+def check_scheduler_reachable(address: str, timeout: float = 3.0) -> None:
+    """Refuse an unreachable `--dask-scheduler` at once (a dask Client would retry for 30 s, then raise OSError)."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(backends))}")
+        host, port = parse_host_port(location, default_port=8786) if scheme in ("tcp", "tls") else (None, None)
+    except (ValueError, TypeError) as error:
+        raise UserInputError(f"--dask-scheduler {address!r} is not a scheduler address such as tcp://HOST:8786 "
+                             f"({error})") from None
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise UserInputError(f"--dask-scheduler {address}: cannot connect ({error.strerror or error}); start a "
+                             "scheduler (`dask scheduler`) or leave the option out to compute here") from None
 
 
 def evaluate(
@@ -64,7 +95,11 @@ def evaluate(
     """Score a forecast: fair CRPS, spread/skill, ensemble-mean RMSE, rank histograms per variable/level/lead."""
     from evaluation.regions import REGIONS
     from evaluation.scoring import evaluate_files
+    from gencast_rmmd.io_utils import check_output_path
 
+    check_output_path(out, directory=False)
+    if dask_scheduler:
+        check_scheduler_reachable(dask_scheduler)
     scores = evaluate_files(forecast, truth, str(out), member_dim=member_dim,
                             regions=tuple(_split_names(regions) or REGIONS), variables=_split_names(variables),
                             scheduler_address=dask_scheduler, seed=seed, label=label, progress=progress)
@@ -122,7 +157,9 @@ def persistence(
 ) -> None:
     """Persistence (M = 1): the state at initialisation, repeated at every lead."""
     from evaluation.baselines import lead_times, persistence_forecast
+    from gencast_rmmd.io_utils import check_output_path
 
+    check_output_path(out)
     store, names, _ = _truth_and_variables(truth, variables, config)
     forecast = persistence_forecast(store, parse_init_times(init, init_every_hours), lead_times(steps, step_hours),
                                     names)
@@ -142,7 +179,12 @@ def climatology(
 ) -> None:
     """Climatology: M training-period states from the same time of year (± window) and day, in other years."""
     from evaluation.baselines import climatology_forecast, lead_times
+    from gencast_rmmd.io_utils import check_output_path
 
+    check_output_path(out)
+    if not window_days >= 0:
+        raise UserInputError(f"--window-days must be 0 or more (got {window_days:g}): the half-width of the "
+                             "day-of-year window")
     store, names, split = _truth_and_variables(truth, variables, config)
     forecast = climatology_forecast(store, parse_init_times(init, init_every_hours), lead_times(steps, step_hours),
                                     names, members, split, window_days, seed)
@@ -164,7 +206,9 @@ def scorecard(
 ) -> None:
     """Scorecard of forecasts against a baseline: PNG (CRPS and RMSE, relative %), HTML and markdown."""
     from evaluation.report import write_scorecard
+    from gencast_rmmd.io_utils import check_output_path
 
+    check_output_path(out, directory=True)
     for line in write_scorecard(list(scores), baseline, out, region=region, timing=timing):
         print(line)
     print(f"wrote {out / 'scorecard.png'}, {out / 'index.html'}, {out / 'summary.md'}")
@@ -187,8 +231,10 @@ def compare(
 ) -> None:
     """CRPS change of each forecast vs the baseline, and of each pair, with moving-block bootstrap intervals."""
     from evaluation.compare import compare_forecasts, summary_lines
-    from gencast_rmmd.io_utils import write_json_atomic
+    from gencast_rmmd.io_utils import check_output_path, write_json_atomic
 
+    if json_out is not None:
+        check_output_path(json_out, directory=False, option="--json")
     result = compare_forecasts(baseline, forecasts, truth, leads=lead or None, targets=target or None, draws=draws,
                                block_hours=None if block_days is None else 24.0 * block_days, seed=seed,
                                region=region, log=lambda line: print(line, file=sys.stderr))

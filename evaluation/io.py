@@ -131,9 +131,10 @@ def valid_time_positions(init_times: np.ndarray, leads: np.ndarray, truth_times:
     positions = truth_times.get_indexer(valid.ravel()).reshape(valid.shape)
     if (positions < 0).any():
         missing = valid.ravel()[(positions < 0).ravel()]
+        covers = f"covers {truth_times[0]} to {truth_times[-1]}" if len(truth_times) else "has no times at all"
         raise UserInputError(
             f"the truth has no state at {missing.size} valid time(s) of the forecast, first "
-            f"{pd.Timestamp(missing[0])}; the truth covers {truth_times[0]} to {truth_times[-1]}: "
+            f"{pd.Timestamp(missing[0])}; the truth {covers}: "
             "use a store that covers every init + lead, or fewer leads/inits")
     return positions
 

@@ -4,12 +4,13 @@
 (variable, level, lead)", the optional speedup table and one table per
 variable of CRPS, spread/skill ratio and ensemble-mean RMSE for every forecast
 and the baseline (cells of ΔCRPS coloured like the scorecard).
-`summary.md` has the same headline and tables in markdown. All files are
-written atomically.
+`summary.md` has the same headline and tables in markdown. The three files
+are replaced together or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from evaluation.scorecard import (ScoreSet, Timing, compare, comparison_table, h
                                   load_timing, row_label, speedup_table, unique_labels)
 from evaluation.scorecard_figure import CLIP_PERCENT, COLORMAP, PANEL_METRICS, plot_scorecard
 from gencast_rmmd.io_utils import atomic_path
+
+SCORECARD_FILES = ("scorecard.png", "index.html", "summary.md")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -113,12 +116,10 @@ def write_scorecard(scores: list[str | Path], baseline: str | Path, out: str | P
     """
     out = Path(out)
     region = canonical_region(region)
-    out.mkdir(parents=True, exist_ok=True)
     loaded = unique_labels([load_scores(path) for path in scores] + [load_scores(baseline)])
     candidates, reference = loaded[:-1], loaded[-1]
     comparisons = {candidate.label: {metric: compare(candidate, reference, metric, region)
                                      for metric, _ in PANEL_METRICS} for candidate in candidates}
-    plot_scorecard(comparisons, reference.label, region, out / "scorecard.png")
     headlines = [headline(candidate, reference, region).sentence() for candidate in candidates]
     timings: dict[str, Timing] = (load_timing(timing, [c.label for c in candidates], reference.label)
                                   if timing else {})
@@ -127,8 +128,13 @@ def write_scorecard(scores: list[str | Path], baseline: str | Path, out: str | P
                                    if name in reference.variables))
     tables = {name: comparison_table(candidates, reference, name, region) for name in variables}
     sources = [_provenance(score_set) for score_set in loaded]
-    _write_html(out / "index.html", headlines, speedups, tables, sources, region)
-    _write_markdown(out / "summary.md", headlines, speedups, tables, sources, region)
+    # The three files are rendered to temporaries and renamed only when all are complete: a rerun that
+    # fails leaves the previous scorecard whole, never a new PNG beside an old page.
+    with contextlib.ExitStack() as stack:
+        png, page, summary = (stack.enter_context(atomic_path(out / name)) for name in SCORECARD_FILES)
+        plot_scorecard(comparisons, reference.label, region, png)
+        _write_html(page, headlines, speedups, tables, sources, region)
+        _write_markdown(summary, headlines, speedups, tables, sources, region)
     return headlines
 
 

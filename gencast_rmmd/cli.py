@@ -4,8 +4,9 @@ Sub-commands live beside the code they drive and are registered here. Errors
 are answered in one place: bad input (`UserInputError`) prints one line and
 exits 2; a usage error (unknown option or command, a missing or out-of-range
 value) prints click's usual usage message, or the help for a bare group, and
-exits 2; anything else is an internal error, exits 1 and prints a traceback
-only when GENCAST_RMMD_DEBUG=1.
+exits 2; a disk that fills up (ENOSPC) says so in one line and exits 2;
+anything else is an internal error, exits 1 and prints a traceback only when
+GENCAST_RMMD_DEBUG=1.
 
 Typer (pinned 0.29.2) parses with its own bundled copy of click, so its usage
 errors are `typer.TyperException`s, not `click.ClickException`s.
@@ -13,6 +14,7 @@ errors are `typer.TyperException`s, not `click.ClickException`s.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -87,13 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # internal error: one line, traceback on request
-        if os.environ.get("GENCAST_RMMD_DEBUG"):
-            traceback.print_exc()
-        print(f"internal error: {type(error).__name__}: {error} "
-              "(set GENCAST_RMMD_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal_error(error)
+        # A write outside `atomic_path` (a log, a metrics line) that found the disk full.
+        print(f"error: no space left on device writing {error.filename or 'a file'}; free some space and "
+              "rerun (with --resume where the command has it)", file=sys.stderr)
+        return 2
+    except Exception as error:
+        return _internal_error(error)
     return code if isinstance(code, int) else 0
+
+
+def _internal_error(error: Exception) -> int:
+    """Internal error: one line, a traceback on request, exit 1."""
+    if os.environ.get("GENCAST_RMMD_DEBUG"):
+        traceback.print_exception(error)
+    print(f"internal error: {type(error).__name__}: {error} "
+          "(set GENCAST_RMMD_DEBUG=1 for a traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

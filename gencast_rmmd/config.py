@@ -283,10 +283,17 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
 
 def _read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         raise UserInputError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                             f"{error.start}); save the config as UTF-8") from None
+    except OSError as error:
+        raise UserInputError(f"cannot read config file {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -78,9 +78,9 @@ def check_output_path(path: str | os.PathLike, *, directory: bool | None = None,
     """Refuse, before any long work, an output path that cannot be written; return it as a Path.
 
     `directory`: the output is a directory (a run, a zarr store) rather than a
-    file; None: a directory if the name ends in `.zarr`. Refused: an existing directory where a file goes (and the reverse),
-    a parent path that is a file, a parent that cannot be written. Nothing is
-    created.
+    file; None: a directory if the name ends in `.zarr`. Refused: an existing
+    directory where a file goes (and the reverse), a parent path that is a
+    file, a parent that cannot be written. Nothing is created.
     """
     destination = Path(path)
     if directory is None:

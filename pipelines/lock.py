@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 import psutil
 
 from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.io_utils import check_output_path
 
 LOCK_FILE = ".lock"
 
@@ -81,6 +82,7 @@ class WorkdirLock:
 
     def acquire(self) -> None:
         """Take the lock, taking over a stale one; `UserInputError` naming the holder when it is held."""
+        check_output_path(self.path.parent, directory=True, option="work directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(8)
         me = {"pid": os.getpid(), "process_started": _process_started(os.getpid()), "host": socket.gethostname(),

@@ -80,6 +80,18 @@ def environment() -> dict:
             "packages": versions, "git_commit": git_commit()}
 
 
+def _structure_problem(content: Any) -> str | None:
+    """What is wrong with the shape of a parsed manifest (a JSON object of stage records and runs), or None."""
+    if not isinstance(content, dict):
+        return f"a JSON {type(content).__name__}, not an object"
+    stages, runs = content.get("stages", {}), content.get("runs", [])
+    if not isinstance(stages, dict) or not all(isinstance(record, dict) for record in stages.values()):
+        return "'stages' is not an object of stage records"
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        return "'runs' is not a list of run records"
+    return None
+
+
 class Manifest:
     """The manifest of one work directory, saved after every change."""
 
@@ -97,6 +109,9 @@ class Manifest:
             content = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise UserInputError(f"{path} is not a readable manifest ({error}); move it away to start over") from None
+        problem = _structure_problem(content)
+        if problem:
+            raise UserInputError(f"{path} is not a gencast-rmmd manifest ({problem}); move it away to start over")
         content.setdefault("stages", {})
         content.setdefault("runs", [])
         return cls(path, content)

@@ -204,7 +204,12 @@ def speed(model: Annotated[list[str], typer.Option("--model", help="LABEL=CHECKP
     from gencast_rmmd.forecast.speed import measure_step_times, scorecard_timing
     from gencast_rmmd.io_utils import write_json_atomic
 
-    checkpoints = dict(entry.split("=", 1) for entry in model)
+    checkpoints: dict[str, str] = {}
+    for entry in model:
+        label, _, checkpoint = entry.partition("=")
+        if not label or not checkpoint or label in checkpoints:
+            raise UserInputError(f"--model {entry!r}: expected LABEL=CHECKPOINT_OR_RUN with a label used once")
+        checkpoints[label] = checkpoint
     samplers: dict[str, list[str]] = {}
     for entry in model_sampler or []:
         label, _, override = entry.partition(":")

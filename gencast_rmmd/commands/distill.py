@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gencast_rmmd.commands.common import DataOption, SetOption, console
+from gencast_rmmd.io_utils import check_output_path
 
 
 def distill(config: Annotated[Path, typer.Option("--config", "-c", help="Distill config YAML (configs/distill/*.yaml).")],
@@ -21,6 +22,7 @@ def distill(config: Annotated[Path, typer.Option("--config", "-c", help="Distill
     from gencast_rmmd.distill.config import load_distill_config
     from gencast_rmmd.distill.run import distill as run_distill
 
+    check_output_path(out, directory=True)
     distill_config = load_distill_config(config, overrides or [])
     outcome = run_distill(distill_config, teacher, out, data=data, resume=resume, log=console.print)
     for weight, result in outcome.runs.items():

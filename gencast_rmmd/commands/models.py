@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gencast_rmmd.commands.common import DataOption, SetOption, console
+from gencast_rmmd.io_utils import check_output_path
 
 ConfigArgument = Annotated[Path, typer.Option("--config", "-c", help="Teacher config YAML (configs/teacher/*.yaml).")]
 OutOption = Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, metrics.jsonl, stats.nc).")]
@@ -22,6 +23,7 @@ def train(config: ConfigArgument, out: OutOption, data: DataOption = None, overr
     from gencast_rmmd.teacher.config import TeacherConfig
     from gencast_rmmd.teacher.train import train_teacher
 
+    check_output_path(out, directory=True)
     teacher_config = load_config(config, TeacherConfig, overrides or [], data)
     console.print(f"training teacher {config} on {teacher_config.data.path} -> {out}"
                   f"{' (resuming)' if resume else ''}")
@@ -46,6 +48,7 @@ def forecast(checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Chec
     """Autoregressive ensemble forecast from a checkpoint, written to CF NetCDF or zarr (WB2 forecast layout)."""
     from gencast_rmmd.forecast.run import run_forecast
 
+    check_output_path(out)   # before the checkpoint is loaded and the rollout runs
     timing = run_forecast(checkpoint, init, steps, members, out, data=data, seed=seed, use_ema=ema,
                           log=console.print, batch_size=batch_size, sampler_overrides=sampler or ())
     console.print(f"wrote {out}: {len(init)} init(s) x {steps} steps x {members} members; "
@@ -81,6 +84,7 @@ def weights_export(checkpoint: Annotated[Path, typer.Argument(help="Teacher chec
     """Write a teacher's EMA parameters and the payload that rebuilds it as a weights package."""
     from gencast_rmmd.teacher.weights import export_weights
 
+    check_output_path(out, directory=True)
     info = export_weights(checkpoint, out, reproduce)
     console.print(f"wrote {out}: {info['param_count']} parameters, sha256 {info['params_sha256']}")
 
@@ -113,6 +117,7 @@ def weights_install(package: PackageArgument, config: ConfigArgument, out: OutOp
     from gencast_rmmd.teacher.config import TeacherConfig
     from gencast_rmmd.teacher.weights import install_weights
 
+    check_output_path(out, directory=True)
     teacher_config = load_config(config, TeacherConfig, overrides or [], data)
     install_weights(package, teacher_config, out, stats, log=console.print)
 

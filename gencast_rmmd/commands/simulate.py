@@ -49,17 +49,24 @@ def simulate(
     from gencast_rmmd.data.simulator.summary import climate_summary
     from gencast_rmmd.data.stores import open_dataset
 
+    from gencast_rmmd.io_utils import check_output_path
+
     data_config = load_data_config(config, overrides, None).data
     simulation = data_config.simulation
     if simulation is None:
         raise UserInputError(f"{config or 'the config'} has no data.simulation section; use a config such as "
                              "configs/data/demo.yaml")
+    # Everything that can be refused is refused before the long run.
+    if members < 1 or steps < 1:
+        raise UserInputError(f"--members and --steps must be at least 1 (got {members} and {steps})")
     if (reference_out is None) != (not init):
         raise UserInputError("--reference-out and --init go together: give both to write a reference ensemble")
+    check_output_path(out, directory=True)
+    if cache_dir is not None:
+        check_output_path(cache_dir, directory=True, option="--cache-dir")
     if reference_out is not None:
-        parse_init_times(simulation, init)  # refuse bad inits before the long run
-        if members < 1 or steps < 1:
-            raise UserInputError(f"--members and --steps must be at least 1 (got {members} and {steps})")
+        check_output_path(reference_out, option="--reference-out")
+        parse_init_times(simulation, init)
     cache = TrajectoryCache.for_config(simulation, resolve_cache_root(simulation, cache_dir))
     result = simulate_store(simulation, out, cache, log=_log)
     truth = open_dataset(str(out))

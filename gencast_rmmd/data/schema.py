@@ -99,6 +99,8 @@ def _check_coordinates(dataset: xr.Dataset, config: DataConfig, location: str) -
                 f"{location}: no '{name}' dimension with coordinates (dims found: "
                 f"{', '.join(map(str, dataset.dims)) or 'none'}); the store must have time, latitude, "
                 "longitude and, for pressure-level variables, level")
+    if dataset.sizes["time"] == 0:
+        raise UserInputError(f"{location}: the time axis is empty (no times stored); give a store with data")
     latitude = np.asarray(dataset["latitude"].values)
     if not np.issubdtype(latitude.dtype, np.number) or np.any(np.abs(latitude) > 90.0):
         raise UserInputError(f"{location}: latitude values must be numbers within [-90, 90]")

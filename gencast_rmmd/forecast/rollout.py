@@ -23,6 +23,7 @@ import pandas as pd
 
 from gencast_rmmd.data.forcings import forcing_channels
 from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.predictor import Predictor
 from gencast_rmmd.forecast.writer import ForecastWriter
 
@@ -71,13 +72,54 @@ def make_step_function(predictor: Predictor, batch_size: int = DEFAULT_BATCH_SIZ
 
 
 def initial_inputs(source: DataSource, init_times: pd.DatetimeIndex, steps: int) -> np.ndarray:
-    """Physical input frames [B, lat, lon, F*C_in] at each init (UserInputError if unavailable)."""
+    """Physical input frames [B, lat, lon, F*C_in] at each init (UserInputError if unavailable or missing)."""
     windows = source.windows_at(init_times, target_steps=1)
     layout = source.layout
     offsets = np.arange(-(layout.input_frames - 1), 1)
-    frames = source.load_frames((windows.init_positions[:, None] + offsets[None]).reshape(-1))
+    positions = windows.init_positions[:, None] + offsets[None]
+    frames = source.load_frames(positions.reshape(-1))
     frames = frames.reshape(len(init_times), layout.input_frames, *frames.shape[1:])[..., :layout.n_input_channels]
+    check_inputs_present(frames, layout.input_channels, init_times, source.times.values[positions])
     return np.concatenate(list(np.moveaxis(frames, 1, 0)), axis=-1)
+
+
+def check_inputs_present(frames: np.ndarray, channels, init_times: pd.DatetimeIndex, frame_times) -> None:
+    """Refuse inputs with missing data: a channel entirely NaN in a frame, or NaN where another frame has values.
+
+    NaN is legitimate only where it is the field's fixed mask (SST over land):
+    the predictor fills it for the network and puts NaN back in its outputs
+    wherever the latest input was NaN, so a missing input frame would come out
+    as a forecast that is NaN for that variable at every lead. `frames` is
+    `[B, F, lat, lon, C]`; `frame_times[b, f]` the time of each frame.
+    """
+    missing = np.isnan(frames)
+    entirely = missing.all(axis=(2, 3))                                   # [B, F, C]
+    partly = (missing & ~missing.all(axis=1, keepdims=True)).any(axis=(2, 3))   # NaN here, a value in another frame
+    for problem, what in ((entirely, "is entirely NaN"), (partly, "has NaN where another input frame has values")):
+        if problem.any():
+            init, frame, channel = (int(i) for i in np.argwhere(problem)[0])
+            raise UserInputError(
+                f"init {init_times[init]}: {_describe(channels[channel])} {what} in the input frame at "
+                f"{pd.Timestamp(frame_times[init, frame])} (missing data, a forecast from it would be wrong or NaN "
+                "there at every lead); choose another --init or repair the store")
+
+
+def _describe(channel) -> str:
+    return channel.variable if channel.level is None else f"{channel.variable} at {channel.level} hPa"
+
+
+def check_prediction_finite(prediction: np.ndarray, expected_nan: np.ndarray, channels,
+                            init_times: pd.DatetimeIndex, lead: pd.Timedelta) -> None:
+    """Refuse a step whose sample is NaN or infinite where its inputs had values (`prediction` [M, B, ..., C])."""
+    bad = ~np.isfinite(prediction) & ~expected_nan
+    if bad.any():
+        member, init, *_, channel = (int(i) for i in np.argwhere(bad)[0])
+        hours = lead / pd.Timedelta(hours=1)
+        raise UserInputError(
+            f"the forecast is not finite: {_describe(channels[channel])} at lead +{hours:g} h is NaN or infinite "
+            f"at {int(bad[..., channel].sum())} points where its inputs had values (first: init {init_times[init]}, "
+            f"member {member}); nothing was written. Check the checkpoint (`gencast-rmmd inspect`) and any "
+            "--sampler overrides")
 
 
 def rollout(predictor: Predictor, params, source: DataSource, init_times: pd.DatetimeIndex, steps: int,
@@ -102,7 +144,11 @@ def rollout(predictor: Predictor, params, source: DataSource, init_times: pd.Dat
             compile_seconds = elapsed
         else:
             step_seconds.append(elapsed)
-        fields = layout.split_targets(np.swapaxes(np.asarray(prediction), 0, 1))   # [B, M, ...]
+        prediction = np.asarray(prediction)
+        expected_nan = np.isnan(predictor.normalizer.restore_nan(
+            np.zeros(prediction.shape, np.float32), predictor.normalizer.last_frame(np.asarray(inputs))))
+        check_prediction_finite(prediction, expected_nan, layout.target_channels, init_times, step * source.step)
+        fields = layout.split_targets(np.swapaxes(prediction, 0, 1))   # [B, M, ...]
         writer.write_step(step - 1, fields)
         inputs = predictor.next_inputs(inputs, prediction)
         if progress is not None:
