@@ -150,7 +150,8 @@ def from_file_layout(dataset: xr.Dataset) -> xr.Dataset:
                          "note": "units are the variable's for every metric but spread_skill_ratio (1)"}
         variables[variable] = stacked
     result = xr.Dataset(variables, attrs={key: value for key, value in dataset.attrs.items() if key != "metrics"})
-    result["metric"].attrs["long_name"] = "verification metric"
+    if "metric" in result.coords:   # absent in a file with no scores: `scorecard.load_scores` says so
+        result["metric"].attrs["long_name"] = "verification metric"
     return result
 
 

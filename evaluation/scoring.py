@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from evaluation import metrics
@@ -317,5 +318,28 @@ def evaluate_files(forecast_path: str, truth_url: str, out: str, *, member_dim: 
     lazy.attrs.update({"label": label or Path(forecast_path.rstrip("/")).stem,
                        "variables_not_in_truth": ", ".join(missing)})
     scores = compute_scores(lazy, scheduler_address, progress)
+    check_scored(scores, forecast_path)
     write_scores(scores, out)
     return scores
+
+
+def check_scored(scores: xr.Dataset, forecast_path: str) -> None:
+    """Refuse scores that are NaN in every region at some lead (and level): nothing was scored there.
+
+    That happens when the forecast (or the truth) is NaN at every point of that
+    field, e.g. a forecast file from a rollout that turned NaN; written, it would
+    reach scorecards as silent gaps.
+    """
+    for name in scores.data_vars:
+        if "metric" not in scores[name].dims:
+            continue
+        unscored = scores[name].sel(metric="ensemble_mean_rmse").isnull().all("region")
+        if bool(unscored.any()):
+            first = {dim: unscored[dim].values[int(position[0])]
+                     for dim, position in zip(unscored.dims, np.nonzero(unscored.values))}
+            where = ", ".join(f"level {value}" if dim == "level"
+                              else f"lead +{pd.Timedelta(value) / pd.Timedelta(hours=1):g} h"
+                              for dim, value in first.items())
+            raise UserInputError(
+                f"{forecast_path}: {name} cannot be scored at {int(unscored.sum())} field(s), first {where}: the "
+                "forecast (or the truth) is NaN at every point there; nothing was written. Check the forecast file")

@@ -242,6 +242,21 @@ CASES = [
     ("speed-model-malformed-file", ("pipeline", "task", "speed", "--model", "a={junk}", "--out", "{tmp}/s.json",
                                     "--timing-out", "{tmp}/t.json"), ("neither a checkpoint",), None),
     ("pipeline-status-no-manifest", ("pipeline", "status", "{dir}"), ("no manifest.json",), None),
+    ("scorecard-forecast-as-scores", ("scorecard", "--scores", "{persistence}", "--baseline", "{scores_persistence}",
+                                      "--out", "{tmp}/sc"), ("holds no scores",), None),
+    ("forecast-same-init-twice", (*FORECAST, "--init", "2000-01-04T00:00", "--out", "{tmp}/f.nc"),
+     ("given more than once",), "forecasting"),
+    ("forecast-sampler-without-value", (*FORECAST, "--out", "{tmp}/f.nc", "--sampler", "churn"),
+     ("expected key=value",), "forecasting"),
+    ("inspect-empty-directory", ("inspect", "{dir}"), ("neither a checkpoint",), None),
+    ("pipeline-set-unknown-key", ("pipeline", "run", "{pipeline}", "--workdir", "{tmp}/w", "--set", "bogus.key=1"),
+     ("bogus: unknown key",), None),
+    ("train-set-out-of-range", ("train", "--config", "{tiny}", "--data", "{store}", "--out", "{tmp}/r", "--set",
+                                "train.steps=-5"), ("train.steps",), "training teacher"),
+    ("distill-set-unknown-key", ("distill", "--config", "{distill}", "--teacher", "{run}", "--data", "{store}",
+                                 "--out", "{tmp}/d", "--set", "distill.nonsense=1"), ("distill.nonsense",), None),
+    ("stats-split-selects-nothing", (*STATS, "--out", "{tmp}/s.nc", "--set", "data.splits.train.fraction=[0.0,0.01]"),
+     ("selects no time",), "computing"),
 ]
 
 
@@ -267,6 +282,34 @@ def test_an_unreachable_scheduler_is_refused_at_once(run_cli, paths):
     result = run_cli(*(arg.format(**paths) for arg in EVALUATE), "--out", f"{paths['tmp']}/s.nc",
                      "--dask-scheduler", "tcp://127.0.0.1:9")
     assert_bad_input(result, "--dask-scheduler tcp://127.0.0.1:9", "cannot connect")
+
+
+def test_an_all_nan_forecast_variable_is_not_scored_silently(run_cli, made, store, tmp_path):
+    """A forecast file with a NaN field (a rollout that turned NaN, written by another tool) gave NaN scores, exit 0."""
+    forecast = xr.open_dataset(made["persistence"]).load()
+    forecast["temperature"][:] = np.nan
+    forecast.to_netcdf(tmp_path / "nan.nc")
+    out = tmp_path / "scores.nc"
+    result = run_cli("evaluate", "--forecast", tmp_path / "nan.nc", "--truth", store, "--out", out, "--no-progress")
+    assert_bad_input(result, "temperature cannot be scored at 26 field(s), first lead +12 h, level 50")
+    assert not out.exists()
+
+
+def test_a_damaged_weights_package_is_refused(run_cli, tmp_path):
+    package = Path(shutil.copytree(DEMO_PACKAGE, tmp_path / "package"))
+    arrays = bytearray((package / "weights.npz").read_bytes())
+    arrays[len(arrays) // 2] ^= 0xFF
+    (package / "weights.npz").write_bytes(bytes(arrays))
+    assert_bad_input(run_cli("weights", "verify", package), "weights.npz cannot be read", "damaged")
+    (package / "weights.json").write_text('{"params_sha256": ')
+    assert_bad_input(run_cli("weights", "verify", package), "weights.json is not valid JSON")
+
+
+def test_unreadable_array_metadata_names_the_store(run_cli, simulated_copy):
+    (simulated_copy / ".zmetadata").unlink()
+    (simulated_copy / "temperature" / ".zarray").write_text("{garbage")
+    result = run_cli("data", "check", "--config", TEST_DATA_CONFIG, "--data", simulated_copy)
+    assert_bad_input(result, f"cannot open {simulated_copy} as a zarr store")
 
 
 # --- manifests of the wrong JSON structure ---------------------------------------------------------------------

@@ -28,7 +28,10 @@ def parse_inits(values: list[str]) -> pd.DatetimeIndex:
             parsed.append(pd.Timestamp(value))
         except (ValueError, TypeError):
             raise UserInputError(f"--init {value!r} is not an ISO date-time, e.g. 2000-11-02T00:00") from None
-    return pd.DatetimeIndex(parsed)
+    inits = pd.DatetimeIndex(parsed)
+    if inits.has_duplicates:   # the file's time axis would hold the same init twice
+        raise UserInputError(f"--init {inits[inits.duplicated()][0]} is given more than once; give each init once")
+    return inits
 
 
 def data_config_of(payload: dict, data: str | None) -> DataConfig:
