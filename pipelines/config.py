@@ -164,6 +164,7 @@ class ForecastSection(StrictModel):
     members: int = Field(4, ge=1)
     seed: int = 0
     inits: InitsSection = InitsSection()
+    format: Literal["netcdf", "zarr"] = "netcdf"  # every forecast file: LABEL.nc, or LABEL.zarr (zarr v2 stores)
 
 
 class ValidationSection(StrictModel):

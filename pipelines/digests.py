@@ -46,7 +46,10 @@ def directory_sha256(path: Path) -> str:
 
 
 def netcdf_digest(path: Path) -> str:
-    """sha256 over every variable's name, dims, dtype and raw values (attributes ignored)."""
+    """sha256 over every variable's name, dims, dtype and raw values (attributes ignored).
+
+    Also reads a zarr store: a forecast written as NetCDF and as zarr has one digest.
+    """
     import xarray as xr
 
     digest = hashlib.sha256()
@@ -94,7 +97,9 @@ def output_record(kind: str, path: Path) -> dict:
         split = json.loads(path.read_text())["splits"][kind.split(":", 1)[1]]
         return {"digest": split["fingerprint"], "start": split["start"], "end": split["end"]}
     if kind == "netcdf":
-        return {"digest": netcdf_digest(path), "bytes": path.stat().st_size}
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.is_dir() else (
+            path.stat().st_size)            # a zarr store (`forecast.format: zarr`) is a directory
+        return {"digest": netcdf_digest(path), "bytes": size}
     if kind == "run":
         record = run_record(path)
         return {"digest": sha256_json({k: record[k] for k in ("step", "params_sha256", "ema_params_sha256")}),

@@ -4,7 +4,8 @@ The test split (`forecast.inits`, `forecast.LABEL` -> `forecasts/LABEL.nc`,
 group 5) and the validation split (`validation.inits`,
 `validation.forecast.LABEL` -> `validation/forecasts/LABEL.nc`, group 4,
 where choices are made) are built by the same two functions; a `Split`
-says where each goes and with what shape.
+says where each goes and with what shape. With `forecast.format: zarr` every
+forecast is a zarr store `LABEL.zarr` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pipelines.config import InitsSection
 from pipelines.graph import Command, Output, Stage, StageContext, task
 
 DATA_FILE = "configs/data.yaml"
+# The file every forecast stage writes, by `forecast.format` (the commands choose the format by the name).
+FORECAST_SUFFIXES: dict[str, str] = {"netcdf": ".nc", "zarr": ".zarr"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Split:
 
     split: str                      # "test" or "validation"
     prefix: str                     # forecast stages: PREFIX.LABEL
-    directory: str                  # forecast files: DIRECTORY/LABEL.nc
+    directory: str                  # forecast files: DIRECTORY/LABEL.nc (or .zarr)
     inits_stage: str                # the stage choosing the inits
     inits_file: str
     group: int
@@ -45,6 +48,7 @@ class Split:
     steps: int
     members: int
     seed: int
+    format: str = "netcdf"          # `forecast.format`: netcdf or zarr
 
     @property
     def inputs(self) -> tuple[str, str]:
@@ -53,11 +57,12 @@ class Split:
 
     @property
     def shape(self) -> dict:
-        """The settings every ensemble forecast of the split shares."""
-        return {"steps": self.steps, "members": self.members, "seed": self.seed}
+        """The settings every ensemble forecast of the split shares (NetCDF forecasts keep their old identity)."""
+        return {"steps": self.steps, "members": self.members, "seed": self.seed,
+                **({"format": self.format} if self.format != "netcdf" else {})}
 
     def out(self, label: str) -> str:
-        return f"{self.directory}/{label}.nc"
+        return f"{self.directory}/{label}{FORECAST_SUFFIXES[self.format]}"
 
     def init_arguments(self, context: StageContext) -> list[str]:
         return [argument for time in context.read_json(self.inits_file)["inits"] for argument in ("--init", time)]

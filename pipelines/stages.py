@@ -20,8 +20,8 @@ Work directory layout:
     students/N/cK   candidate K of a distiller with a grid
     validation/   inits.json and LABEL.nc: forecasts on the validation split (with a `validation:` section)
     selection/    NAME.json (candidates, validation scores, the choice) and NAME.yaml (the chosen config)
-    forecasts/    inits.json and LABEL.nc for teacher, students, teacher sampler rows, reference, persistence,
-                  climatology (test split)
+    forecasts/    inits.json and LABEL.nc (LABEL.zarr with forecast.format zarr) for teacher, students, teacher
+                  sampler rows, reference, persistence, climatology (test split)
     scores/       LABEL.nc from `gencast-rmmd evaluate`
     scorecard/    index.html (start here), students_vs_teacher/, vs_persistence/, speed.json, timing.json
     logs/         STAGE.log, one per stage; STAGE.progress.json, its latest progress record
@@ -34,7 +34,7 @@ from gencast_rmmd.config import config_to_dict
 from pipelines.candidates import TEACHER, chosen_inputs, chosen_model, model_description, row_stages, seed_model
 from pipelines.config import STATS_FILE, PipelineConfig
 from pipelines.digests import model_settings
-from pipelines.forecasts import DATA_FILE, Split, forecast_stage, inits_stage
+from pipelines.forecasts import DATA_FILE, FORECAST_SUFFIXES, Split, forecast_stage, inits_stage
 from pipelines.graph import GROUP_TITLES, Command, Output, Stage, StageContext, TrainingSetup, task  # noqa: F401
 from pipelines.resolution import ResolvedConfigs
 
@@ -65,7 +65,7 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
         validation = Split("validation", "validation.forecast", "validation/forecasts", "validation.inits",
                            "validation/inits.json", 4, store, section.inits,
                            section.steps or config.forecast.steps, section.members or config.forecast.members,
-                           section.seed)
+                           section.seed, config.forecast.format)
     stages += row_stages(resolved, setup, validation, config.validation.region if config.validation else "global")
     stages += _forecast_stages(config, resolved)
     stages += _evaluation_stages(config, resolved, [stage.name.split(".", 1)[1] for stage in stages
@@ -99,7 +99,7 @@ def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[
     """Group 5: the test inits, then the teacher, every row (chosen config, extra seeds) and the baselines."""
     store, forecast = resolved.data.path, config.forecast
     test = Split("test", "forecast", "forecasts", "forecast.inits", "forecasts/inits.json", 5, store, forecast.inits,
-                 forecast.steps, forecast.members, forecast.seed)
+                 forecast.steps, forecast.members, forecast.seed, forecast.format)
     stages = [inits_stage(test, resolved.data.input_frames),
               forecast_stage(test, "teacher", "the teacher", ("teacher.run",), lambda _: TEACHER)]
     for row in resolved.rows:
@@ -109,42 +109,43 @@ def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[
         stages += [forecast_stage(test, row.seed_label(seed), f"student {row.seed_label(seed)}",
                                   (f"distill.{row.seed_label(seed)}.run",),
                                   lambda _, row=row, seed=seed: seed_model(row, seed)) for seed in row.seeds]
-    lead = {"steps": forecast.steps}
+    lead = {"steps": forecast.steps, **({"format": forecast.format} if forecast.format != "netcdf" else {})}
     init_arguments = test.init_arguments
     if config.data.simulate and config.reference.enabled:
         reference = config.reference
         stages.append(Stage(
             "forecast.reference", 5, f"perfect-model reference: {reference.members} simulator members per init",
             {**lead, "members": reference.members}, test.inputs,
-            {"forecast": Output("netcdf", "forecasts/reference.nc")},
+            {"forecast": Output("netcdf", test.out("reference"))},
             lambda context: [Command((
-                "data", "simulate", "--out", store, "--config", DATA_FILE, "--reference-out", "forecasts/reference.nc",
+                "data", "simulate", "--out", store, "--config", DATA_FILE, "--reference-out", test.out("reference"),
                 *init_arguments(context), "--members", str(reference.members), "--steps", str(forecast.steps)))],
             applies=lambda context: context.read_json("data/summary.json")["simulated"]))
     step_hours = str(resolved.data.step_hours)
     stages.append(Stage(
         "forecast.persistence", 5, "persistence baseline: the state at initialisation at every lead",
-        dict(lead), test.inputs, {"forecast": Output("netcdf", "forecasts/persistence.nc")},
+        dict(lead), test.inputs, {"forecast": Output("netcdf", test.out("persistence"))},
         lambda context: [Command(("baseline", "persistence", "--truth", store, *init_arguments(context), "--steps",
                                   str(forecast.steps), "--step-hours", step_hours, "--config", DATA_FILE,
-                                  "--out", "forecasts/persistence.nc"))]))
+                                  "--out", test.out("persistence")))]))
     if config.baselines.climatology:
         climatology_members = config.baselines.climatology_members or forecast.members
         stages.append(Stage(
             "forecast.climatology", 5, f"climatology baseline: {climatology_members} training-period states per target",
             {**lead, "members": climatology_members, "seed": forecast.seed},
             ("forecast.inits.inits", "data.train", "data.test"),
-            {"forecast": Output("netcdf", "forecasts/climatology.nc")},
+            {"forecast": Output("netcdf", test.out("climatology"))},
             lambda context: [Command(("baseline", "climatology", "--truth", store, *init_arguments(context), "--steps",
                                       str(forecast.steps), "--step-hours", step_hours, "--members",
                                       str(climatology_members), "--seed", str(forecast.seed), "--config", DATA_FILE,
-                                      "--out", "forecasts/climatology.nc"))]))
+                                      "--out", test.out("climatology")))]))
     return stages
 
 
 def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels: list[str]) -> list[Stage]:
     """Group 6 (every test forecast scored) and 7 (speed of teacher and rows; scorecards)."""
     store, evaluate = resolved.data.path, config.evaluate
+    suffix = FORECAST_SUFFIXES[config.forecast.format]
     options = [*(["--regions", ",".join(evaluate.regions)] if evaluate.regions else []),
                *(["--variables", ",".join(evaluate.variables)] if evaluate.variables else []),
                *(["--dask-scheduler", evaluate.dask_scheduler] if evaluate.dask_scheduler else [])]
@@ -152,7 +153,7 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
         f"evaluate.{label}", 6, f"score the {label} forecast (fair CRPS, spread/skill, RMSE, rank histograms)",
         {"regions": list(evaluate.regions), "variables": list(evaluate.variables)},
         (f"forecast.{label}.forecast", "data.test"), {"scores": Output("netcdf", f"scores/{label}.nc")},
-        lambda _, label=label: [Command(("evaluate", "--forecast", f"forecasts/{label}.nc", "--truth", store,
+        lambda _, label=label: [Command(("evaluate", "--forecast", f"forecasts/{label}{suffix}", "--truth", store,
                                          "--out", f"scores/{label}.nc", "--label", label, "--no-progress", *options))],
         applies=lambda context, label=label: context.applies(f"forecast.{label}")) for label in labels]
     students = [label for row in resolved.distill.values() for label in row.labels]

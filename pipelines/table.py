@@ -98,12 +98,23 @@ def _read_yaml(path: Path) -> dict | None:
         return None
 
 
+# Forecast files: NetCDF, or zarr stores (`forecast.format: zarr`).
+FORECAST_FILES = (".nc", ".zarr")
+
+
+def forecast_path(workdir: Path, label: str) -> Path | None:
+    """The test forecast of `label` in a work directory (`forecasts/LABEL.nc` or `.zarr`), None if absent."""
+    return next((path for suffix in FORECAST_FILES if (path := workdir / "forecasts" / f"{label}{suffix}").exists()),
+                None)
+
+
 def planned_rows(workdir: Path, pipeline: dict, manifest: dict, rows: list[str] | None = None) -> list[RowPlan]:
     """The rows of the table in order: teacher, teacher samplers, students (each with its seeds), reference,
     persistence, climatology: the pipeline config's rows, and any other `forecasts/*.nc` there is. `rows`
     keeps only those (and the teacher and the reference, which every row is measured against)."""
     stages = manifest.get("stages", {})
-    present = sorted(path.stem for path in (workdir / "forecasts").glob("*.nc") if "." not in path.stem)
+    present = sorted({path.stem for path in (workdir / "forecasts").glob("*") if path.suffix in FORECAST_FILES
+                      and "." not in path.stem})
     plans = {TEACHER: RowPlan(TEACHER, "teacher")}
     plans.update({label: RowPlan(label, "teacher_sampler") for label in pipeline.get("teacher_samplers") or {}})
     for name, entry in (pipeline.get("distill") or {}).items():
@@ -349,7 +360,7 @@ def _plain(value):
 def build_table(workdir: Path, truth_url: str, rows: list[str] | None = None, draws: int = 5000, seed: int = 0,
                 region: str = "global") -> dict:
     """The table of the pipeline in `workdir` (see the module docstring), JSON-native; `rows` narrows the rows."""
-    from evaluation.regions import REGIONS
+    from evaluation.regions import REGION_ALIASES, REGIONS, canonical_region
     from gencast_rmmd.data.stores import open_dataset
 
     workdir = Path(workdir)
@@ -358,11 +369,12 @@ def build_table(workdir: Path, truth_url: str, rows: list[str] | None = None, dr
                              "the --workdir of `gencast-rmmd pipeline run`")
     if draws < MINIMUM_DRAWS:
         raise UserInputError(f"--draws must be at least {MINIMUM_DRAWS}, got {draws}")
-    if region not in REGIONS:
+    if region not in REGIONS and region not in REGION_ALIASES:
         raise UserInputError(f"unknown --region {region!r}; known: {', '.join(REGIONS)}")
+    region = canonical_region(region)
     manifest = _read_json(workdir / "manifest.json") or {}
     plans = planned_rows(workdir, _read_yaml(workdir / "configs" / "pipeline.yaml") or {}, manifest, rows)
-    forecasts = {plan.label: path for plan in plans if (path := workdir / "forecasts" / f"{plan.label}.nc").is_file()}
+    forecasts = {plan.label: path for plan in plans if (path := forecast_path(workdir, plan.label)) is not None}
     result = {"header": _header(workdir, manifest, truth_url, region), "rows": [], "pairs": [], "sampler_pairs": [],
               "seeds": [], "spectrum": {}, "targets": []}
     row_figures = {plan.label: {"label": plan.label, "kind": plan.kind, "status": PENDING} for plan in plans}

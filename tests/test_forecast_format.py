@@ -220,3 +220,12 @@ def test_both_cf_checkers_report_no_error(written, tmp_path, name):
     allowed = ("should begin with a letter", "not in the recommended order")
     assert [w for w in warnings["compliance-checker"] if not any(phrase in w for phrase in allowed)] == []
     assert [w for w in warnings["cfchecks"] if "should begin with a letter" not in w] == []
+
+
+def test_a_forecast_has_one_pipeline_digest_as_netcdf_and_as_zarr(written):
+    """The pipeline records a forecast output by a digest of its raw values; the format does not change it."""
+    from pipelines.digests import output_record
+
+    netcdf, zarr = (output_record("netcdf", written / f"model.{suffix}") for suffix in ("nc", "zarr"))
+    assert netcdf["digest"] == zarr["digest"]
+    assert zarr["bytes"] > 100_000            # the store's files, not its directory entry

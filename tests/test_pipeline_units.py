@@ -312,6 +312,29 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
     assert "select.mmd.config" in seeded["distill.mmd_seed3"].inputs
 
 
+def test_forecast_format_zarr_makes_every_forecast_stage_write_and_read_a_zarr_store(tmp_path):
+    """`forecast.format: zarr`: each forecast command gets `--out LABEL.zarr` and `evaluate` reads it; the
+    NetCDF default keeps the stages' identities (no `format` setting)."""
+    netcdf, zarr = _stages(), _stages(overrides=("forecast.format=zarr",))
+    (tmp_path / "forecasts").mkdir()
+    (tmp_path / "forecasts" / "inits.json").write_text(json.dumps({"inits": ["2001-01-08T00:00:00"]}))
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "inits.json").write_text(json.dumps({"inits": ["2001-01-05T00:00:00"]}))
+    (tmp_path / "selection").mkdir()
+    (tmp_path / "selection" / "mmd.json").write_text(json.dumps({"chosen": {"index": 0}}))
+    context = StageContext(tmp_path, False, {})
+    forecast_stages = [name for name in zarr if name.startswith(("forecast.", "validation.forecast."))
+                       and not name.endswith(".inits")]
+    assert {"forecast.teacher", "forecast.persistence", "validation.forecast.teacher"} <= set(forecast_stages)
+    for name in forecast_stages:
+        output = zarr[name].outputs["forecast"].path
+        assert output.endswith(".zarr") and output == netcdf[name].outputs["forecast"].path[:-3] + ".zarr"
+        assert f"-out {output}" in zarr[name].commands(context)[-1].display()   # --out, --reference-out
+        assert zarr[name].settings["format"] == "zarr" and "format" not in netcdf[name].settings
+    assert "--forecast forecasts/teacher.zarr " in zarr["evaluate.teacher"].commands(context)[-1].display()
+    assert "--forecast forecasts/teacher.nc " in netcdf["evaluate.teacher"].commands(context)[-1].display()
+
+
 BASE_ENTRIES = (
     # Follows mmd_2step's config (itself mmd's choice, tiny_select.yaml) with a grid of its own over the key
     # that mmd's grid chooses: its values win.
