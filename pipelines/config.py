@@ -5,7 +5,8 @@ some of their values; it never repeats them:
 
     data:     {config: configs/data/demo.yaml, simulate: true, overrides: {levels: [500, 850]}}
     teacher:  {config: configs/teacher/demo.yaml, overrides: {train: {steps: 1500}}}
-              (or {config: ..., weights: DIR}: a shipped weights package installed instead of trained)
+              (or {config: ..., weights: DIR}: a shipped weights package installed instead of trained;
+              or {gencast: {checkpoint: CKPT.npz, stats: DIR}}: a published GenCast checkpoint imported)
     distill:  {rmmd: {config: configs/distill/rmmd.yaml, overrides: {train: {steps: 300}}}}
     forecast: {steps: 10, members: 4, inits: {count: 12, every_hours: 48}}
     validation: {steps: 10, members: 4, inits: {count: 8, spacing: even}}      (optional)
@@ -67,8 +68,21 @@ class ConfigSection(StrictModel):
     overrides: dict[str, Any] = {}
 
 
+class GenCastSource(StrictModel):
+    """A published GenCast checkpoint and its statistics (`teacher.gencast`), local paths or gs:// URLs.
+
+    Local paths are relative to the pipeline file, the current directory or the
+    repository. The stage's identity holds their content digests
+    (`gencast_rmmd.data.stores.file_fingerprint`): another file at the same path re-imports.
+    """
+
+    checkpoint: str                               # graphcast's .npz, e.g. gs://dm_graphcast/gencast/params/...
+    stats: str                                    # folder of its four *_by_level.nc files
+
+
 class TeacherSection(ConfigSection):
-    """The teacher: trained by stage `teacher` from its config, or, with `weights:`, a shipped weights package.
+    """The teacher: trained by stage `teacher` from its config, or, with `weights:`, a shipped weights package,
+    or, with `gencast:`, a published GenCast checkpoint imported (`gencast-rmmd import gencast`).
 
     `weights` (a directory holding `weights.npz` and `weights.json`, written by
     `gencast-rmmd weights export`; relative to the pipeline file, the current
@@ -76,12 +90,27 @@ class TeacherSection(ConfigSection):
     their statistics and installed as the teacher's run instead of training
     one (`gencast_rmmd.teacher.weights`). The config must then be the one the
     weights were trained with; its `train` section has no effect.
+
+    `gencast` replaces `config`: the checkpoint carries its model, noise and
+    sampler configs, and the pipeline's data config must hold exactly its task's
+    variables and levels (the import refuses other data in one line).
     """
 
+    config: str | None = None                     # a configs/teacher/*.yaml file; none with `gencast`
     weights: str | None = None
+    gencast: GenCastSource | None = None
 
     @model_validator(mode="after")
-    def _weights_are_not_trained(self) -> "TeacherSection":
+    def _one_source(self) -> "TeacherSection":
+        if self.gencast is not None:
+            given = [key for key in ("config", "weights") if getattr(self, key) is not None]
+            given += ["overrides"] if self.overrides else []
+            if given:
+                raise ValueError(f"teacher.gencast brings its own model, noise and sampler configs; remove "
+                                 f"teacher.{' and teacher.'.join(given)}")
+        elif self.config is None:
+            raise ValueError("teacher: give config: (a configs/teacher/*.yaml file) or gencast: {checkpoint: ..., "
+                             "stats: ...}")
         if self.weights is not None and self.overrides.get("train"):
             raise ValueError("teacher.overrides.train has no effect with teacher.weights (the shipped weights are "
                              "already trained); remove one of them")

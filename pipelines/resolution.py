@@ -78,6 +78,38 @@ def find_weights(reference: str, pipeline_file: Path) -> Path:
                          f"(no {INFO} there); write one with `gencast-rmmd weights export`")
 
 
+@dataclass(frozen=True)
+class ResolvedGenCast:
+    """`teacher.gencast` resolved: absolute local paths (or URLs) and their content digests."""
+
+    checkpoint: str
+    stats: str
+    fingerprints: dict
+
+
+def find_gencast(source, pipeline_file: Path, data: DataConfig) -> tuple[ResolvedGenCast, Any]:
+    """`teacher.gencast`: the checkpoint and statistics located, fingerprinted, and the TeacherConfig the
+    import writes (read from the checkpoint's configuration alone; its parameters are not read here)."""
+    from gencast_rmmd.data.layout import ChannelLayout
+    from gencast_rmmd.data.stores import is_local
+    from gencast_rmmd.teacher.gencast_checkpoint import check_layout, read_gencast_checkpoint
+    from gencast_rmmd.teacher.gencast_run import imported_teacher_config, source_fingerprints
+
+    def locate(reference: str, is_wanted) -> str:
+        if not is_local(reference):
+            return reference
+        found = next((path for path in _candidates(reference, pipeline_file) if is_wanted(path)), None)
+        if found is None:
+            raise UserInputError(f"{pipeline_file}: teacher.gencast {reference} does not exist")
+        return str(found.resolve())
+
+    checkpoint, stats = locate(source.checkpoint, Path.is_file), locate(source.stats, Path.is_dir)
+    gencast = read_gencast_checkpoint(checkpoint, with_params=False)
+    check_layout(gencast, ChannelLayout.from_config(data))          # refused before any stage runs
+    config = imported_teacher_config(gencast, data, "teacher/stats.nc")
+    return ResolvedGenCast(checkpoint, stats, source_fingerprints(checkpoint, stats)), config
+
+
 def absolute_store(path: str) -> str:
     """Local store paths made absolute (stages run inside the work directory); URLs unchanged."""
     if "://" in path:
@@ -94,6 +126,7 @@ class ResolvedConfigs:
     distill: dict[str, Row]           # distiller rows, each after the entries it builds on (`base`, `from`)
     teacher_samplers: dict[str, Row] = field(default_factory=dict)
     teacher_weights: Path | None = None  # a weights package installed instead of training (`teacher.weights`)
+    teacher_gencast: ResolvedGenCast | None = None  # a GenCast checkpoint imported instead (`teacher.gencast`)
 
     @property
     def rows(self) -> list[Row]:
@@ -200,8 +233,12 @@ def resolve(config: PipelineConfig, pipeline_file: str | Path) -> ResolvedConfig
     data = data.model_copy(update={"path": absolute_store(data.path)})
     distributed = config.distributed.model_dump(mode="json", exclude={"cpu_devices"})
     shared = [f"data={json.dumps(config_to_dict(data))}", f"distributed={json.dumps(distributed)}"]
-    teacher = load_config(find_config_file(config.teacher.config, pipeline_file), TeacherConfig,
-                          [*flatten_overrides(config.teacher.overrides), *shared, f"stats={STATS_FILE}"])
+    gencast = None
+    if config.teacher.gencast is not None:
+        gencast, teacher = find_gencast(config.teacher.gencast, pipeline_file, data)
+    else:
+        teacher = load_config(find_config_file(config.teacher.config, pipeline_file), TeacherConfig,
+                              [*flatten_overrides(config.teacher.overrides), *shared, f"stats={STATS_FILE}"])
     weights = None if config.teacher.weights is None else find_weights(config.teacher.weights, pipeline_file)
     return ResolvedConfigs(data, teacher, _distill_rows(config, pipeline_file, shared[1]),
-                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights)
+                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights, gencast)

@@ -74,9 +74,12 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
 
 
 def _teacher_stage(resolved: ResolvedConfigs, setup: TrainingSetup) -> Stage:
-    """`teacher`: train it, or install the shipped weights package (`teacher.weights`) after checking it."""
+    """`teacher`: train it, install the shipped weights package (`teacher.weights`) after checking it, or
+    import a published GenCast checkpoint (`teacher.gencast`)."""
     inputs, outputs = ("data.train", "data.validation", "stats.stats"), {"run": Output("run", "teacher")}
     settings = model_settings(config_to_dict(resolved.teacher))
+    if resolved.teacher_gencast is not None:
+        return _gencast_teacher_stage(resolved, settings, outputs)
     if resolved.teacher_weights is None:
         return Stage("teacher", 3, f"train the teacher ({resolved.teacher.train.steps} steps)", settings, inputs,
                      outputs, lambda context: [*setup.preamble, Command((
@@ -92,6 +95,22 @@ def _teacher_stage(resolved: ResolvedConfigs, setup: TrainingSetup) -> Stage:
                  {**settings, "weights_sha256": info["params_sha256"]}, inputs, outputs,
                  lambda _: [Command(("weights", "install", str(resolved.teacher_weights), "--config",
                                      "configs/teacher.yaml", "--stats", STATS_FILE, "--out", "teacher"))],
+                 training=True)
+
+
+def _gencast_teacher_stage(resolved: ResolvedConfigs, settings: dict, outputs: dict) -> Stage:
+    """`teacher` from `teacher.gencast`: `import gencast` for the pipeline's data config.
+
+    Its identity: the configs read from the checkpoint and the content digests of the checkpoint and its
+    statistics files; its inputs: the data splits (graphcast's statistics replace stage `stats`'s).
+    """
+    source = resolved.teacher_gencast
+    settings = {key: value for key, value in settings.items() if key not in ("train", "stats")}
+    return Stage("teacher", 3, f"import the GenCast checkpoint {source.checkpoint.rsplit('/', 1)[-1]} "
+                 f"({source.fingerprints['checkpoint'][:19]}…)",
+                 {**settings, "gencast": source.fingerprints}, ("data.train", "data.validation"), outputs,
+                 lambda _: [Command(("import", "gencast", source.checkpoint, "--stats", source.stats, "--config",
+                                     DATA_FILE, "--out", "teacher"))],
                  training=True)
 
 

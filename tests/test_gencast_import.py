@@ -21,16 +21,18 @@ import pytest
 
 from gencast_rmmd.data.forcings import forcing_channels
 from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.diffusion.base import Conditioning
-from gencast_rmmd.diffusion.preconditioning import c_in
+from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser, c_in
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.predictor import Predictor
 from gencast_rmmd.models.builder import network_for_grid
-from gencast_rmmd.teacher.gencast_import import import_gencast, read_gencast_checkpoint
+from gencast_rmmd.teacher.gencast_checkpoint import read_gencast_checkpoint
+from gencast_rmmd.teacher.gencast_import import import_gencast
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gencast"
 CASES = ("grid64x32_mesh2", "grid64x32_mesh3", "grid7p5poles_mesh2")
+# The sampler's parity on two mesh sizes and two grids; its network is (a)'s, checked on all three.
+SAMPLER_CASES = ("grid64x32_mesh3", "grid7p5poles_mesh2")
 LAYOUT = ChannelLayout(surface=("2m_temperature",), atmospheric=("temperature", "geopotential"),
                        target_only=("total_precipitation_12hr",), static=("geopotential_at_surface", "land_sea_mask"),
                        levels=(500, 850), input_frames=2)
@@ -43,13 +45,45 @@ def fixture_noise(seed: int, draw: int, variable_index: int, shape: tuple[int, .
 
 @functools.lru_cache(maxsize=None)
 def case(name: str):
-    """(imported teacher, network, fixture arrays, meta) of one fixture case."""
+    """(imported teacher, network, fixture arrays, meta) of one fixture case (read and converted once)."""
     stored = np.load(FIXTURE / f"{name}_io.npz")
     data = {key: stored[key] for key in stored.files}
     meta = json.loads(str(data.pop("meta")))
     imported = import_gencast(read_gencast_checkpoint(FIXTURE / f"{name}.npz"), FIXTURE / "stats", LAYOUT)
     network = network_for_grid(imported.model, data["latitude"], data["longitude"], LAYOUT.n_target_channels)
     return imported, network, data, meta
+
+
+# Compilation is most of these tests' time: XLA's backend optimisation level 0 (LLVM without its
+# optimisation passes; the same HLO program) halves it. Outputs differ from level 3 by rounding only
+# (measured: 4e-3 of a geopotential ~5e4, i.e. 1e-7 relative) and the errors below are unchanged.
+fast_compiling_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_network(name: str):
+    """The case's network F, jitted once: every noise level and the denoiser D reuse one compilation."""
+    return fast_compiling_jit(case(name)[1].apply)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_sampler(name: str):
+    """One teacher step (`Predictor.sample`) of the case, jitted once with the replayed noise as arguments.
+
+    `table[j]` is the draw the sampler receives for the key whose raw data is `key_data[j]`, so the
+    step and the rollout's second step (other keys, other draws) share one compilation.
+    """
+    imported, network, _, _ = case(name)
+
+    def sample(params, inputs, forcings, static, key, table, key_data):
+        def noise(draw_key: jax.Array, draw_shape) -> jax.Array:
+            index = jnp.argmax(jnp.all(key_data == jax.random.key_data(draw_key), axis=-1))
+            return table[index].reshape(draw_shape)
+
+        predictor = Predictor(network, DPMSolverPlusPlus2S(imported.sampler, noise), imported.normalizer)
+        return predictor.sample(params, inputs, forcings, static, key)
+
+    return fast_compiling_jit(sample)
 
 
 def to_channels(fields: dict[str, np.ndarray], channels, time: int = 0) -> np.ndarray:
@@ -121,23 +155,25 @@ def test_denoiser_matches_graphcast(name):
     forcings = forcing_channels(init_time(meta) + np.timedelta64(12, "h"), data["latitude"], data["longitude"])
     predictor = Predictor(network, None, imported.normalizer)
     conditioning = predictor.conditioning(jnp.asarray(inputs), jnp.asarray(forcings), jnp.asarray(static))
+    raw_network = functools.partial(compiled_network(name), imported.params)
     clean = target_noise(meta["noise_seed"], 1000, shape, names)
     for index, sigma in enumerate(data["denoise/noise_levels"]):
         noisy = clean + np.float32(sigma) * target_noise(meta["noise_seed"], 1001 + index, shape, names)
         level = jnp.full((1,), sigma, jnp.float32)
-        raw = network.apply(imported.params, c_in(level)[:, None, None, None] * noisy, level, conditioning)
+        raw = raw_network(c_in(level)[:, None, None, None] * noisy, level, conditioning)
         theirs = to_channels({v: data[f"denoise/{index}/raw/{v}"] for v in names}, LAYOUT.target_channels)
         assert relative_error(raw, theirs) <= MAX_DENOISER_ERROR, (sigma, relative_error(raw, theirs))
         assert relative_rms_error(raw, theirs) <= RMS_DENOISER_ERROR
         if index == 1:
-            denoised = predictor.denoiser(imported.params)(jnp.asarray(noisy), level, conditioning)
+            # The same preconditioning `Predictor.denoiser` wraps around the network, around the jitted F.
+            denoised = PreconditionedDenoiser(raw_network)(jnp.asarray(noisy), level, conditioning)
             theirs = to_channels({v: data[f"denoise/1/denoised/{v}"] for v in names}, LAYOUT.target_channels)
             assert relative_error(denoised, theirs) <= MAX_DENOISER_ERROR
             assert relative_rms_error(denoised, theirs) <= RMS_DENOISER_ERROR
 
 
 def replayed_noise(meta: dict, key: jax.Array, draw_offset: int, shape: tuple[int, ...], sampler_levels: int):
-    """A noise function for our sampler that returns graphcast's replayed draws for the keys it will use.
+    """(table, key_data): graphcast's replayed draws for the keys our sampler will use from `key`.
 
     graphcast draws, at iteration i of a step, the initial noise (draw 2i, used at i = 0) and the
     churn noise (draw 2i + 1). Our sampler draws from init_key and from step_keys[i].
@@ -147,27 +183,17 @@ def replayed_noise(meta: dict, key: jax.Array, draw_offset: int, shape: tuple[in
     draws = [0, *(2 * i + 1 for i in range(sampler_levels))]
     names = meta["target_variables_sorted"]
     table = jnp.stack([jnp.asarray(target_noise(meta["noise_seed"], draw_offset + d, shape, names)) for d in draws])
-    key_data = jnp.stack([jax.random.key_data(k) for k in keys])
-
-    def noise(draw_key: jax.Array, draw_shape) -> jax.Array:
-        index = jnp.argmax(jnp.all(key_data == jax.random.key_data(draw_key), axis=-1))
-        return table[index].reshape(draw_shape)
-
-    return noise
+    return table, jnp.stack([jax.random.key_data(k) for k in keys])
 
 
-def sample_step(imported, network, meta, inputs, static, forcing_time, key, draw_offset, grid_shape):
-    sampler_template = DPMSolverPlusPlus2S(imported.sampler, None)
-    noise = replayed_noise(meta, key, draw_offset, (1, 1, *grid_shape), imported.sampler.num_noise_levels)
-    predictor = Predictor(network, DPMSolverPlusPlus2S(sampler_template.config, noise), imported.normalizer)
-    forcings = forcing_channels(forcing_time, *grid_axes(meta, grid_shape))
-    return predictor, jax.jit(predictor.sample)(imported.params, jnp.asarray(inputs), jnp.asarray(forcings),
-                                                jnp.asarray(static), key)
-
-
-def grid_axes(meta, grid_shape):
-    data = case(meta["case"])[2]
-    return data["latitude"], data["longitude"]
+def sample_step(name, inputs, static, forcing_time, key, draw_offset):
+    """One teacher step of case `name` from physical inputs, with graphcast's replayed noise."""
+    imported, _, data, meta = case(name)
+    grid_shape = (len(data["latitude"]), len(data["longitude"]))
+    table, key_data = replayed_noise(meta, key, draw_offset, (1, 1, *grid_shape), imported.sampler.num_noise_levels)
+    forcings = forcing_channels(forcing_time, data["latitude"], data["longitude"])
+    return compiled_sampler(name)(imported.params, jnp.asarray(inputs), jnp.asarray(forcings), jnp.asarray(static),
+                                  key, table, key_data)
 
 
 def normalised_error(imported, ours, theirs, last_input) -> float:
@@ -177,42 +203,54 @@ def normalised_error(imported, ours, theirs, last_input) -> float:
     return float(np.max(np.abs(np.asarray(ours) - theirs) / normalizer.target_scale) / np.std(theirs_normalised))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", SAMPLER_CASES)
 def test_sampler_step_and_rollout_match_graphcast(name):
     """(b) one DPM-Solver++ 2S 12 h step with churn and (c) a 2-step rollout: graphcast's to 1e-4."""
     imported, network, data, meta = case(name)
     names = meta["target_variables_sorted"]
-    grid_shape = (len(data["latitude"]), len(data["longitude"]))
     inputs, static = physical_inputs(data)
     start = init_time(meta)
-    key = jax.random.PRNGKey(3)
-    predictor, first = sample_step(imported, network, meta, inputs, static, start + np.timedelta64(12, "h"),
-                                   key, 0, grid_shape)
+    first = sample_step(name, inputs, static, start + np.timedelta64(12, "h"), jax.random.PRNGKey(3), 0)
     step = to_channels({v: data[f"step/{v}"] for v in names}, LAYOUT.target_channels)
     last = imported.normalizer.last_frame(inputs)
     assert normalised_error(imported, first, step, last) <= 1e-4
 
     rollout = {v: data[f"rollout/{v}"] for v in names}
     assert normalised_error(imported, first, to_channels(rollout, LAYOUT.target_channels, 0), last) <= 1e-4
-    second_inputs = np.asarray(predictor.next_inputs(jnp.asarray(inputs), first))
-    _, second = sample_step(imported, network, meta, second_inputs, static, start + np.timedelta64(24, "h"),
-                            jax.random.PRNGKey(4), meta["noise_draws_per_step"], grid_shape)
+    second_inputs = np.asarray(Predictor(network, None, imported.normalizer).next_inputs(jnp.asarray(inputs), first))
+    second = sample_step(name, second_inputs, static, start + np.timedelta64(24, "h"), jax.random.PRNGKey(4),
+                         meta["noise_draws_per_step"])
     theirs = to_channels(rollout, LAYOUT.target_channels, 1)
     assert normalised_error(imported, second, theirs, imported.normalizer.last_frame(second_inputs)) <= 1e-4
 
 
 def test_not_a_gencast_checkpoint(tmp_path):
-    """A file that is not graphcast's npz, or an npz without its keys, is a one-line UserInputError."""
+    """A file that is not an npz (numpy's own words, "pickled data", are not passed on), an npz without
+    graphcast's keys, and a missing file are one-line UserInputErrors saying what to give instead."""
     garbage = tmp_path / "x.npz"
     garbage.write_bytes(b"not a zip")
-    with pytest.raises(UserInputError, match="not a GenCast checkpoint"):
+    with pytest.raises(UserInputError, match=r"x.npz is not a graphcast GenCast checkpoint \(not an .npz") as error:
         read_gencast_checkpoint(garbage)
+    assert "pickle" not in str(error.value) and "\n" not in str(error.value)
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes((FIXTURE / f"{CASES[0]}.npz").read_bytes()[:5000])
+    with pytest.raises(UserInputError, match="cut.npz is not a graphcast GenCast checkpoint"):
+        read_gencast_checkpoint(truncated)
     other = tmp_path / "y.npz"
     np.savez(other, weights=np.zeros(3))
-    with pytest.raises(UserInputError, match="not a graphcast GenCast checkpoint"):
+    with pytest.raises(UserInputError, match="not a graphcast GenCast checkpoint .no params, task_config"):
         read_gencast_checkpoint(other)
-    with pytest.raises(UserInputError, match="no GenCast checkpoint"):
+    with pytest.raises(UserInputError, match="no GenCast checkpoint at"):
         read_gencast_checkpoint(tmp_path / "missing.npz")
+
+
+def test_configuration_is_read_without_the_parameters():
+    """`with_params=False` (a pipeline naming a remote checkpoint) gives the same configuration, no arrays."""
+    full = read_gencast_checkpoint(FIXTURE / f"{CASES[0]}.npz")
+    config_only = read_gencast_checkpoint(FIXTURE / f"{CASES[0]}.npz", with_params=False)
+    assert config_only.params == {} and len(full.params) > 0
+    assert json.dumps(config_only.config, sort_keys=True, default=str) == \
+        json.dumps(full.config, sort_keys=True, default=str)
 
 
 def test_statistics_and_layout_checked(tmp_path):

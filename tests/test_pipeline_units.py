@@ -54,6 +54,8 @@ def test_resolve_puts_the_pipeline_data_stats_and_devices_into_every_training_co
 def test_every_shipped_pipeline_config_resolves_to_a_graph_of_seven_groups():
     for path in sorted(PIPELINES.glob("*.yaml")):
         config = load_pipeline_config(path)
+        if config.teacher.gencast is not None:   # reads its (remote) checkpoint: planned in test_gencast_pipeline
+            continue
         stages = build_stages(config, resolve(config, path))
         assert [stage.group for stage in stages] == sorted(stage.group for stage in stages), path
         has_group_4 = bool(config.distill or config.validation)        # distill, validation and selection

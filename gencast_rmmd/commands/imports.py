@@ -15,9 +15,10 @@ app = typer.Typer(help="Import models trained elsewhere as teacher runs.", no_ar
 @app.command("gencast")
 def import_gencast(checkpoint: Annotated[str, typer.Argument(
                        help="graphcast GenCast checkpoint .npz (local path or gs://dm_graphcast/gencast/params/...).")],
-                   stats: Annotated[Path, typer.Option(
-                       "--stats", help="Directory with graphcast's diffs_stddev_by_level.nc, mean_by_level.nc, "
-                                       "stddev_by_level.nc and min_by_level.nc.")],
+                   stats: Annotated[str, typer.Option(
+                       "--stats", help="Directory (local, or gs://dm_graphcast/gencast/stats/) with graphcast's "
+                                       "diffs_stddev_by_level.nc, mean_by_level.nc, stddev_by_level.nc and "
+                                       "min_by_level.nc.")],
                    out: Annotated[Path, typer.Option("--out", help="Run directory to write (empty).")],
                    config: ConfigOption = None, data: DataOption = None, overrides: SetOption = None) -> None:
     """Convert a GenCast checkpoint and its statistics into a teacher run for the data config's store."""

@@ -61,4 +61,5 @@ def describe(target: str | os.PathLike) -> dict:
         "config": payload.get("config"),
         "data_source": payload.get("data_source"),
         "seed": loaded.meta.get("seed"),
+        **({"imported_from": loaded.meta["imported_from"]} if "imported_from" in loaded.meta else {}),
     }

@@ -70,7 +70,9 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
     predictor = predictor_from_payload(payload)
     source = DataSource.open(data_config_of(payload, data))
     expected = (payload["grid"]["latitude"], payload["grid"]["longitude"])
-    if not (np.allclose(expected[0], source.latitude) and np.allclose(expected[1], source.longitude)):
+    # Another grid is refused before compiling; axes of other lengths are not compared point by point.
+    if not all(np.shape(axis) == found.shape and np.allclose(axis, found)
+               for axis, found in zip(expected, (source.latitude, source.longitude))):
         raise UserInputError(f"{source.report.location} has a {len(source.latitude)}x{len(source.longitude)} grid; "
                              f"the checkpoint was trained on {len(expected[0])}x{len(expected[1])}")
     params = (loaded.ema_params if use_ema and loaded.ema_params is not None else loaded.params)

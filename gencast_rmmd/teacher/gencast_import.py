@@ -1,14 +1,10 @@
 """Import a published GenCast checkpoint (google-deepmind/graphcast 0.2 format) as one of our teachers.
 
-graphcast's `checkpoint.dump` writes one npz of flattened keys:
-`params:<haiku module path>:<name>`, `task_config:...`, `denoiser_architecture_config:...`,
-`sampler_config:...`, `noise_config:...`, `noise_encoder_config:...`, `description`, `license`.
-Its statistics are four NetCDF files (`mean_by_level.nc`, `stddev_by_level.nc`,
-`diffs_stddev_by_level.nc`, `min_by_level.nc`), one data variable per field.
-
-The model becomes our denoiser with `GENCAST_VARIANT` (graphcast's graphs and three
-block differences). Everything else is an exact reparametrisation of the first or last
-layers, so one code path serves imported and home-trained models alike:
+The checkpoint is read and its configuration mapped by `gencast_checkpoint`, its
+statistics by `gencast_stats`; this module maps the parameters. The model becomes our
+denoiser with `GENCAST_VARIANT` (graphcast's graphs and three block differences).
+Everything else is an exact reparametrisation of the first or last layers, so one code
+path serves imported and home-trained models alike:
 - FiLM: graphcast's one Linear [C, 2W] -> (scale - 1 | offset) is our film_scale, film_offset;
 - Fourier noise features: graphcast's [cos, sin] rows are reordered to our [sin, cos];
 - the mesh-node embedding: graphcast feeds zeros in all but the 3 structural rows of a
@@ -22,234 +18,27 @@ layers, so one code path serves imported and home-trained models alike:
   the target-time rows and the bias: sum_k w_k^T (R_k f - m) / s = (sum_k R_k^T diag(1/s) w_k)^T f
   - sum_k w_k^T m / s;
 - outputs: graphcast's columns (targets sorted by name, levels inside) are permuted to ours.
-The statistics map one to one onto ours (mean, std, diffs_std, minimum), and the sampler
-config onto `SamplerConfig`.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data.forcings import AVERAGE_SECONDS_PER_YEAR, SECONDS_PER_DAY
-from gencast_rmmd.data.layout import Channel, ChannelLayout
+from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
-from gencast_rmmd.data.stats import STATISTICS
 from gencast_rmmd.data.variables import FORCING_NAMES
 from gencast_rmmd.diffusion.config import NoiseConfig, SamplerConfig
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.models.config import GENCAST_VARIANT, ModelConfig
+from gencast_rmmd.models.config import ModelConfig
+from gencast_rmmd.teacher.gencast_checkpoint import (STEP_HOURS, GenCastCheckpoint, check_layout, model_config,
+                                                     noise_config, sampler_config, task_variables)
+from gencast_rmmd.teacher.gencast_stats import read_statistics
 
-STATS_FILES = {"mean": "mean_by_level.nc", "std": "stddev_by_level.nc", "diffs_std": "diffs_stddev_by_level.nc",
-               "minimum": "min_by_level.nc"}
-STEP_HOURS = 12
-_REQUIRED_SECTIONS = ("task_config", "denoiser_architecture_config")
-
-
-@dataclass(frozen=True)
-class GenCastCheckpoint:
-    """A graphcast GenCast checkpoint, unflattened: params {module: {name: array}} and config sections."""
-
-    params: dict[str, dict[str, np.ndarray]]
-    config: dict
-    description: str
-
-    @property
-    def task(self) -> dict:
-        return self.config["task_config"]
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(":")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _plain(value):
-    """npz leaves -> Python values; index-keyed dicts (graphcast's tuples) -> lists."""
-    if isinstance(value, dict):
-        if value and all(key.isdigit() for key in value):
-            return [_plain(value[key]) for key in sorted(value, key=int)]
-        return {key: _plain(item) for key, item in value.items()}
-    value = np.asarray(value)
-    return value.item() if value.ndim == 0 else value
-
-
-def _read_bytes(location: str) -> bytes:
-    """A local file or a gs:// object (anonymous; an unreachable host fails within seconds)."""
-    from gencast_rmmd.data import stores
-
-    if stores._scheme(location) in ("", "file"):
-        path = stores._local_path(location)
-        if not path.is_file():
-            raise UserInputError(f"no GenCast checkpoint at {path}; give the path of its .npz file")
-        return path.read_bytes()
-    import fsspec
-
-    stores._check_host_reachable(location)
-    try:
-        with fsspec.open(location, "rb", **stores._storage_options(location)) as handle:
-            return handle.read()
-    except (FileNotFoundError, OSError) as error:
-        raise UserInputError(f"cannot read {location}: {error}") from None
-
-
-def read_gencast_checkpoint(location: str | os.PathLike) -> GenCastCheckpoint:
-    """Read and check a graphcast GenCast checkpoint (.npz), local or gs://."""
-    location = str(location)
-    try:
-        with np.load(io.BytesIO(_read_bytes(location)), allow_pickle=False) as stored:
-            flat = {key: stored[key] for key in stored.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise UserInputError(f"{location} is not a GenCast checkpoint (not a readable npz: {error})") from None
-    tree = _unflatten(flat)
-    missing = [section for section in ("params", *_REQUIRED_SECTIONS) if section not in tree]
-    if missing:
-        raise UserInputError(f"{location} is not a graphcast GenCast checkpoint (no {', '.join(missing)} keys); "
-                             "give one of the files of gs://dm_graphcast/gencast/params/")
-    config = {key: _plain(value) for key, value in tree.items() if key not in ("params", "description", "license")}
-    if "sparse_transformer_config" not in config["denoiser_architecture_config"]:
-        raise UserInputError(f"{location} is a graphcast checkpoint but not GenCast's (no sparse transformer); "
-                             "only GenCast checkpoints can be imported")
-    return GenCastCheckpoint(params=tree["params"], config=config, description=str(_plain(tree.get("description", ""))))
-
-
-# --------------------------------------------------------------------------- configuration
-
-def model_config(checkpoint: GenCastCheckpoint) -> ModelConfig:
-    """Our `ModelConfig` for a GenCast architecture (processor attention: banded, the fastest on CPU)."""
-    arch = checkpoint.config["denoiser_architecture_config"]
-    transformer = arch["sparse_transformer_config"]
-    encoder = checkpoint.config.get("noise_encoder_config", {})
-    if int(transformer["d_model"]) != int(arch["latent_size"]):
-        raise UserInputError(f"GenCast checkpoint: d_model {transformer['d_model']} differs from latent_size "
-                             f"{arch['latent_size']}, which this importer does not support")
-    return ModelConfig(
-        mesh_refinement=int(arch["mesh_size"]), radius_fraction=float(arch["radius_query_fraction_edge_length"]),
-        latent_size=int(arch["latent_size"]), hidden_layers=int(arch["hidden_layers"]),
-        processor={"num_layers": int(transformer["num_layers"]), "num_heads": int(transformer["num_heads"]),
-                   "ffw_hidden": int(transformer["ffw_hidden"]), "k_hop": int(transformer["attention_k_hop"]),
-                   "attention": "dense"},
-        noise_encoder={"base_period": float(encoder.get("base_period", 16.0)),
-                       "num_frequencies": int(encoder.get("num_frequencies", 32)),
-                       "output_sizes": [int(size) for size in encoder.get("output_sizes", (32, 16))]},
-        **GENCAST_VARIANT)
-
-
-def sampler_config(checkpoint: GenCastCheckpoint) -> SamplerConfig:
-    """graphcast's `SamplerConfig` as ours (defaults where the checkpoint has none)."""
-    given = checkpoint.config.get("sampler_config", {})
-    churn_max = float(given.get("churn_max_noise_level", np.inf))
-    return SamplerConfig(
-        num_noise_levels=int(given.get("num_noise_levels", 20)),
-        max_noise_level=float(given.get("max_noise_level", 80.0)),
-        min_noise_level=float(given.get("min_noise_level", 0.03)), rho=float(given.get("rho", 7.0)),
-        churn=float(given.get("stochastic_churn_rate", 2.5)),
-        churn_min_noise_level=float(given.get("churn_min_noise_level", 0.75)),
-        churn_max_noise_level=None if np.isinf(churn_max) else churn_max,
-        noise_inflation=float(given.get("noise_level_inflation_factor", 1.05)))
-
-
-def noise_config(checkpoint: GenCastCheckpoint) -> NoiseConfig:
-    """graphcast's training `NoiseConfig` as ours."""
-    given = checkpoint.config.get("noise_config", {})
-    return NoiseConfig(min_noise_level=float(given.get("training_min_noise_level", 0.02)),
-                       max_noise_level=float(given.get("training_max_noise_level", 88.0)),
-                       rho=float(given.get("training_noise_level_rho", 7.0)))
-
-
-def task_variables(checkpoint: GenCastCheckpoint) -> dict:
-    """The task as our data config's `variables` and `levels` (order: graphcast's task order)."""
-    task = checkpoint.task
-    inputs, targets = list(task["input_variables"]), list(task["target_variables"])
-    forcings = list(task.get("forcing_variables", []))
-    unknown = sorted(set(forcings) - set(FORCING_NAMES))
-    if unknown:
-        raise UserInputError(f"the GenCast task has forcings {', '.join(unknown)} that gencast-rmmd does not "
-                             f"compute (only {', '.join(FORCING_NAMES)})")
-    levels = sorted(int(level) for level in task["pressure_levels"])
-    return {"inputs": inputs, "targets": targets, "forcings": forcings, "levels": levels,
-            "input_duration": str(task["input_duration"])}
-
-
-def check_layout(checkpoint: GenCastCheckpoint, layout: ChannelLayout) -> None:
-    """UserInputError unless `layout` (a data config's) holds exactly the checkpoint's task."""
-    task = task_variables(checkpoint)
-    time_varying = set(task["inputs"]) - set(task["forcings"]) - set(layout.static)
-    expected = {"inputs (time-varying)": sorted(time_varying), "targets": sorted(task["targets"]),
-                "static": sorted(set(task["inputs"]) & set(layout.static)), "levels": task["levels"]}
-    found = {"inputs (time-varying)": sorted((*layout.surface, *layout.atmospheric)),
-             "targets": sorted(layout.time_varying), "static": sorted(layout.static), "levels": list(layout.levels)}
-    for key in expected:
-        if expected[key] != found[key]:
-            raise UserInputError(f"the data config's {key} are {', '.join(map(str, found[key])) or 'none'}; the "
-                                 f"GenCast checkpoint needs {', '.join(map(str, expected[key]))}: select those in "
-                                 "the data config")
-    frames = int(np.timedelta64(_parse_duration(task["input_duration"]), "h") // np.timedelta64(STEP_HOURS, "h"))
-    if layout.input_frames != frames:
-        raise UserInputError(f"the data config has input_frames {layout.input_frames}; the GenCast checkpoint "
-                             f"takes {frames} ({task['input_duration']} at {STEP_HOURS} h)")
-
-
-def _parse_duration(text: str) -> np.timedelta64:
-    import pandas as pd
-    return np.timedelta64(pd.Timedelta(text).to_timedelta64(), "h")
-
-
-# --------------------------------------------------------------------------- statistics
-
-def read_statistics(directory: str | os.PathLike, checkpoint: GenCastCheckpoint,
-                    layout: ChannelLayout) -> xr.Dataset:
-    """graphcast's four statistics files as our statistics Dataset (`statistic` x [level]) for the task."""
-    directory = Path(directory)
-    missing = [name for name in STATS_FILES.values() if not (directory / name).is_file()]
-    if missing:
-        raise UserInputError(f"{directory} lacks GenCast's statistics file(s) {', '.join(missing)}; download them "
-                             "from gs://dm_graphcast/gencast/stats/")
-    files = {}
-    for statistic, name in STATS_FILES.items():
-        try:
-            with xr.open_dataset(directory / name) as opened:
-                files[statistic] = opened.load()
-        except (OSError, ValueError) as error:
-            raise UserInputError(f"cannot read {directory / name}: {error}") from None
-    residual = set(layout.surface) | set(layout.atmospheric)
-    needs = {name: ("mean", "std", "diffs_std" if name in residual else None, "minimum")
-             for name in (*layout.time_varying, *layout.static, *checkpoint.task.get("forcing_variables", []))}
-    result = xr.Dataset()
-    for name, statistics in needs.items():
-        fields = []
-        for statistic in STATISTICS:
-            if statistic in statistics:
-                if name not in files[statistic]:
-                    raise UserInputError(f"{directory / STATS_FILES[statistic]} has no {name}, which the GenCast "
-                                         "task needs; use the statistics files published with the checkpoint")
-                field = files[statistic][name].astype(np.float64)
-            else:
-                field = xr.full_like(files["mean"][name], np.nan, dtype=np.float64)
-            if "level" in field.dims:
-                absent = sorted(set(layout.levels) - set(int(level) for level in field["level"].values))
-                if absent:
-                    raise UserInputError(f"{directory / STATS_FILES[statistic]}: {name} has no level(s) "
-                                         f"{', '.join(map(str, absent))}")
-                field = field.sel(level=list(layout.levels))
-            fields.append(field.reset_coords(drop=True))
-        result[name] = xr.concat(fields, dim="statistic")
-    return result.assign_coords(statistic=list(STATISTICS))
-
-
-# --------------------------------------------------------------------------- parameters
 
 def _film(params: dict, module: str) -> dict[str, dict[str, np.ndarray]]:
     """graphcast LinearNormConditioning [C, 2W] -> our film_scale / film_offset."""
@@ -416,7 +205,7 @@ def import_gencast(checkpoint: GenCastCheckpoint, stats_dir: str | os.PathLike,
                    layout: ChannelLayout) -> ImportedTeacher:
     """Convert a read checkpoint and its statistics for the data layout `layout` (checked against the task)."""
     check_layout(checkpoint, layout)
-    stats = read_statistics(stats_dir, checkpoint, layout)
+    stats = read_statistics(stats_dir, layout, list(checkpoint.task.get("forcing_variables", [])))
     normalizer = Normalizer.from_stats(stats, layout)
     return ImportedTeacher(model=model_config(checkpoint), sampler=sampler_config(checkpoint),
                            noise=noise_config(checkpoint), normalizer=normalizer, stats=stats,
