@@ -4,8 +4,10 @@ The fixture (tests/fixtures/gencast, written by tools/make_gencast_fixture.py wi
 google-deepmind/graphcast at 08cf736) holds random-initialised GenCast checkpoints in
 graphcast's npz format, graphcast's statistics files, inputs, and graphcast's outputs for
 (a) the network at several noise levels, (b) one DPM-Solver++ 2S step with churn and
-(c) a 2-step rollout, on 64x32 (mesh 2 and 3) and a 7.5-degree grid with poles (mesh 2).
+(c) a 2-step rollout, on 64x32 (mesh 2 and 3) and a 7.5-degree grid with poles (mesh 2);
+(a) is checked on all three, (b) and (c) on 64x32 mesh 3 and 7.5 degrees mesh 2.
 The sampler's noise is replayed: draw n of target variable k is `fixture_noise(seed, n, k)`.
+Each case's network and teacher step are compiled once (most of the file's time).
 """
 
 from __future__ import annotations
