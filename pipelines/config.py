@@ -72,12 +72,15 @@ class GenCastSource(StrictModel):
     """A published GenCast checkpoint and its statistics (`teacher.gencast`), local paths or gs:// URLs.
 
     Local paths are relative to the pipeline file, the current directory or the
-    repository. The stage's identity holds their content digests
+    repository. `allow_other_grid`: import for a store whose grid spacing is not the
+    resolution the checkpoint names (`import gencast --allow-other-grid`). The stage's
+    identity holds their content digests
     (`gencast_rmmd.data.stores.file_fingerprint`): another file at the same path re-imports.
     """
 
     checkpoint: str                               # graphcast's .npz, e.g. gs://dm_graphcast/gencast/params/...
     stats: str                                    # folder of its four *_by_level.nc files
+    allow_other_grid: bool = False                # import for a store on another grid than the one it names
 
 
 class TeacherSection(ConfigSection):

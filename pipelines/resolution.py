@@ -85,6 +85,7 @@ class ResolvedGenCast:
     checkpoint: str
     stats: str
     fingerprints: dict
+    allow_other_grid: bool = False
 
 
 def find_gencast(source, pipeline_file: Path, data: DataConfig) -> tuple[ResolvedGenCast, Any]:
@@ -107,7 +108,7 @@ def find_gencast(source, pipeline_file: Path, data: DataConfig) -> tuple[Resolve
     gencast = read_gencast_checkpoint(checkpoint, with_params=False)
     check_layout(gencast, ChannelLayout.from_config(data))          # refused before any stage runs
     config = imported_teacher_config(gencast, data, "teacher/stats.nc")
-    return ResolvedGenCast(checkpoint, stats, source_fingerprints(checkpoint, stats)), config
+    return ResolvedGenCast(checkpoint, stats, source_fingerprints(checkpoint, stats), source.allow_other_grid), config
 
 
 def absolute_store(path: str) -> str:

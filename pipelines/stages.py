@@ -108,9 +108,12 @@ def _gencast_teacher_stage(resolved: ResolvedConfigs, settings: dict, outputs: d
     settings = {key: value for key, value in settings.items() if key not in ("train", "stats")}
     return Stage("teacher", 3, f"import the GenCast checkpoint {source.checkpoint.rsplit('/', 1)[-1]} "
                  f"({source.fingerprints['checkpoint'][:19]}…)",
-                 {**settings, "gencast": source.fingerprints}, ("data.train", "data.validation"), outputs,
+                 {**settings, "gencast": source.fingerprints,
+                  **({"allow_other_grid": True} if source.allow_other_grid else {})},
+                 ("data.train", "data.validation"), outputs,
                  lambda _: [Command(("import", "gencast", source.checkpoint, "--stats", source.stats, "--config",
-                                     DATA_FILE, "--out", "teacher"))],
+                                     DATA_FILE, "--out", "teacher",
+                                     *(("--allow-other-grid",) if source.allow_other_grid else ())))],
                  training=True)
 
 

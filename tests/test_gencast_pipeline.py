@@ -119,6 +119,27 @@ def test_data_without_the_task_are_refused_in_one_line_and_nothing_is_written(ru
     assert "total_precipitation" in refused(data_config(tmp_path, wb2_store, "no_precipitation.yaml"))
 
 
+def test_a_checkpoint_naming_its_resolution_is_refused_for_a_store_on_another_grid(run_cli, tmp_path, store):
+    """graphcast's descriptions and file names say the training resolution ("1deg", "GenCast 0p25deg ...");
+    a store with another grid spacing is one line, exit 2, nothing written, unless --allow-other-grid."""
+    from gencast_rmmd.teacher.gencast_checkpoint import read_gencast_checkpoint, trained_resolution
+
+    fixture = read_gencast_checkpoint(CHECKPOINT, with_params=False)
+    assert trained_resolution(fixture, "gs://dm_graphcast/gencast/params/GenCast 0p25deg Operational <2022.npz") \
+        == 0.25
+    assert trained_resolution(fixture, str(FIXTURE / "grid7p5poles_mesh2.npz")) is None    # names no resolution
+    with np.load(CHECKPOINT) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    one_degree = tmp_path / "gencast.npz"
+    np.savez(one_degree, **{**arrays, "description": np.asarray("GenCast model at 1deg resolution (test copy)")})
+    arguments = ("import", "gencast", one_degree, "--stats", STATS, "--config", data_config(tmp_path, store),
+                 "--out", tmp_path / "teacher")
+    message = one_line_refusal(run_cli(*arguments))
+    assert "5.625-degree grid; the GenCast checkpoint was trained at 1 degree" in message
+    assert not (tmp_path / "teacher").exists()
+    assert run_cli(*arguments, "--allow-other-grid").code == 0
+
+
 def test_a_store_on_another_grid_is_refused_by_forecast_and_distill(run_cli, imported_run, tmp_path):
     """The imported teacher is for its store's grid: a 7.5-degree store is one line, exit 2."""
     other = task_store(tmp_path / "7p5.zarr", latitude=np.linspace(-90.0, 90.0, 25),
@@ -132,14 +153,15 @@ def test_a_store_on_another_grid_is_refused_by_forecast_and_distill(run_cli, imp
     assert "25x48 grid" in message
 
 
-def gencast_pipeline(tmp_path: Path, checkpoint: Path = CHECKPOINT, **data_overrides) -> Path:
+def gencast_pipeline(tmp_path: Path, checkpoint: Path = CHECKPOINT, gencast_options: dict | None = None,
+                     **data_overrides) -> Path:
     """configs/pipelines/tiny.yaml with `teacher: {gencast: ...}` and the task's data (no speed stage, no
     distillation phase 1)."""
     config = yaml.safe_load(TINY.read_text())
     config["data"] = {"config": "configs/data/test.yaml", "simulate": False,
                       "overrides": {"variables": TASK_VARIABLES, "levels": [500, 850], "splits": SPLITS,
                                     **data_overrides}}
-    config["teacher"] = {"gencast": {"checkpoint": str(checkpoint), "stats": str(STATS)}}
+    config["teacher"] = {"gencast": {"checkpoint": str(checkpoint), "stats": str(STATS), **(gencast_options or {})}}
     # The RMMD student starts from the imported teacher itself: phase 1 (moment matching first) is the
     # tiny pipeline's own test, and one compilation less here (CI time).
     config["distill"]["tiny"]["overrides"]["distill"] = {"phase1_steps": 0}
@@ -159,8 +181,8 @@ def test_the_teacher_stage_is_identified_by_the_checkpoint_and_statistics_conten
     checkpoint = tmp_path / "gencast.npz"
     shutil.copy(CHECKPOINT, checkpoint)
 
-    def teacher_stage():
-        path = gencast_pipeline(tmp_path, checkpoint)
+    def teacher_stage(**options):
+        path = gencast_pipeline(tmp_path, checkpoint, options)
         config = load_pipeline_config(path, data=str(store))
         return next(stage for stage in build_stages(config, resolve(config, path)) if stage.name == "teacher")
 
@@ -170,6 +192,9 @@ def test_the_teacher_stage_is_identified_by_the_checkpoint_and_statistics_conten
     assert stage.settings["sampler"]["num_noise_levels"] == checkpoint_noise_levels()
     command = stage.commands(None)[0].args
     assert command[:3] == ("import", "gencast", str(checkpoint.resolve())) and "--stats" in command
+    assert "--allow-other-grid" not in command
+    allowing = teacher_stage(allow_other_grid=True)
+    assert "--allow-other-grid" in allowing.commands(None)[0].args and allowing.settings != stage.settings
     shutil.copy(FIXTURE / "grid64x32_mesh3.npz", checkpoint)
     changed = teacher_stage()
     assert changed.settings["gencast"]["checkpoint"] != stage.settings["gencast"]["checkpoint"]
@@ -214,9 +239,9 @@ def test_the_shipped_gencast_1p0_pipeline_plans_the_real_job(tmp_path):
     """configs/pipelines/gencast_1p0_era5.yaml, its checkpoint replaced by one holding the published
     checkpoints' configuration (GenCast's task, the 1p0 Mini architecture; no parameters): its data are
     the task, its stages run import -> 8-step RMMD -> forecasts -> scores -> scorecard."""
+    from gencast_rmmd.teacher.gencast_checkpoint import MINI_1P0_ARCHITECTURE
     from pipelines.config import load_pipeline_config
     from pipelines.resolution import resolve
-    from gencast_rmmd.teacher.gencast_checkpoint import MINI_1P0_ARCHITECTURE
     from pipelines.stages import build_stages
 
     stand_in = tmp_path / "GenCast 1p0deg Mini <2019.npz"
@@ -271,5 +296,5 @@ def test_tiny_pipeline_end_to_end_from_an_imported_checkpoint(tmp_path, store):
     with xr.open_dataset(workdir / "scores" / "teacher.nc") as scores, \
             xr.open_dataset(workdir / "scores" / "tiny.nc") as student:
         assert scores.sizes == student.sizes
-        assert np.isfinite(scores["fair_crps"] if "fair_crps" in scores else scores[list(scores)[0]]).all()
+        assert np.isfinite(scores["fair_crps"] if "fair_crps" in scores else scores[next(iter(scores))]).all()
     assert (workdir / "scorecard" / "index.html").is_file()

@@ -20,12 +20,15 @@ def import_gencast(checkpoint: Annotated[str, typer.Argument(
                                        "diffs_stddev_by_level.nc, mean_by_level.nc, stddev_by_level.nc and "
                                        "min_by_level.nc.")],
                    out: Annotated[Path, typer.Option("--out", help="Run directory to write (empty).")],
-                   config: ConfigOption = None, data: DataOption = None, overrides: SetOption = None) -> None:
+                   config: ConfigOption = None, data: DataOption = None, overrides: SetOption = None,
+                   allow_other_grid: Annotated[bool, typer.Option(
+                       "--allow-other-grid", help="Import for a store whose grid spacing is not the resolution "
+                                                  "the checkpoint says it was trained at.")] = False) -> None:
     """Convert a GenCast checkpoint and its statistics into a teacher run for the data config's store."""
     from gencast_rmmd.teacher.gencast_run import write_imported_teacher
 
     data_config = load_data_config(config, overrides, data).data
-    write_imported_teacher(checkpoint, stats, data_config, out, log=console.print)
+    write_imported_teacher(checkpoint, stats, data_config, out, log=console.print, allow_other_grid=allow_other_grid)
 
 
 def register(root: typer.Typer) -> None:

@@ -13,6 +13,7 @@ which a data layout must hold exactly (`check_layout`).
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 
@@ -111,6 +112,32 @@ def read_gencast_checkpoint(location: str | os.PathLike, with_params: bool = Tru
                              "only GenCast checkpoints can be imported")
     return GenCastCheckpoint(params=tree.get("params", {}), config=config,
                              description=str(_plain(tree.get("description", ""))))
+
+
+# "1deg", "1.0 deg", "1p0deg", "0.25deg", "0p25deg" (graphcast's descriptions and file names).
+_RESOLUTION = re.compile(r"(?<![\d.])(\d+)(?:[p.](\d+))?\s*deg", re.IGNORECASE)
+
+
+def trained_resolution(checkpoint: GenCastCheckpoint, location: str) -> float | None:
+    """The grid spacing in degrees the checkpoint says it was trained at: from its description, else its
+    file name ("GenCast 1p0deg Mini <2019.npz" -> 1.0); None when neither names one (graphcast's task
+    config carries no grid: the network runs on any, its weights expect their training grid)."""
+    for text in (checkpoint.description, str(location).rsplit("/", 1)[-1]):
+        found = _RESOLUTION.search(text)
+        if found:
+            return float(f"{found.group(1)}.{found.group(2) or 0}")
+    return None
+
+
+def check_grid(checkpoint: GenCastCheckpoint, location: str, longitude: np.ndarray, where: str) -> None:
+    """UserInputError when the checkpoint names a training resolution and the data's longitude spacing
+    (`longitude`, of the store `where`) is another one."""
+    trained = trained_resolution(checkpoint, location)
+    spacing = 360.0 / len(longitude)
+    if trained is not None and not np.isclose(spacing, trained, rtol=1e-3):
+        raise UserInputError(f"{where} is on a {spacing:g}-degree grid; the GenCast checkpoint was trained at "
+                             f"{trained:g} degree: regrid the store (conservatively) to {trained:g} degree, or "
+                             "pass --allow-other-grid to run the weights on this grid anyway")
 
 
 def model_config(checkpoint: GenCastCheckpoint) -> ModelConfig:

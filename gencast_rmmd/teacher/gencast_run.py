@@ -3,7 +3,9 @@
 The run holds one checkpoint whose payload is the one `train` writes (config, model,
 layout, normaliser, grid, sampler), built for a data config whose variables and
 levels are the GenCast task's; the grid is the store's (graphcast builds its graphs
-for any grid; the published weights were trained at 1 degree or 0.25 degree).
+for any grid), which must have the spacing the checkpoint names as its training
+resolution (`gencast_checkpoint.check_grid`; the published weights: 1 or 0.25 degree)
+unless the user allows another.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import sampler_payload
 from gencast_rmmd.teacher.config import TeacherConfig
-from gencast_rmmd.teacher.gencast_checkpoint import (GenCastCheckpoint, model_config, noise_config,
+from gencast_rmmd.teacher.gencast_checkpoint import (GenCastCheckpoint, check_grid, model_config, noise_config,
                                                      read_gencast_checkpoint, sampler_config)
 from gencast_rmmd.teacher.gencast_import import import_gencast
 from gencast_rmmd.teacher.gencast_stats import stats_locations
@@ -57,11 +59,12 @@ def source_fingerprints(location: str, stats_dir: str | os.PathLike) -> dict:
 
 
 def write_imported_teacher(location: str, stats_dir: str | os.PathLike, data: DataConfig,
-                           out: str | os.PathLike, log=print) -> Path:
+                           out: str | os.PathLike, log=print, allow_other_grid: bool = False) -> Path:
     """Import the GenCast checkpoint at `location` for the store of `data`; write it as run `out`.
 
     Refused (UserInputError, nothing written) when `out` holds checkpoints, the checkpoint or its
-    statistics are not graphcast's, or the data config's variables or levels are not the task's.
+    statistics are not graphcast's, the data config's variables or levels are not the task's, or
+    (unless `allow_other_grid`) the store's grid spacing is not the resolution the checkpoint names.
     """
     from gencast_rmmd.teacher.train import diffusion_noise, grid_payload
 
@@ -70,6 +73,8 @@ def write_imported_teacher(location: str, stats_dir: str | os.PathLike, data: Da
         raise UserInputError(f"{out} already holds checkpoints; import into an empty run directory")
     gencast = read_gencast_checkpoint(location)
     source = DataSource.open(data)
+    if not allow_other_grid:
+        check_grid(gencast, str(location), source.longitude, source.report.location)
     imported = import_gencast(gencast, stats_dir, source.layout)
     config = imported_teacher_config(gencast, data, str(out / "stats.nc"))
     noise = diffusion_noise(config, source)

@@ -71,7 +71,7 @@ def read_statistics(directory: str | os.PathLike, layout: ChannelLayout, forcing
             else:
                 field = xr.full_like(files["mean"][name], np.nan, dtype=np.float64)
             if "level" in field.dims:
-                absent = sorted(set(layout.levels) - set(int(level) for level in field["level"].values))
+                absent = sorted(set(layout.levels) - {int(level) for level in field["level"].values})
                 if absent:
                     raise UserInputError(f"{locations[statistic]}: {name} has no level(s) "
                                          f"{', '.join(map(str, absent))}")
