@@ -227,7 +227,10 @@ def wait_with_usage(process: subprocess.Popen, tick: Callable[[], None],
 
     The process is reaped with `os.wait4`, which hands over the kernel's count of
     its peak memory and CPU time (with every process it waited for); `process`
-    learns its return code as from `Popen.wait`.
+    learns its return code as from `Popen.wait`. Linux charges the resident image
+    the child starts from (ours, between fork and exec) to the child's peak, so a
+    command's peak is at least the pipeline process's own resident size (a few
+    hundred MB, below any training or forecast stage's).
     """
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)

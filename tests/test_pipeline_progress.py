@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -183,7 +184,9 @@ def test_a_reaped_command_reports_its_exit_code_peak_memory_and_cpu_time():
     ticks = []
     code, usage = wait_with_usage(process, lambda: ticks.append(1), poll_seconds=0.01)
     assert code == 3 and process.returncode == 3 and process.poll() == 3
-    assert 300e6 < usage.peak_rss_bytes < 2e9 and usage.cpu_seconds > 0
+    # Linux charges our own resident image (inherited until exec) to the child's peak.
+    ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert 300e6 < usage.peak_rss_bytes < max(2e9, ours + 1e9) and usage.cpu_seconds > 0
     assert ticks
 
 
