@@ -21,8 +21,7 @@ import traceback
 
 import typer
 
-from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.training.task import TrainingDiverged
+from gencast_rmmd.errors import TrainingDiverged, UserInputError
 
 app = typer.Typer(
     name="gencast-rmmd",

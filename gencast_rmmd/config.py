@@ -15,7 +15,6 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +29,17 @@ class StrictModel(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _is_timestamp(value: Any) -> bool:
+    """Whether pandas reads `value` as a date-time (pandas is imported here so `--help` need not load it)."""
+    import pandas as pd
+
+    try:
+        pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 class SplitRange(StrictModel):
@@ -60,10 +70,8 @@ class SplitRange(StrictModel):
                 raise ValueError(f"fraction must satisfy 0 <= lo < hi <= 1, got {list(self.fraction)}")
         for value in (self.start, self.end):
             if value is not None:
-                try:
-                    pd.Timestamp(value)
-                except (ValueError, TypeError):
-                    raise ValueError(f"{value!r} is not an ISO date") from None
+                if not _is_timestamp(value):
+                    raise ValueError(f"{value!r} is not an ISO date")
         return self
 
 
@@ -175,10 +183,8 @@ class SimulationConfig(StrictModel):
     @field_validator("start")
     @classmethod
     def _start_is_date(cls, start: str) -> str:
-        try:
-            pd.Timestamp(start)
-        except (ValueError, TypeError):
-            raise ValueError(f"{start!r} is not an ISO date-time") from None
+        if not _is_timestamp(start):
+            raise ValueError(f"{start!r} is not an ISO date-time")
         return start
 
     @model_validator(mode="after")

@@ -2,7 +2,12 @@
 
 `UserInputError` is bad input (a missing variable, a wrong path, a bad config
 value): the CLI prints its message on one line and exits with code 2, without a
-traceback. Anything else is an internal error and exits with code 1.
+traceback. `TrainingDiverged` is a run that failed on its own (not the user's
+input): one line, exit code 1. Anything else is an internal error and exits
+with code 1.
+
+They live here, apart from the code that raises them, so the command line can
+answer them without importing JAX.
 """
 
 from __future__ import annotations
@@ -15,4 +20,13 @@ class UserInputError(Exception):
 
     def __init__(self, message: str):
         # One line, always: the CLI prints exactly this.
+        super().__init__(" ".join(str(message).split()))
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps. The CLI prints the one-line message and exits 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 
+from gencast_rmmd.errors import TrainingDiverged  # noqa: F401  (re-exported: the loop raises it)
 from gencast_rmmd.training.config import OptimizerConfig
 
 PyTree = Any
@@ -83,15 +84,6 @@ class TrainTask(Protocol):
 # alternating rules share one expensive draw (live RMMD: the aux and student rules train on the same policy
 # samples of the student's K-step chain instead of drawing two).
 StepInputsFn = Callable[[Mapping[str, PyTree], PyTree, jax.Array, PyTree], PyTree]
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps. The CLI prints the one-line message and exits 1."""
-
-    exit_code = 1
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 def validate_rules(rules: Sequence[UpdateRule], groups: Mapping[str, Any]) -> None:
