@@ -82,6 +82,18 @@ def test_refuses_to_overwrite_a_run(run_cli, tiny_run, wb2_store):
     assert result.code == 2 and "--resume" in result.err
 
 
+def test_a_typo_in_the_loss_weights_is_refused_before_any_work(run_cli, wb2_store, tmp_path):
+    """A `loss.variable_weights` name that is no target variable: one line naming it and the targets, exit 2,
+    before statistics or graphs (it was an internal error, exit 1, at the first traced loss)."""
+    run = tmp_path / "run"
+    result = run_cli("train", "--config", TINY, "--data", wb2_store, "--set", LEVELS,
+                     "--set", "loss.variable_weights.2m_temprature=0.5", "--out", run)
+    assert result.code == 2, result.err
+    assert result.err.count("\n") == 1 and result.err.startswith("error: "), result.err
+    assert "loss.variable_weights names 2m_temprature" in result.err and "use one of 2m_temperature" in result.err
+    assert not run.exists()
+
+
 def test_forecast_writes_a_valid_ensemble(run_cli, tiny_run, wb2_store, tmp_path):
     out = tmp_path / "forecast.nc"
     result = run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", "2001-01-08T00",

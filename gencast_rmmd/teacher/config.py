@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gencast_rmmd.config import DataConfig, StrictModel
 from gencast_rmmd.diffusion.config import LossConfig, NoiseConfig, SamplerConfig
@@ -32,3 +32,17 @@ class TeacherConfig(StrictModel):
     distributed: DistributedConfig = DistributedConfig()
     stats: str | None = None
     input_perturbation: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _loss_weights_name_targets(self) -> "TeacherConfig":
+        """A weight for a variable the model does not predict is a typo: refuse it here, before any data are read.
+
+        The loss itself only meets the names when it is first traced, after the
+        statistics and the graphs have been built.
+        """
+        targets = self.data.variables.time_varying
+        unknown = sorted(set(self.loss.variable_weights) - set(targets))
+        if unknown:
+            raise ValueError(f"loss.variable_weights names {', '.join(unknown)}, not a target variable of the data; "
+                             f"use one of {', '.join(targets)}")
+        return self
