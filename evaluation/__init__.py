@@ -2,5 +2,5 @@
 
 Reads any forecast in the WeatherBench2 forecast layout and any truth store the
 data layer opens; never imports the model, diffusion, distillation or
-training code (DESIGN §2). Formulas: DESIGN §6; files: DESIGN §7.
+training code (docs/DESIGN.md §2). Formulas: docs/DESIGN.md §6; files: docs/DESIGN.md §7.
 """

@@ -1,4 +1,4 @@
-"""Probabilistic and deterministic verification metrics (DESIGN §6).
+"""Probabilistic and deterministic verification metrics (docs/DESIGN.md §6).
 
 Two layers, as in WeatherBench2 `metrics.py`:
 

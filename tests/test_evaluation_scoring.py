@@ -195,7 +195,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, wb2_dataset, wb2_store, run_c
 
 
 def test_evaluation_never_imports_model_code():
-    """DESIGN §2: evaluation/ scores any forecast file; it must not import the model side of the package."""
+    """docs/DESIGN.md §2: evaluation/ scores any forecast file; it must not import the model side of the package."""
     import ast
     from pathlib import Path
 

@@ -4,12 +4,13 @@ Not part of the package and not run in CI. Run it with an interpreter that has
 graphcast's dependencies and a checkout of graphcast at the commit the published
 checkpoints refer to (08cf736, "Bump version to 0.2") on PYTHONPATH:
 
-    git -C graphcast archive 08cf736 | tar -x -C /work/gc_src
-    python -m venv /work/gc_venv
-    /work/gc_venv/bin/pip install jax==0.4.35 dm-haiku==0.0.13 jraph chex "numpy<2.1" scipy \
+    SCRATCH=$(mktemp -d)          # graphcast's source and its venv, outside the checkout
+    mkdir $SCRATCH/gc_src && git -C graphcast archive 08cf736 | tar -x -C $SCRATCH/gc_src
+    python -m venv $SCRATCH/gc_venv
+    $SCRATCH/gc_venv/bin/pip install jax==0.4.35 dm-haiku==0.0.13 jraph chex "numpy<2.1" scipy \
         trimesh==5.2.0 rtree==1.4.1 xarray pandas dm-tree dask scikit-learn pint tree-math \
-        tensorstore zarr && /work/gc_venv/bin/pip install --no-deps dinosaur-dycore xarray-tensorstore
-    PYTHONPATH=/work/gc_src /work/gc_venv/bin/python tools/make_gencast_fixture.py tests/fixtures/gencast
+        tensorstore zarr && $SCRATCH/gc_venv/bin/pip install --no-deps dinosaur-dycore xarray-tensorstore
+    PYTHONPATH=$SCRATCH/gc_src $SCRATCH/gc_venv/bin/python tools/make_gencast_fixture.py tests/fixtures/gencast
 
 For each case (grid x mesh size) it writes, in graphcast's formats:
 - `CASE.npz`: a random-initialised GenCast checkpoint (`checkpoint.dump` of

@@ -1,6 +1,6 @@
 """Configuration schema of the diffusion parts: training noise, teacher sampler, loss weights.
 
-Defaults are GenCast's (graphcast `gencast.py`; DESIGN §4). Noise levels are
+Defaults are GenCast's (graphcast `gencast.py`; docs/DESIGN.md §4). Noise levels are
 EDM sigmas in the normalised-residual space (sigma_data = 1). Per-variable
 loss weights are configuration, never code; GenCast's, as YAML:
 

@@ -28,7 +28,7 @@ MAX_STUDENT_STEPS = 8
 
 
 class StudentSamplerConfig(StrictModel):
-    """The K-step student sampler (DESIGN §5): grid s_0 > ... > s_{K-1}, then 0, and the eta-step.
+    """The K-step student sampler (docs/DESIGN.md §5): grid s_0 > ... > s_{K-1}, then 0, and the eta-step.
 
     s_i = (s_max^(1/rho) + i/(K-1) (s_min^(1/rho) - s_max^(1/rho)))^rho; `rho: .inf`
     gives the log-uniform grid (uniform in log-SNR). eta = 0 is deterministic
@@ -50,7 +50,7 @@ class StudentSamplerConfig(StrictModel):
 
 
 class DistillSection(StrictModel):
-    """The `distill:` section. Symbols of DESIGN §5 in brackets.
+    """The `distill:` section. Symbols of docs/DESIGN.md §5 in brackets.
 
     - `method`: a key of `gencast_rmmd.distill.registry.DISTILLERS`
       (`mmd`, `rmmd`, `draft`, `crps_only`);
@@ -74,7 +74,7 @@ class DistillSection(StrictModel):
       (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
       every level pair; see `moment_matching.moment_weight`);
     - `moment_reference` (`rmmd`): the aux model the moment term compares
-      with the teacher. `live` (default, the method as DESIGN §5 reads it): the
+      with the teacher. `live` (default, the method as docs/DESIGN.md §5 reads it): the
       phase-1 aux g_phi keeps training in phase 2 on the student's current
       samples (alternating phi / theta updates, as in phase 1), so the term
       vanishes when the student's moments are the teacher's. The others keep

@@ -1,4 +1,4 @@
-"""Phase 1: moment-matching distillation (MMD; Salimans et al. 2024, alternating form; DESIGN §5).
+"""Phase 1: moment-matching distillation (MMD; Salimans et al. 2024, alternating form; docs/DESIGN.md §5).
 
 Symbols (paper -> code). Phi_theta: the student (`params['student']`); g_phi:
 the auxiliary denoiser (`params['aux']`); the teacher (`frozen['teacher']`);

@@ -1,4 +1,4 @@
-"""The K-step student sampler of moment matching (DESIGN §5; Salimans et al. 2024; RMMD).
+"""The K-step student sampler of moment matching (docs/DESIGN.md §5; Salimans et al. 2024; RMMD).
 
 Noise levels are the teacher's EDM sigmas s (x_s = x_0 + s eps). The grid is
 
