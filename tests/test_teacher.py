@@ -213,6 +213,34 @@ def test_forecast_bad_input(run_cli, tiny_run, wb2_store, tmp_path, args, phrase
     assert result.code == 2 and phrase in result.err and not (tmp_path / "x.nc").exists()
 
 
+def test_a_store_on_another_grid_is_refused_naming_both_grids(run_cli, tiny_run, tmp_path):
+    """A forecast or distillation on a store of another grid size is one line naming both grids, exit 2,
+    nothing written; a grid of the same size with other coordinates says which axis differs."""
+    import numpy as np
+    from wb2_stores import era5_like, six_hourly, write_store
+
+    coarse = era5_like(six_hourly(days=10), latitude=np.linspace(-84.375, 84.375, 16),
+                       longitude=np.arange(32) * 11.25)
+    shifted = era5_like(six_hourly(days=10), longitude=np.arange(64) * 5.625 + 2.8125)
+    for name, dataset, phrase in [("coarse", coarse, "has a 32x16 grid (longitude x latitude); the checkpoint "
+                                                     "was trained on 64x32"),
+                                  ("shifted", shifted, "has a 64x32 grid with longitude 2.8125..357.188; the "
+                                                       "checkpoint was trained on 64x32 with longitude 0..354.375")]:
+        store = write_store(dataset, tmp_path / f"{name}.zarr")
+        out = tmp_path / f"{name}.nc"
+        result = run_cli("forecast", "--checkpoint", tiny_run, "--data", store, "--init", "2001-01-08T00",
+                         "--steps", "1", "--members", "1", "--out", out)
+        assert result.code == 2, result.err
+        assert result.err.count("\n") == 1 and phrase in result.err, result.err
+        assert not out.exists()
+    student = tmp_path / "student"   # distill checks with the same function
+    result = run_cli("distill", "--config", REPO / "configs" / "distill" / "tiny.yaml", "--teacher", tiny_run,
+                     "--data", tmp_path / "coarse.zarr", "--out", student)
+    assert result.code == 2 and "has a 32x16 grid (longitude x latitude); the teacher was trained on 64x32" \
+        in result.err, result.err
+    assert not student.exists()
+
+
 def test_missing_checkpoint_is_bad_input(run_cli, tmp_path):
     result = run_cli("inspect", tmp_path / "nothing")
     assert result.code == 2 and "does not exist" in result.err

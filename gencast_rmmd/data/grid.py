@@ -1,8 +1,11 @@
-"""Grid geometry shared by the model's loss and the evaluation: latitude cell-area weights."""
+"""Grid geometry shared by the model's loss and the evaluation (latitude cell-area weights), and the check
+that a store lies on the grid a model was trained on."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from gencast_rmmd.errors import UserInputError
 
 
 def latitude_cell_weights(latitude: np.ndarray) -> np.ndarray:
@@ -23,3 +26,33 @@ def latitude_cell_weights(latitude: np.ndarray) -> np.ndarray:
     weights = np.empty_like(weights_sorted)
     weights[order] = weights_sorted
     return weights / weights.mean()
+
+
+def _grid_name(latitude: np.ndarray, longitude: np.ndarray) -> str:
+    """`64x32` (longitude x latitude points, WeatherBench2's naming)."""
+    return f"{len(longitude)}x{len(latitude)}"
+
+
+def check_same_grid(found: tuple[np.ndarray, np.ndarray], expected: tuple[np.ndarray, np.ndarray],
+                    store: str, model: str) -> None:
+    """Refuse a store whose (latitude, longitude) axes (degrees) are not the ones `model` was trained on.
+
+    The network's graphs and the diffusion noise are built for one grid, so
+    another one is bad input: `UserInputError` naming both grids. Sizes are
+    compared first (axes of other lengths cannot be compared point by point),
+    then the coordinates (`np.allclose`, so coordinates stored in float32
+    pass). `store` names the store, `model` what was trained on the expected
+    grid ("the checkpoint", "the teacher").
+    """
+    found_axes = tuple(np.asarray(axis, dtype=np.float64) for axis in found)
+    expected_axes = tuple(np.asarray(axis, dtype=np.float64) for axis in expected)
+    found_name, expected_name = _grid_name(*found_axes), _grid_name(*expected_axes)
+    if any(a.shape != b.shape for a, b in zip(found_axes, expected_axes)):
+        raise UserInputError(f"{store} has a {found_name} grid (longitude x latitude); {model} was trained on "
+                             f"{expected_name}; give a store on the {expected_name} grid")
+    for axis, found_axis, expected_axis in zip(("latitude", "longitude"), found_axes, expected_axes):
+        if not np.allclose(found_axis, expected_axis):
+            raise UserInputError(
+                f"{store} has a {found_name} grid with {axis} {found_axis[0]:g}..{found_axis[-1]:g}; {model} was "
+                f"trained on {expected_name} with {axis} {expected_axis[0]:g}..{expected_axis[-1]:g}; give a "
+                f"store on the model's grid")

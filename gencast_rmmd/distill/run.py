@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from gencast_rmmd.config import config_to_dict
+from gencast_rmmd.data.grid import check_same_grid
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
@@ -106,11 +107,8 @@ def _environment(source: TeacherSource, data: str | None) -> _Environment:
     data_source = DataSource.open(data_config_of(payload, data))
     latitude = np.asarray(payload["grid"]["latitude"], np.float64)
     longitude = np.asarray(payload["grid"]["longitude"], np.float64)
-    if not (data_source.latitude.shape == latitude.shape and np.allclose(data_source.latitude, latitude)
-            and data_source.longitude.shape == longitude.shape and np.allclose(data_source.longitude, longitude)):
-        raise UserInputError(f"{data_source.report.location} has a {len(data_source.latitude)}x"
-                             f"{len(data_source.longitude)} grid; the teacher was trained on "
-                             f"{len(latitude)}x{len(longitude)}")
+    check_same_grid((data_source.latitude, data_source.longitude), (latitude, longitude),
+                    data_source.report.location, "the teacher")
     layout = ChannelLayout.from_dict(payload["layout"])
     network = network_for_grid(ModelConfig(**payload["model"]), latitude, longitude, layout.n_target_channels)
     return _Environment(source, data_source, Normalizer.from_dict(payload["normalizer"]), layout, latitude,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from gencast_rmmd.config import DataConfig, apply_overrides
+from gencast_rmmd.data.grid import check_same_grid
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.forecast.build import predictor_from_payload
@@ -69,12 +70,8 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
     payload = with_sampler_overrides(loaded.meta["task"], sampler_overrides)
     predictor = predictor_from_payload(payload)
     source = DataSource.open(data_config_of(payload, data))
-    expected = (payload["grid"]["latitude"], payload["grid"]["longitude"])
-    # Another grid is refused before compiling; axes of other lengths are not compared point by point.
-    if not all(np.shape(axis) == found.shape and np.allclose(axis, found)
-               for axis, found in zip(expected, (source.latitude, source.longitude))):
-        raise UserInputError(f"{source.report.location} has a {len(source.latitude)}x{len(source.longitude)} grid; "
-                             f"the checkpoint was trained on {len(expected[0])}x{len(expected[1])}")
+    check_same_grid((source.latitude, source.longitude), (payload["grid"]["latitude"], payload["grid"]["longitude"]),
+                    source.report.location, "the checkpoint")   # before compiling
     params = (loaded.ema_params if use_ema and loaded.ema_params is not None else loaded.params)
     params = params[payload.get("params_group", "denoiser")]
     attrs = {
