@@ -188,7 +188,7 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint_and_reaches_the_same
     damage(run_dir / "checkpoints" / "step_00000010")
     notes: list[str] = []
     result = train(MlpTask(), small_config(steps=10), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
-                   resume=True, log=notes.append)
+                   log=notes.append)
     skipped = [note for note in notes if "skipped the corrupt checkpoint" in note]
     assert len(skipped) == 1 and "step_00000010" in skipped[0] and "resume from" in skipped[0]
     assert skipped[0].endswith(str(run_dir / "checkpoints" / "step_00000005")), skipped[0]
@@ -205,8 +205,7 @@ def test_resume_with_no_checkpoint_that_verifies_is_refused_and_moves_nothing(tm
         _truncate(run_dir / "checkpoints" / f"step_{step:08d}")
     before = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
     with pytest.raises(UserInputError, match="no checkpoint of .* verifies .*step_00000010"):
-        train(MlpTask(), small_config(steps=10), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
-              resume=True)
+        train(MlpTask(), small_config(steps=10), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
 
 
@@ -216,7 +215,7 @@ def test_pruning_tolerates_an_older_unreadable_meta(tmp_path):
     train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     shutil.rmtree(run_dir / "checkpoints" / "step_00000020")  # as if killed before step 20's checkpoint
     (run_dir / "checkpoints" / "step_00000010" / "meta.json").write_text("{")
-    result = train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir, resume=True)
+    result = train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     assert result.step == 20
     assert [path.name for path in checkpoints.list_checkpoints(run_dir)] == [
         "step_00000010", "step_00000015", "step_00000020"]

@@ -77,9 +77,25 @@ def test_resume_falls_back_past_a_truncated_latest_checkpoint(run_cli, tiny_run,
     assert hashes[0] == hashes[1]
 
 
+def _snapshot(directory):
+    """Every file under `directory` with its bytes' hash and modification time."""
+    import hashlib
+
+    return {path: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
 def test_refuses_to_overwrite_a_run(run_cli, tiny_run, wb2_store):
+    """`train` or `distill` into a run directory that holds something, without --resume: one line, exit 2,
+    every file as it was. The commands own this check (`check_run_dir`); the loop continues what it is given."""
+    before = _snapshot(tiny_run)
     result = run_cli("train", "--config", TINY, "--data", wb2_store, "--set", LEVELS, "--out", tiny_run)
-    assert result.code == 2 and "--resume" in result.err
+    refusal = f"error: {tiny_run} already holds a run; pass --resume to continue or choose another --out"
+    assert result.code == 2 and result.err.splitlines()[-1] == refusal, result.err
+    result = run_cli("distill", "--config", REPO / "configs" / "distill" / "tiny.yaml", "--teacher", tiny_run,
+                     "--data", wb2_store, "--out", tiny_run)
+    assert result.code == 2 and result.err.splitlines() == [refusal], result.err
+    assert _snapshot(tiny_run) == before
 
 
 def test_a_typo_in_the_loss_weights_is_refused_before_any_work(run_cli, wb2_store, tmp_path):

@@ -26,6 +26,7 @@ from gencast_rmmd.training import (DistributedConfig, TrainConfig, TrainingDiver
                                    load_checkpoint, params_sha256, train, with_compute_dtype)
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.optim import learning_rate_schedule, make_optimizer
+from gencast_rmmd.training.run_config import check_run_dir
 from gencast_rmmd.training.state import init_train_state, make_optimizers, make_train_step
 
 HELPER = Path(__file__).parent / "training_helpers.py"
@@ -256,8 +257,8 @@ def test_training_stops_after_consecutive_nonfinite_steps_keeping_last_good_chec
 def test_checkpoint_round_trip_without_template(tmp_path):
     """`load_checkpoint` rebuilds params, EMA and frozen trees from a run or checkpoint dir; hashes agree."""
     run_dir = tmp_path / "run"
-    result = train(MlpTask(), small_config(steps=7), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
-                   resume=True)  # resume on an empty directory starts afresh
+    # a run directory without checkpoints starts afresh
+    result = train(MlpTask(), small_config(steps=7), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     loaded = load_checkpoint(run_dir)
     assert loaded.step == 7 and loaded.path == result.checkpoint == run_dir / "checkpoints" / "step_00000007"
     assert _trees_equal(loaded.params, result.params) and _trees_equal(loaded.ema_params, result.ema_params)
@@ -272,13 +273,18 @@ def test_checkpoint_round_trip_without_template(tmp_path):
 
 
 def test_refuses_existing_run_without_resume_and_checks_seed_and_shapes(tmp_path):
-    """A non-empty run dir needs --resume; resuming with another seed or model shape is a clear error."""
+    """A non-empty run dir needs --resume (`check_run_dir`, which the commands call before writing; the CLI
+    cases are in test_teacher and test_distill); resuming with another seed or model shape is a clear error."""
     run_dir = tmp_path / "run"
+    check_run_dir(run_dir, resume=False)                      # a new directory is a new run
     train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     with pytest.raises(UserInputError, match="already holds a run; pass --resume"):
-        train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
+        check_run_dir(run_dir, resume=False)
+    check_run_dir(run_dir, resume=True)
+    with pytest.raises(UserInputError, match="is a file; --out must be a directory"):
+        check_run_dir(run_dir / "metrics.jsonl", resume=True)
     with pytest.raises(UserInputError, match="seed 0, not 1"):
-        train(MlpTask(), small_config(steps=5), seed=1, batches=synthetic_batches(8), run_dir=run_dir, resume=True)
+        train(MlpTask(), small_config(steps=5), seed=1, batches=synthetic_batches(8), run_dir=run_dir)
     template = jax.device_get(checkpoints.restore_state(
         run_dir / "checkpoints" / "step_00000005",
         jax.eval_shape(lambda: _unit_step(MlpTask(), small_config())[0])))
@@ -340,8 +346,7 @@ def test_checkpoint_write_is_atomic_and_temporaries_are_ignored(tmp_path, monkey
     (run_dir / "checkpoints" / "step_00000008").mkdir()
     assert checkpoints.latest_checkpoint(run_dir) == good.path
     assert load_checkpoint(run_dir).step == 5
-    result = train(MlpTask(), small_config(steps=7), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
-                   resume=True)
+    result = train(MlpTask(), small_config(steps=7), seed=0, batches=synthetic_batches(8), run_dir=run_dir)
     assert result.step == 7 and not torn.exists()
 
 
@@ -425,15 +430,15 @@ def test_resume_under_another_config_is_refused_naming_the_keys_and_changes_noth
     before = _files(run_dir)
     with pytest.raises(UserInputError) as raised:
         train(MlpTask(), small_config(steps=5, learning_rate=1e-2), seed=0, batches=synthetic_batches(8),
-              run_dir=run_dir, resume=True)
+              run_dir=run_dir)
     assert str(raised.value) == (f"{run_dir} was started with another config (train.learning_rate: 0.03 → 0.01); "
                                  "resume with the config it was started with, or use a new --out")
     with pytest.raises(UserInputError, match=r"\(train.batch_size: 8 → 4, train.ema_decay: 0.9 → 0.5, "
                                              r"train.learning_rate: 0.03 → 0.01 and 1 more\)"):
         train(MlpTask(), small_config(steps=6, batch_size=4, ema_decay=0.5, learning_rate=1e-2), seed=0,
-              batches=synthetic_batches(4), run_dir=run_dir, resume=True)
+              batches=synthetic_batches(4), run_dir=run_dir)
     with pytest.raises(UserInputError, match=r"\(task.model.hidden: \[16, 2\] → \[16, 2, 2\]\)"):
-        train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir, resume=True,
+        train(MlpTask(), small_config(steps=5), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
               settings={"task": {**MlpTask().config_payload(), "model": {"hidden": [16, 2, 2]}}})
     assert _files(run_dir) == before
 
@@ -453,7 +458,7 @@ def test_resume_with_only_result_neutral_settings_changed_continues_exactly(tmp_
     notes = []
     resumed = train(MlpTask(), small_config(steps=10, checkpoint_every=2, keep_checkpoints=4, log_every=3,
                                             progress=True), seed=0, batches=synthetic_batches(8), run_dir=run_dir,
-                    resume=True, settings=moved, log=notes.append)
+                    settings=moved, log=notes.append)
     assert resumed.params_sha256 == reference.params_sha256 and notes == []
     recorded, expected = load_checkpoint(run_dir).meta, load_checkpoint(reference.run_dir).meta
     assert recorded["run_config_sha256"] == expected["run_config_sha256"]
@@ -461,7 +466,7 @@ def test_resume_with_only_result_neutral_settings_changed_continues_exactly(tmp_
                                       "data": {"levels": [500, 850], "splits": {"train": {"fraction": [0.0, 0.6]}}}}
     assert "learning_rate" in recorded["run_config"]["train"] and "progress" not in recorded["run_config"]["train"]
     with pytest.raises(UserInputError, match=r"\(data.levels: \[500, 850\] → \[500\]\)"):
-        train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir, resume=True,
+        train(MlpTask(), config, seed=0, batches=synthetic_batches(8), run_dir=run_dir,
               settings={**SETTINGS, "data": {**SETTINGS["data"], "levels": [500]}})
 
 
@@ -476,7 +481,7 @@ def test_a_run_from_older_code_resumes_unchecked_with_a_note(tmp_path):
     meta_path.write_text(json.dumps(meta))
     notes = []
     result = train(MlpTask(), small_config(steps=7, learning_rate=1e-2), seed=0, batches=synthetic_batches(8),
-                   run_dir=run_dir, resume=True, log=notes.append)
+                   run_dir=run_dir, log=notes.append)
     assert result.step == 7 and len(notes) == 1 and "records no run config" in notes[0] and "\n" not in notes[0]
     assert load_checkpoint(run_dir).meta["run_config"]["train"]["learning_rate"] == 1e-2
 

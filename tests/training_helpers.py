@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Iterator
 
 import haiku as hk
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.training import TrainableState, TrainConfig, UpdateRule, train
+from gencast_rmmd.training.run_config import check_run_dir
 
 FEATURES, OUTPUTS = 4, 2
 TRUE_WEIGHTS = np.linspace(-1.0, 1.0, FEATURES * OUTPUTS, dtype=np.float32).reshape(FEATURES, OUTPUTS)
@@ -127,9 +129,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=None)
     args = parser.parse_args()
     devices = jax.devices()[:args.devices] if args.devices else None
+    check_run_dir(Path(args.run_dir), args.resume)   # as the commands do
     result = train(MlpTask(), small_config(steps=args.steps, checkpoint_every=args.checkpoint_every), seed=3,
-                   batches=synthetic_batches(8, delay=args.delay), run_dir=args.run_dir, resume=args.resume,
-                   devices=devices)
+                   batches=synthetic_batches(8, delay=args.delay), run_dir=args.run_dir, devices=devices)
     print(json.dumps({"step": result.step, "params_sha256": result.params_sha256,
                       "devices": len(devices or jax.devices())}))
 

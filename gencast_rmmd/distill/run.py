@@ -51,8 +51,7 @@ from gencast_rmmd.models.denoiser import DenoiserNetwork
 from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
 from gencast_rmmd.training.checkpoint import fall_back_to_verified, read_meta
-from gencast_rmmd.training.loop import check_run_dir
-from gencast_rmmd.training.run_config import check_resume_config, run_config
+from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
 STUDENT_SAMPLER = "student_kstep"
 
@@ -184,7 +183,7 @@ def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchor
     source, batch_size = environment.data, config.train.batch_size
     validation = batch_stream(source, "validation", batch_size) if config.train.validate_every else None
     return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", batch_size),
-                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed,
+                 run_dir=run_dir, validation_batches=validation, distributed=config.distributed,
                  settings=run_settings(config, environment), log=log)
 
 

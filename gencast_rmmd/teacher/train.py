@@ -21,8 +21,7 @@ from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.task import TeacherTask
 from gencast_rmmd.training import TrainResult, initialize_distributed, train
 from gencast_rmmd.training.checkpoint import fall_back_to_verified
-from gencast_rmmd.training.loop import check_run_dir
-from gencast_rmmd.training.run_config import check_resume_config, run_config
+from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
 STATS_FILE = "stats.nc"
 
@@ -111,5 +110,5 @@ def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = Fal
     validation = (batch_stream(source, "validation", config.train.batch_size)
                   if config.train.validate_every else None)
     return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", config.train.batch_size),
-                 run_dir=run_dir, resume=True, validation_batches=validation, distributed=config.distributed,
+                 run_dir=run_dir, validation_batches=validation, distributed=config.distributed,
                  settings=settings, log=log)

@@ -71,13 +71,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserInputError(f"{run_dir} is a file; --out must be a directory")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UserInputError(f"{run_dir} already holds a run; pass --resume to continue or choose another --out")
-
-
 def _close(iterator: Any) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
@@ -127,18 +120,21 @@ def _initial_state(task: TrainTask, rules: Sequence, optimizers, init_key: jax.A
 
 
 def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn, run_dir: str | Path,
-          resume: bool = False, validation_batches: BatchesFn | None = None,
+          validation_batches: BatchesFn | None = None,
           distributed: DistributedConfig | None = None, devices: Sequence[jax.Device] | None = None,
           settings: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> TrainResult:
-    """Train `task` for `config.steps` steps in `run_dir`, checkpointing and logging; resume exactly if asked.
+    """Train `task` for `config.steps` steps in `run_dir`, checkpointing and logging; continue it exactly.
 
     - `batches(start_step)` yields the global training batches from step
       `start_step` on (e.g. `lambda s: (b.batch for b in make_iterator(source, start_step=s))`);
       leaves with `config.batch_size` rows are split over devices.
     - `validation_batches(0)` yields validation batches; the first
       `config.validation_batches` are scored every `config.validate_every` steps.
-    - A non-empty `run_dir` needs `resume=True`; resuming a run without a
-      complete checkpoint starts it afresh.
+    - A `run_dir` with checkpoints is continued from its newest one that
+      verifies (newer corrupt ones are set aside); without one the run starts
+      afresh. Whether the user meant to continue a run is the command's
+      question, asked before it writes anything there (statistics, a phase-1
+      student): `run_config.check_run_dir`, the one place it is checked.
     - `settings`: the run's validated config as JSON (default: the task's
       payload). With `seed` and `config` it makes the run's result config
       (`run_config.py`), recorded in every checkpoint; resuming under another
@@ -149,10 +145,9 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
     initialize_distributed(distributed)
     run_dir = Path(run_dir)
     primary = is_primary()
-    check_run_dir(run_dir, resume)
-    if resume and primary:  # a corrupt newest checkpoint is set aside, named, and the one before it resumed
+    if primary:  # a corrupt newest checkpoint is set aside, named, and the one before it resumed
         checkpoints.fall_back_to_verified(run_dir, log)
-    latest = checkpoints.latest_checkpoint(run_dir) if resume else None
+    latest = checkpoints.latest_checkpoint(run_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("gencast_rmmd.train: run directory checked")
     meta = checkpoints.read_meta(latest) if latest is not None else {}
@@ -165,8 +160,7 @@ def train(task: TrainTask, config: TrainConfig, *, seed: int, batches: BatchesFn
     except (TypeError, ValueError) as error:
         raise ValueError(f"task.config_payload() must be JSON-serialisable: {error}") from None
     result_config = run_config(seed, config, {"task": payload} if settings is None else settings)
-    if resume:
-        check_resume_config(run_dir, result_config, log if primary else None)
+    check_resume_config(run_dir, result_config, log if primary else None)
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.remove_stale_temporaries(run_dir)

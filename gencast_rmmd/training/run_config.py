@@ -119,3 +119,16 @@ def check_resume_config(run_dir: str | Path, config: Mapping[str, Any],
     more = f" and {len(changes) - MAX_NAMED_CHANGES} more" if len(changes) > MAX_NAMED_CHANGES else ""
     raise UserInputError(f"{run_dir} was started with another config ({named or 'its recorded hash differs'}"
                          f"{more}); resume with the config it was started with, or use a new --out")
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse an `--out` that is a file, or that holds something when the user did not ask to `--resume`.
+
+    The commands that train (`train`, `distill`) call it first, before they
+    write anything into `run_dir`; the loop itself continues whatever run it
+    is given, so this is the one place the question is asked.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserInputError(f"{run_dir} is a file; --out must be a directory")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserInputError(f"{run_dir} already holds a run; pass --resume to continue or choose another --out")
