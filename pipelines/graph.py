@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-GROUP_TITLES = {1: "data", 2: "stats", 3: "teacher", 4: "distill and select on validation", 5: "forecast",
-                6: "evaluate", 7: "scorecard"}
-
 
 @dataclass(frozen=True)
 class Command:
@@ -66,7 +63,7 @@ class StageContext:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    group: int                                            # 1..7, see GROUP_TITLES
+    group: int    # 1 data, 2 stats, 3 teacher, 4 distill and select, 5 forecast, 6 evaluate, 7 scorecard
     description: str
     settings: dict                                        # what the stage runs with (hashed)
     inputs: tuple[str, ...]                               # "stage.output" references

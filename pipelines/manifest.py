@@ -34,7 +34,6 @@ from gencast_rmmd.io_utils import write_json_atomic
 MANIFEST_FILE = "manifest.json"
 PACKAGES = ("gencast-rmmd", "jax", "jaxlib", "dm-haiku", "optax", "numpy", "xarray", "zarr", "dask",
             "distributed", "pydantic", "dinosaur", "netCDF4")
-STATES = ("pending", "running", "done", "failed", "not_applicable")
 
 
 def now() -> str:

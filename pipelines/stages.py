@@ -35,7 +35,7 @@ from pipelines.candidates import TEACHER, chosen_inputs, chosen_model, model_des
 from pipelines.config import STATS_FILE, PipelineConfig
 from pipelines.digests import model_settings
 from pipelines.forecasts import DATA_FILE, FORECAST_SUFFIXES, Split, forecast_stage, inits_stage
-from pipelines.graph import GROUP_TITLES, Command, Output, Stage, StageContext, TrainingSetup, task  # noqa: F401
+from pipelines.graph import Command, Output, Stage, StageContext, TrainingSetup, task  # noqa: F401
 from pipelines.resolution import ResolvedConfigs
 
 SCORECARD_HTML = "scorecard/index.html"

@@ -133,13 +133,12 @@ def test_isolated_node_fallback_is_needed_and_optional_at_refinement_4():
     assert np.bincount(graphs.grid2mesh_receivers, minlength=graphs.n_mesh).min() == 0
 
 
-@pytest.mark.parametrize("edge_set", ["mesh", "grid2mesh", "mesh2grid"])
+@pytest.mark.parametrize("edge_set", ["grid2mesh", "mesh2grid"])
 def test_edge_features_are_normalised_chords_in_receiver_frame(edge_set):
     graphs = build_graphs(*WB2_64X32, 2)
     grid_xyz = features.latlon_to_xyz(graphs.grid_latlon[:, 0], graphs.grid_latlon[:, 1])
     mesh_xyz = graphs.mesh_vertices
-    sender_xyz, receiver_xyz = {"mesh": (mesh_xyz, mesh_xyz), "grid2mesh": (grid_xyz, mesh_xyz),
-                                "mesh2grid": (mesh_xyz, grid_xyz)}[edge_set]
+    sender_xyz, receiver_xyz = {"grid2mesh": (grid_xyz, mesh_xyz), "mesh2grid": (mesh_xyz, grid_xyz)}[edge_set]
     senders, receivers = getattr(graphs, f"{edge_set}_senders"), getattr(graphs, f"{edge_set}_receivers")
     feats = getattr(graphs, f"{edge_set}_edge_features").astype(np.float64)
     normaliser = getattr(graphs, f"{edge_set}_edge_normaliser")
@@ -189,7 +188,7 @@ def test_node_features_and_mesh_latlon():
     np.testing.assert_allclose(
         features.latlon_to_xyz(graphs.mesh_latlon[:, 0], graphs.mesh_latlon[:, 1]), graphs.mesh_vertices, atol=1e-12
     )
-    assert graphs.mesh_node_features.dtype == np.float32 and graphs.mesh_edge_features.dtype == np.float32
+    assert graphs.mesh_node_features.dtype == np.float32 and graphs.grid2mesh_edge_features.dtype == np.float32
     assert graphs.mesh_senders.dtype == np.int32 and graphs.grid2mesh_senders.dtype == np.int32
 
 

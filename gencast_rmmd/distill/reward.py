@@ -69,12 +69,6 @@ def weighted_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, 
     return per_channel @ jnp.asarray(channel_weights, crps.dtype)
 
 
-def crps_reward(samples: jax.Array, target: jax.Array, valid: jax.Array, latitude_weights: np.ndarray,
-                channel_weights: np.ndarray) -> jax.Array:
-    """R = -mean_b weighted_fair_crps (a scalar; higher is better)."""
-    return -jnp.mean(weighted_fair_crps(samples, target, valid, latitude_weights, channel_weights))
-
-
 def reward_channel_scale(normalizer: Normalizer, units: str) -> np.ndarray:
     """k_c [C] turning a residual-space CRPS into the reward's units (see the module docstring).
 

@@ -3,7 +3,7 @@
 Every checkpoint (teacher or student) stores, under `meta["task"]`, the model
 config, the channel layout, the normalisation constants, the grid and the
 sampler (name + config). Samplers are looked up in `SAMPLER_BUILDERS`, one
-mapping in one place; a distilled student registers its K-step sampler here.
+mapping in one place: a new sampler kind adds its builder there.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ SAMPLER_BUILDERS: dict[str, SamplerBuilder] = {
     "dpm_solver_pp_2s": _dpm_solver,
     "student_kstep": _student_sampler,
 }
-
-
-def register_sampler(name: str, builder: SamplerBuilder) -> None:
-    """Make a sampler kind rebuildable from checkpoints."""
-    SAMPLER_BUILDERS[name] = builder
 
 
 def sampler_payload(name: str, config, nfe_per_step: int) -> dict:

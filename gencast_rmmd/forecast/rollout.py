@@ -71,7 +71,7 @@ def make_step_function(predictor: Predictor, batch_size: int = DEFAULT_BATCH_SIZ
     return jax.jit(step)
 
 
-def initial_inputs(source: DataSource, init_times: pd.DatetimeIndex, steps: int) -> np.ndarray:
+def initial_inputs(source: DataSource, init_times: pd.DatetimeIndex) -> np.ndarray:
     """Physical input frames [B, lat, lon, F*C_in] at each init (UserInputError if unavailable or missing)."""
     windows = source.windows_at(init_times, target_steps=1)
     layout = source.layout
@@ -127,7 +127,7 @@ def rollout(predictor: Predictor, params, source: DataSource, init_times: pd.Dat
             progress: Callable[[int], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> RolloutTiming:
     """Forecast `steps` 12 h steps of `members` members from each init, writing each step to `writer`."""
     init_times = pd.DatetimeIndex(init_times)
-    inputs = jnp.asarray(initial_inputs(source, init_times, steps))
+    inputs = jnp.asarray(initial_inputs(source, init_times))
     inputs = jnp.broadcast_to(inputs, (members, *inputs.shape))
     static = jnp.asarray(source.static_channels)
     step_function = make_step_function(predictor, batch_size)

@@ -45,7 +45,7 @@ class CompiledStep:
         init_times = source.windows("test").init_times[:inits]
         if len(init_times) < inits:
             raise UserInputError(f"the test split of {source.report.location} has fewer than {inits} inits")
-        inputs = jnp.asarray(initial_inputs(source, init_times, 1))
+        inputs = jnp.asarray(initial_inputs(source, init_times))
         self._arguments = (
             params, jnp.broadcast_to(inputs, (members, *inputs.shape)),
             jnp.asarray(forcing_channels((init_times + source.step).values, source.latitude, source.longitude)),

@@ -80,11 +80,6 @@ def chord_to_arc(chord: np.ndarray) -> np.ndarray:
     return 2.0 * np.arcsin(np.clip(np.asarray(chord) / 2.0, 0.0, 1.0))
 
 
-def arc_to_chord(arc: np.ndarray) -> np.ndarray:
-    """Chord length between unit vectors separated by the great-circle angle `arc` (radians)."""
-    return 2.0 * np.sin(np.asarray(arc) / 2.0)
-
-
 def relative_positions_in_receiver_frame(
     sender_xyz: np.ndarray, receiver_xyz: np.ndarray, senders: np.ndarray, receivers: np.ndarray
 ) -> np.ndarray:

@@ -144,7 +144,6 @@ def _cached(lat_bytes: bytes, lon_bytes: bytes, refinement: int, radius_fraction
     chords = np.linalg.norm(vertices[mesh_senders] - vertices[mesh_receivers], axis=-1)
     max_edge_chord = float(chords.max())
     radius = max_edge_chord * radius_fraction
-    mesh_edge_features, mesh_norm = features.edge_features(mesh_xyz, mesh_xyz, mesh_senders, mesh_receivers)
     g2m_senders, g2m_receivers = _radius_edges(grid_xyz, vertices, radius)
     g2m_features, g2m_norm = features.edge_features(grid_feature_xyz, mesh_xyz, g2m_senders, g2m_receivers)
     face_index = _closest_faces(grid_xyz, vertices, faces)
@@ -158,10 +157,10 @@ def _cached(lat_bytes: bytes, lon_bytes: bytes, refinement: int, radius_fraction
         grid_node_features=features.node_structural_features(grid_latlon[:, 0], grid_latlon[:, 1]),
         mesh_node_features=features.node_structural_features(mesh_latlon[:, 0], mesh_latlon[:, 1]),
         mesh_latlon=mesh_latlon, mesh_senders=mesh_senders, mesh_receivers=mesh_receivers,
-        mesh_edge_features=mesh_edge_features, grid2mesh_senders=g2m_senders, grid2mesh_receivers=g2m_receivers,
-        grid2mesh_edge_features=g2m_features, mesh2grid_senders=m2g_senders, mesh2grid_receivers=m2g_receivers,
+        grid2mesh_senders=g2m_senders, grid2mesh_receivers=g2m_receivers, grid2mesh_edge_features=g2m_features,
+        mesh2grid_senders=m2g_senders, mesh2grid_receivers=m2g_receivers,
         mesh2grid_edge_features=m2g_features, n_lat=len(lat), n_lon=len(lon), grid_latlon=grid_latlon,
         mesh_vertices=vertices.astype(np.float64), mesh_faces=faces, mesh2grid_weights=cone / cone.sum(-1, keepdims=True),
         radius_fraction=radius_fraction, connect_isolated_mesh_nodes=False, grid2mesh_radius=radius,
-        max_mesh_edge_chord=max_edge_chord, mesh_edge_normaliser=mesh_norm, grid2mesh_edge_normaliser=g2m_norm,
-        mesh2grid_edge_normaliser=m2g_norm, mesh_bandwidth=icosahedral.bandwidth(mesh_senders, mesh_receivers)))
+        max_mesh_edge_chord=max_edge_chord, grid2mesh_edge_normaliser=g2m_norm, mesh2grid_edge_normaliser=m2g_norm,
+        mesh_bandwidth=icosahedral.bandwidth(mesh_senders, mesh_receivers)))

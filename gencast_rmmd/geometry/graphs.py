@@ -8,9 +8,10 @@
 - the decoder graph mesh -> grid (3 vertices of the containing triangle per grid
   point; edges 3g..3g+2 belong to grid point g).
 Grid indices are lat-major, g = i_lat * n_lon + i_lon, latitude ascending.
-Edge features are (chord, dx, dy, dz) / max chord of that edge set, with the
-displacement in the receiver's local frame (see `features`). Node features are
-(sin lat, cos lon, sin lon).
+Encoder and decoder edge features are (chord, dx, dy, dz) / max chord of that
+edge set, with the displacement in the receiver's local frame (see
+`features`); the processor attends along mesh edges and has none. Node
+features are (sin lat, cos lon, sin lon).
 
 The k-hop attention neighbourhood is NOT computed here (it is expensive at
 refinement 6); see `attention_layout`. Graphs are cached in memory per
@@ -42,7 +43,6 @@ class MeshGraphs:
     mesh_latlon: np.ndarray  # [N, 2] degrees (lat, lon in [0, 360))
     mesh_senders: np.ndarray  # [E]
     mesh_receivers: np.ndarray  # [E]
-    mesh_edge_features: np.ndarray  # [E, 4] (chord, dx, dy, dz) / mesh_edge_normaliser
     grid2mesh_senders: np.ndarray  # [E_g2m] grid index
     grid2mesh_receivers: np.ndarray  # [E_g2m] mesh index
     grid2mesh_edge_features: np.ndarray  # [E_g2m, 4]
@@ -60,8 +60,7 @@ class MeshGraphs:
     connect_isolated_mesh_nodes: bool
     grid2mesh_radius: float  # chord on the unit sphere: radius_fraction * max mesh edge chord
     max_mesh_edge_chord: float
-    mesh_edge_normaliser: float  # chord that the edge features of each set were divided by
-    grid2mesh_edge_normaliser: float
+    grid2mesh_edge_normaliser: float  # chord that the edge features of each set were divided by
     mesh2grid_edge_normaliser: float
     mesh_bandwidth: int  # max |sender - receiver| of the mesh edges
 
@@ -125,8 +124,7 @@ def _build_graphs_cached(
     grid_xyz = features.latlon_to_xyz(grid_latlon[:, 0], grid_latlon[:, 1])
 
     mesh_senders, mesh_receivers = icosahedral.faces_to_edges(faces)
-    mesh_edge_features, mesh_norm = features.edge_features(vertices, vertices, mesh_senders, mesh_receivers)
-    max_edge_chord = mesh_norm  # the mesh normaliser is the longest mesh edge chord
+    max_edge_chord = float(np.linalg.norm(vertices[mesh_senders] - vertices[mesh_receivers], axis=-1).max())
 
     radius = radius_fraction * max_edge_chord
     g2m_senders, g2m_receivers = connectivity.radius_edges(grid_xyz, vertices, radius, connect_isolated)
@@ -144,7 +142,6 @@ def _build_graphs_cached(
         mesh_latlon=mesh_latlon,
         mesh_senders=mesh_senders,
         mesh_receivers=mesh_receivers,
-        mesh_edge_features=mesh_edge_features,
         grid2mesh_senders=g2m_senders,
         grid2mesh_receivers=g2m_receivers,
         grid2mesh_edge_features=g2m_features,
@@ -161,7 +158,6 @@ def _build_graphs_cached(
         connect_isolated_mesh_nodes=connect_isolated,
         grid2mesh_radius=float(radius),
         max_mesh_edge_chord=float(max_edge_chord),
-        mesh_edge_normaliser=mesh_norm,
         grid2mesh_edge_normaliser=g2m_norm,
         mesh2grid_edge_normaliser=m2g_norm,
         mesh_bandwidth=icosahedral.bandwidth(mesh_senders, mesh_receivers),

@@ -16,7 +16,6 @@ is the raw F of EDM; preconditioning wraps it (`gencast_rmmd.diffusion`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import haiku as hk
 import jax
@@ -106,6 +105,3 @@ def build_network(config: ModelConfig, graphs, attention: dict, n_outputs: int) 
 def parameter_count(params: hk.Params) -> int:
     """Total number of scalar parameters."""
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
-
-
-NetworkFn = Callable[[hk.Params, jax.Array, jax.Array, Conditioning], jax.Array]

@@ -10,14 +10,14 @@ from gencast_rmmd.training.checkpoint import Checkpoint, latest_checkpoint, list
     resolve_checkpoint
 from gencast_rmmd.training.config import DistributedConfig, OptimizerConfig, TrainConfig
 from gencast_rmmd.training.loop import TrainResult, train
-from gencast_rmmd.training.precision import cast_floating, haiku_compute_policy, with_compute_dtype
+from gencast_rmmd.training.precision import cast_floating, with_compute_dtype
 from gencast_rmmd.training.sharding import initialize_distributed
 from gencast_rmmd.training.task import TrainableState, TrainingDiverged, TrainTask, UpdateRule
 from gencast_rmmd.training.tree_io import params_sha256
 
 __all__ = [
     "Checkpoint", "DistributedConfig", "OptimizerConfig", "TrainConfig", "TrainResult", "TrainTask",
-    "TrainableState", "TrainingDiverged", "UpdateRule", "cast_floating", "haiku_compute_policy",
-    "initialize_distributed", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "params_sha256",
-    "resolve_checkpoint", "train", "with_compute_dtype",
+    "TrainableState", "TrainingDiverged", "UpdateRule", "cast_floating", "initialize_distributed",
+    "latest_checkpoint", "list_checkpoints", "load_checkpoint", "params_sha256", "resolve_checkpoint", "train",
+    "with_compute_dtype",
 ]

@@ -1,28 +1,19 @@
 """Mixed precision: parameters stay float32; a loss may compute in bfloat16.
 
-Two ways for a task to honour `train.compute_dtype`:
-
-- `haiku_compute_policy(module_class, dtype)`: a haiku/jmp policy on a module
-  class (params float32 in storage, cast to `dtype` when the module runs,
-  outputs back to float32). Preferred for large networks: the loss arithmetic
-  stays float32.
-- `with_compute_dtype(loss_fn, dtype)`: wraps a whole loss so that its
-  floating inputs (params, frozen params, batch) are cast to `dtype` and the
-  loss and metrics come back as float32. Gradients reach the float32 params
-  through the cast.
-
-The training loop itself never casts: the task decides where reduced
-precision is safe.
+How the loop honours `train.compute_dtype`: it wraps every update rule's
+loss with `with_compute_dtype(loss_fn, dtype)` (and a task's `step_inputs`
+with `inputs_in_compute_dtype`), so the loss's floating inputs (params,
+frozen params, batch) are cast to `dtype` and the loss and metrics come back
+as float32. Gradients reach the float32 params through the cast; params,
+optimiser states and EMA stay float32.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
-import jmp
 
 PyTree = Any
 
@@ -69,9 +60,3 @@ def inputs_in_compute_dtype(function: Callable | None, dtype_name: str) -> Calla
         return function(cast_floating(params, dtype), cast_floating(frozen, dtype), key, cast_floating(batch, dtype))
 
     return reduced_precision
-
-
-def haiku_compute_policy(module_class: type[hk.Module], dtype_name: str) -> None:
-    """Set a haiku mixed-precision policy on `module_class`: params float32, compute `dtype_name`, output float32."""
-    policy = jmp.get_policy(f"params=float32,compute={dtype_name},output=float32")
-    hk.mixed_precision.set_policy(module_class, policy)
