@@ -134,14 +134,21 @@ def crps_per_init(path: str, truth: xr.Dataset, region: str = "global", *, lead_
     return PerInitCrps(table, forecast["time"].values, hours)
 
 
-def change_pct(table: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray], draws: np.ndarray) -> np.ndarray:
-    """The mean CRPS change in % over targets k and leads l, for each row d of init indices in `draws`: [draw].
+def change_pct_by_lead(table: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray],
+                       draws: np.ndarray) -> np.ndarray:
+    """The mean CRPS change in % over targets k at each lead l, for each row d of init indices in `draws`:
+    [draw, lead].
 
-    change_d = mean_{k,l} 100 (mean_{t∈d} CRPS_{k,t,l} / mean_{t∈d} CRPS^baseline_{k,t,l} − 1), over the
+    change_{d,l} = mean_k 100 (mean_{t∈d} CRPS_{k,t,l} / mean_{t∈d} CRPS^baseline_{k,t,l} − 1), over the
     baseline's targets; `np.arange(n_inits)[None]` gives the point estimate.
     """
     changes = [table[name][draws].mean(axis=1) / baseline[name][draws].mean(axis=1) - 1.0 for name in baseline]
-    return 100.0 * np.mean(np.stack(changes), axis=(0, 2))
+    return 100.0 * np.mean(np.stack(changes), axis=0)
+
+
+def change_pct(table: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray], draws: np.ndarray) -> np.ndarray:
+    """The mean CRPS change in % over targets and leads (`change_pct_by_lead` averaged over leads): [draw]."""
+    return change_pct_by_lead(table, baseline, draws).mean(axis=1)
 
 
 def win_rate(table: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> float:

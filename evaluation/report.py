@@ -20,7 +20,7 @@ import pandas as pd
 from evaluation.regions import canonical_region
 from evaluation.scorecard import (ScoreSet, Timing, compare, comparison_table, headline, lead_label, load_scores,
                                   load_timing, row_label, speedup_table, unique_labels)
-from evaluation.scorecard_figure import CLIP_PERCENT, COLORMAP, PANEL_METRICS, plot_scorecard
+from evaluation.scorecard_figure import COLORMAP, PANEL_METRICS, clip_percent, plot_scorecard, text_colour
 from gencast_rmmd.io_utils import atomic_path
 
 SCORECARD_FILES = ("scorecard.png", "index.html", "summary.md")
@@ -46,28 +46,36 @@ def _row_name(variable: str, key: tuple[int, pd.Timedelta]) -> tuple[str, str]:
     return row_label(variable, level), lead_label(lead)
 
 
-def _delta_colour(value: float, colormap) -> str:
-    """Background for a ΔCRPS cell: the scorecard's blue–red scale, clipped at ±CLIP_PERCENT."""
+def _delta_colour(value: float, colormap, clip: float) -> str:
+    """Background for a ΔCRPS cell: the scorecard's blue–red scale clipped at ±`clip`, with readable text."""
     if not np.isfinite(value):
         return ""
     from matplotlib.colors import to_hex
 
-    fraction = 0.5 + 0.5 * float(np.clip(value / CLIP_PERCENT, -1.0, 1.0))
-    return f' style="background:{to_hex(colormap(fraction))}"'
+    rgba = colormap(0.5 + 0.5 * float(np.clip(value / clip, -1.0, 1.0)))
+    return f' style="background:{to_hex(rgba)};color:{text_colour(rgba)}"'
 
 
-def table_html(variable: str, table: pd.DataFrame) -> str:
-    """One variable's comparison table as an HTML table (ΔCRPS cells coloured)."""
+def _column_units(column: str, units: str) -> str:
+    """A table column's name with its units: the variable's for CRPS and RMSE, 1 for SSR, % for ΔCRPS."""
+    if column.endswith("ΔCRPS %"):
+        return column
+    return f"{column} ({'1' if column.endswith(' SSR') else units})" if units else column
+
+
+def table_html(variable: str, table: pd.DataFrame, clip: float = 20.0, units: str = "") -> str:
+    """One variable's comparison table as an HTML table (ΔCRPS cells coloured on the ±`clip` % scale)."""
     from matplotlib import colormaps
 
     colormap = colormaps[COLORMAP]
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in ["target", "lead (days)", *table.columns])
+    header = "".join(f"<th>{html.escape(_column_units(name, units))}</th>"
+                     for name in ["target", "lead (days)", *table.columns])
     body = []
     for key, row in table.iterrows():
         target, lead = _row_name(variable, key)
         cells = [f"<td>{html.escape(target)}</td>", f"<td>{lead}</td>"]
         for name, value in row.items():
-            colour = _delta_colour(value, colormap) if name.endswith("ΔCRPS %") else ""
+            colour = _delta_colour(value, colormap, clip) if name.endswith("ΔCRPS %") else ""
             cells.append(f"<td{colour}>{_format(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{header}</tr>{''.join(body)}</table>"
@@ -132,33 +140,40 @@ def write_scorecard(scores: list[str | Path], baseline: str | Path, out: str | P
     # fails leaves the previous scorecard whole, never a new PNG beside an old page.
     with contextlib.ExitStack() as stack:
         png, page, summary = (stack.enter_context(atomic_path(out / name)) for name in SCORECARD_FILES)
-        plot_scorecard(comparisons, reference.label, region, png)
-        _write_html(page, headlines, speedups, tables, sources, region)
-        _write_markdown(summary, headlines, speedups, tables, sources, region)
+        clip = plot_scorecard(comparisons, reference.label, region, png)
+        units = {name: str(reference.dataset[name].attrs.get("units", "")) for name in variables}
+        _write_html(page, headlines, speedups, tables, sources, region, clip, units)
+        _write_markdown(summary, headlines, speedups, tables, sources, region, units)
     return headlines
 
 
-def _write_html(path: Path, headlines: list[str], speedups: pd.DataFrame | None,
-                tables: dict[str, pd.DataFrame], sources: list[str], region: str) -> None:
+def _heading(name: str, units: str) -> str:
+    return f"{name} ({units})" if units else name
+
+
+def _write_html(path: Path, headlines: list[str], speedups: pd.DataFrame | None, tables: dict[str, pd.DataFrame],
+                sources: list[str], region: str, clip: float, units: dict[str, str]) -> None:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Scorecard</title>"
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>Scorecard ({html.escape(region.replace('_', ' '))})</h1>",
              *(f"<p class='headline'>{html.escape(line)}</p>" for line in headlines),
              "<ul>" + "".join(f"<li>{html.escape(source)}</li>" for source in sources) + "</ul>",
              "<img src='scorecard.png' alt='scorecard: relative CRPS and RMSE differences'>",
-             "<p>Colour: relative difference 100·(A − B)/B in %, blue where A is better. CRPS: fair CRPS; SSR: "
-             "spread/skill ratio with the √((M+1)/M) factor (1 is calibrated); RMSE: ensemble-mean RMSE.</p>"]
+             f"<p>Colour: relative difference 100·(A − B)/B in %, blue where A is better, clipped at ±{clip:g} %. "
+             "CRPS: fair CRPS; SSR: spread/skill ratio with the √((M+1)/M) factor (1 is calibrated, unitless); "
+             "RMSE: ensemble-mean RMSE. CRPS and RMSE are in the variable's units, named in each table.</p>"]
     if speedups is not None:
         parts += ["<h2>Speed</h2>", _frame_html(speedups)]
     for name, table in tables.items():
-        parts += [f"<h2>{html.escape(name)}</h2>", table_html(name, table)]
+        parts += [f"<h2>{html.escape(_heading(name, units[name]))}</h2>",
+                  table_html(name, table, clip, units[name])]
     parts.append("</body></html>")
     with atomic_path(path) as temporary:
         temporary.write_text("\n".join(parts), encoding="utf-8")
 
 
 def _write_markdown(path: Path, headlines: list[str], speedups: pd.DataFrame | None,
-                    tables: dict[str, pd.DataFrame], sources: list[str], region: str) -> None:
+                    tables: dict[str, pd.DataFrame], sources: list[str], region: str, units: dict[str, str]) -> None:
     parts = [f"# Scorecard ({region.replace('_', ' ')})", "", *(f"- **{line}**" for line in headlines), "",
              *(f"- {source}" for source in sources), "", "![scorecard](scorecard.png)", "",
              "ΔCRPS % = 100·(CRPS_A − CRPS_B)/CRPS_B (negative: A better). CRPS: fair CRPS; SSR: spread/skill "
@@ -166,6 +181,6 @@ def _write_markdown(path: Path, headlines: list[str], speedups: pd.DataFrame | N
     if speedups is not None:
         parts += ["## Speed", "", _frame_markdown(speedups), ""]
     for name, table in tables.items():
-        parts += [f"## {name}", "", table_markdown(name, table), ""]
+        parts += [f"## {_heading(name, units[name])}", "", table_markdown(name, table), ""]
     with atomic_path(path) as temporary:
         temporary.write_text("\n".join(parts), encoding="utf-8")

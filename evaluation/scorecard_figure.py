@@ -2,8 +2,9 @@
 
 Rows are variable × level, columns lead times; a cell's colour is the
 relative difference 100·(A − B)/B in % on a diverging blue–red scale clipped
-at ±`CLIP_PERCENT`: blue where A has the lower error (better), red where it is
-worse, white where they tie. One row of panels per candidate forecast, with a
+at ±`clip_percent(...)` (the smallest of `CLIP_STEPS` that holds 95 % of the
+cells, so a scorecard against persistence is not one saturated colour): blue
+where A has the lower error (better), red where it is worse, white where they tie. One row of panels per candidate forecast, with a
 CRPS panel and an ensemble-mean RMSE panel side by side. matplotlib is
 imported here only, so the command line stays fast.
 """
@@ -17,10 +18,34 @@ import pandas as pd
 
 from evaluation.scorecard import lead_label, row_label
 
-CLIP_PERCENT = 20.0
+CLIP_PERCENT = 20.0            # the scale when there is nothing to fit it to
+CLIP_STEPS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
 COLORMAP = "RdBu_r"  # negative (A better) blue, positive (A worse) red
 PANEL_METRICS: tuple[tuple[str, str], ...] = (("crps", "CRPS"), ("ensemble_mean_rmse", "Ensemble-mean RMSE"))
 _CELL_INCHES = (0.34, 0.2)  # width, height of one cell
+
+
+def clip_percent(values) -> float:
+    """The colour scale's clip: the smallest of `CLIP_STEPS` at or above the 95th percentile of |value|.
+
+    `values`: arrays of relative differences in % (any shapes).
+    """
+    finite = np.abs(np.concatenate([np.ravel(np.asarray(array, dtype=np.float64)) for array in values] or [[]]))
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return CLIP_PERCENT
+    wanted = float(np.percentile(finite, 95))
+    return next((step for step in CLIP_STEPS if step >= wanted), CLIP_STEPS[-1])
+
+
+def text_colour(rgba) -> str:
+    """Black or white, whichever reads better on the background `rgba` (WCAG relative luminance)."""
+    def linear(channel: float) -> float:
+        return channel / 12.92 if channel <= 0.04045 else ((channel + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (linear(float(channel)) for channel in rgba[:3])
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    return "white" if (1.05 / (luminance + 0.05)) > ((luminance + 0.05) / 0.05) else "black"
 
 
 def _grid(comparison: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, int]], list[pd.Timedelta]]:
@@ -58,14 +83,20 @@ def _draw_panel(axes, comparison: pd.DataFrame, title: str, show_rows: bool, nor
         for (row, column), value in np.ndenumerate(matrix):
             if np.isfinite(value):
                 axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=6,
-                          color="white" if abs(value) > 0.6 * CLIP_PERCENT else "black")
+                          color=text_colour(colormap(norm(value))))
     axes.set_title(title, fontsize=9, loc="left")
     return image
 
 
+def comparisons_clip(comparisons: dict[str, dict[str, pd.DataFrame]]) -> float:
+    """The colour scale's clip (`clip_percent`) for every panel of a scorecard."""
+    return clip_percent([frames[metric]["relative_difference"].to_numpy()
+                         for frames in comparisons.values() for metric, _ in PANEL_METRICS])
+
+
 def plot_scorecard(comparisons: dict[str, dict[str, pd.DataFrame]], baseline_label: str, region: str,
-                   out: Path) -> None:
-    """Write the scorecard PNG to `out` (atomically).
+                   out: Path) -> float:
+    """Write the scorecard PNG to `out` (atomically); return its colour scale's clip in %.
 
     `comparisons[label][metric]` is `scorecard.compare(...)` of candidate
     `label` against the baseline on `metric` (`crps`, `ensemble_mean_rmse`).
@@ -87,7 +118,8 @@ def plot_scorecard(comparisons: dict[str, dict[str, pd.DataFrame]], baseline_lab
     heights = [0.9 + rows * _CELL_INCHES[1] for rows in row_counts]
     figure, axes = plt.subplots(len(labels), 2, figsize=(width, sum(heights) + 1.3), squeeze=False,
                                 layout="constrained", gridspec_kw={"height_ratios": heights})
-    norm = Normalize(vmin=-CLIP_PERCENT, vmax=CLIP_PERCENT, clip=True)
+    clip = comparisons_clip(comparisons)
+    norm = Normalize(vmin=-clip, vmax=clip, clip=True)
     colormap = plt.get_cmap(COLORMAP)
     image = None
     for row, label in enumerate(labels):
@@ -96,10 +128,11 @@ def plot_scorecard(comparisons: dict[str, dict[str, pd.DataFrame]], baseline_lab
                                 f"{metric_name}: {label} vs {baseline_label}", column == 0, norm, colormap)
     colorbar = figure.colorbar(image, ax=axes, orientation="horizontal", extend="both", shrink=0.6,
                                aspect=40, pad=0.02)
-    colorbar.set_label(f"relative difference (A − B) / B  [%],  clipped at ±{CLIP_PERCENT:g}%\n"
+    colorbar.set_label(f"relative difference (A − B) / B  [%],  clipped at ±{clip:g}%\n"
                        "blue: A better   ·   red: A worse", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
     figure.suptitle(f"Scorecard, region: {region.replace('_', ' ')}", fontsize=11)
     with atomic_path(out) as temporary:
-        figure.savefig(temporary, dpi=150, format="png")
+        figure.savefig(temporary, dpi=150, format="png", bbox_inches="tight", pad_inches=0.15)  # legend whole
     plt.close(figure)
+    return clip

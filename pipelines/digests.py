@@ -8,6 +8,8 @@
 - configs (`config`, a YAML file such as a selection's chosen config): the
   content that can change a result (`model_settings`), so that where a
   training runs does not change what depends on the config;
+- the landing page (`page`): sha256 of its text without the run section the runner rewrites when a run
+  ends (`pipelines.report_run`);
 - other files: sha256 of the bytes; directories: of every file's name and bytes.
 """
 
@@ -92,7 +94,7 @@ def run_record(run_dir: Path) -> dict:
 
 def output_record(kind: str, path: Path) -> dict:
     """`{"digest": ...}` plus what else describes an output of `kind` (netcdf, run, split:NAME, config, file,
-    directory)."""
+    page, directory)."""
     if kind.startswith("split:"):
         split = json.loads(path.read_text())["splits"][kind.split(":", 1)[1]]
         return {"digest": split["fingerprint"], "start": split["start"], "end": split["end"]}
@@ -111,6 +113,10 @@ def output_record(kind: str, path: Path) -> dict:
                 "bytes": path.stat().st_size}
     if kind == "file":
         return {"digest": file_sha256(path), "bytes": path.stat().st_size}
+    if kind == "page":
+        from pipelines.report_run import page_digest
+
+        return {"digest": page_digest(path)}
     if kind == "directory":
         return {"digest": directory_sha256(path)}
     raise ValueError(f"unknown output kind {kind!r}")

@@ -46,6 +46,7 @@ from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, now
 from pipelines.progress import (ProgressFollower, ProgressView, format_bytes, format_duration, progress_file,
                                 progress_text)
+from pipelines.report_run import refresh_run_section
 from pipelines.resolution import ResolvedConfigs, resolve
 from pipelines.run_summary import CommandUsage, write_run_summary
 from pipelines.stage_console import PlainStageConsole, Show, StageConsole
@@ -290,6 +291,7 @@ def _end_run(manifest: Manifest, result: str, began: float, order: list[str]) ->
     summary = write_run_summary(manifest.path.parent, manifest.content, wall_seconds, order)
     manifest.current_run.update(wall_seconds=summary["wall_seconds"], peak_rss_bytes=summary["peak_rss_bytes"])
     manifest.save()
+    refresh_run_section(manifest.path.parent / SCORECARD_HTML, manifest.path.parent)   # states as recorded
     return summary
 
 

@@ -23,7 +23,8 @@ Work directory layout:
     forecasts/    inits.json and LABEL.nc (LABEL.zarr with forecast.format zarr) for teacher, students, teacher
                   sampler rows, reference, persistence, climatology (test split)
     scores/       LABEL.nc from `gencast-rmmd evaluate`
-    scorecard/    index.html (start here), students_vs_teacher/, vs_persistence/, speed.json, timing.json
+    scorecard/    index.html (start here), students_vs_teacher/, vs_climatology/, vs_persistence/, speed.json,
+                  timing.json
     logs/         STAGE.log, one per stage; STAGE.progress.json, its latest progress record
     manifest.json, run_summary.json   what ran with what (pipelines.manifest); what the last run cost
 """
@@ -191,14 +192,14 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
                      *(a for label in samplers for a in ("--teacher-sampler", label)),
                      *(a for label in scored for a in ("--forecast", label)),
                      *(("--timing", "scorecard/timing.json") if timed else ()),
-                     "--region", config.scorecard.region, "--out", "scorecard")]
+                     "--region", config.scorecard.region, "--truth", store, "--out", "scorecard")]
 
     stages.append(Stage(
-        "scorecard", 7, "scorecards: students and teacher samplers vs teacher (with the speed table), everything "
-                        "vs persistence",
+        "scorecard", 7, "scorecards against the teacher (students, teacher samplers, speed), climatology and "
+                        "persistence; the landing page",
         config_to_dict(config.scorecard),
         (*(f"evaluate.{label}.scores" for label in labels), *(("speed.timing",) if timed else ())),
-        {"html": Output("file", SCORECARD_HTML)}, scorecards))
+        {"html": Output("page", SCORECARD_HTML)}, scorecards))
     if config.table.enabled:
         from pipelines.table import table_stage_spec   # xarray and the bootstrap: only when there is a table
 

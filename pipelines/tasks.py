@@ -13,10 +13,10 @@ Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not
 - `devices`: print the devices a training stage sees (with `distributed.cpu_devices`);
 - `speed`: time a 12 h step of the teacher, every student and teacher sampler
   row (`gencast_rmmd.forecast.speed`), writing details and the scorecard's `timing.json`;
-- `scorecards`: the product's `scorecard` command twice (students and teacher
-  sampler rows against the teacher with the speed table; every forecast
-  against persistence), then the landing page `scorecard/index.html`
-  (`pipelines.report`);
+- `scorecards`: the product's `scorecard` command against the teacher
+  (students and teacher sampler rows, with the speed table), against
+  climatology and against persistence (every other forecast), then the
+  landing page `scorecard/index.html` (`pipelines.report`);
 - `table`: the RMMD table of a work directory, `table.json` and `table.md`
   (`pipelines.table`; its inputs: `pipelines.table.table_stage_spec`).
 
@@ -270,14 +270,15 @@ def devices() -> None:
 @app.command("scorecards")
 def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard directory (scorecard/).")],
                forecast: Annotated[list[str], typer.Option("--forecast", help="Label with scores/LABEL.nc.")],
+               truth: Annotated[str, typer.Option("--truth", help="The store the forecasts verify against.")],
                student: Annotated[Optional[list[str]], typer.Option("--student", help="Student label.")] = None,
                teacher_sampler: Annotated[Optional[list[str]], typer.Option(
                    "--teacher-sampler", help="Label of a teacher sampler row.")] = None,
                timing: Annotated[Optional[Path], typer.Option("--timing", help="timing.json of the speed stage.")]
                = None,
                region: Annotated[str, typer.Option("--region")] = "global") -> None:
-    """`gencast-rmmd scorecard` twice (students and teacher samplers vs teacher; everything vs persistence),
-    then the landing page."""
+    """`gencast-rmmd scorecard` against the teacher (students and teacher samplers), climatology and
+    persistence (every other forecast), then the landing page."""
     from pipelines.report import write_report
 
     students, samplers = list(student or []), list(teacher_sampler or [])
@@ -287,11 +288,13 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
                                              for a in ("--scores", f"scores/{name}.nc")),
                               "--baseline", "scores/teacher.nc", "--out", str(out / "students_vs_teacher"),
                               *(["--timing", str(timing)] if timing else []), *region_option])
-    others = [label for label in forecast if label != "persistence"]
-    _run_product_command(["scorecard", *(a for label in others for a in ("--scores", f"scores/{label}.nc")),
-                          "--baseline", "scores/persistence.nc", "--out", str(out / "vs_persistence"),
-                          *region_option])
-    for line in write_report(Path("."), out / "index.html", region, students, samplers, forecast):
+    for baseline in ("climatology", "persistence"):
+        others = [label for label in forecast if label != baseline]
+        if baseline in forecast and others:
+            _run_product_command(["scorecard", *(a for label in others for a in ("--scores", f"scores/{label}.nc")),
+                                  "--baseline", f"scores/{baseline}.nc", "--out", str(out / f"vs_{baseline}"),
+                                  *region_option])
+    for line in write_report(Path("."), out / "index.html", region, students, samplers, forecast, truth):
         _say(line)
     _say(f"wrote {out / 'index.html'}")
 

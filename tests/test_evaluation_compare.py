@@ -185,6 +185,53 @@ def test_compare_cli_prints_changes_intervals_and_writes_json(tmp_path, forecast
     assert "blocks of 1 init (≥ 1 days)" in cell.out
 
 
+def test_by_lead_changes_are_compare_s_figures_lead_by_lead(forecasts, wb2_store):
+    """The landing page's figures (`evaluation.by_lead`): over all leads exactly `compare_forecasts`'s point,
+    interval (the same draws) and wins; each lead the change of that lead's column with the same resampled
+    inits; too few inits for a block give no interval and say why; mismatched forecasts are refused."""
+    from evaluation.by_lead import (BETTER, LEVEL, WORSE, LeadChanges, bootstrap, lead_changes, member_counts,
+                                    per_init_tables, shared_targets)
+    from evaluation.compare import change_pct_by_lead, compare_forecasts
+
+    truth = open_dataset(str(wb2_store))
+    paths = {name: str(forecasts[name]) for name in ("baseline", "a", "b")}
+    targets = shared_targets({**paths, "no_sst": str(forecasts["no_sst"])}, truth)
+    assert targets == ["2m_temperature", "temperature@500", "temperature@850"]        # every forecast has them
+    tables = per_init_tables(paths, truth, shared_targets(paths, truth))
+    indices, sample = bootstrap(tables, 500, 0, member_counts(paths))
+    assert sample.block_inits == 2 and sample.no_interval is None and sample.lead_hours == [12, 24, 48]
+    assert sample.members == {"baseline": 6, "a": 6, "b": 6} and len(sample.targets) == 4
+    changes = lead_changes(tables, "baseline", indices)
+    assert set(changes) == {"a", "b"}
+    reference = compare_forecasts(paths["baseline"], [paths["a"], paths["b"]], truth, draws=500, seed=0)
+    for name in ("a", "b"):
+        figures, row = reference["forecasts"][paths[name]], changes[name]
+        np.testing.assert_allclose(row.overall_pct, figures["crps_change_pct"], rtol=1e-12)
+        np.testing.assert_allclose(row.overall_interval_95, figures["interval_95"], rtol=1e-12)
+        assert row.overall_won == figures["targets_won"] == sum(row.targets_won) and row.targets == 4
+        np.testing.assert_allclose(np.mean(row.change_pct), row.overall_pct, rtol=1e-12)
+        for lead in range(3):
+            column = {target: values[:, [lead]] for target, values in tables[name].items()}
+            base = {target: values[:, [lead]] for target, values in tables["baseline"].items()}
+            np.testing.assert_allclose(row.change_pct[lead],
+                                       change_pct(column, base, np.arange(3)[None])[0], rtol=1e-12)
+            np.testing.assert_allclose(row.interval_95[lead],
+                                       np.percentile(change_pct_by_lead(column, base, indices)[:, 0], [2.5, 97.5]))
+    # Verdicts: the interval decides; without one, the sign.
+    row = LeadChanges("x", "y", [-2.0, 0.5, 3.0], [[-3.0, -1.0], [-1.0, 2.0], [1.0, 5.0]], [4, 2, 0], 4, 0.5,
+                      [-1.0, 2.0], 6)
+    assert row.verdicts() == [BETTER, LEVEL, WORSE]
+    assert LeadChanges("x", "y", [-2.0, 0.5], None, [4, 2], 4, -0.75, None, 6).verdicts() == [BETTER, WORSE]
+    # Two inits a day apart cannot be resampled in blocks covering a 48 h lead: no interval, and why.
+    two = {name: str(forecasts[name]) for name in ("two_inits",)}
+    two_tables = per_init_tables(two, truth, targets)
+    none, short = bootstrap(two_tables, 500, 0)
+    assert none is None and short.block_inits is None and "nothing to resample" in short.no_interval
+    assert lead_changes({**two_tables, "same": two_tables["two_inits"]}, "two_inits", None)["same"].interval_95 is None
+    with pytest.raises(UserInputError, match="other inits or leads than the others"):
+        per_init_tables({"baseline": paths["baseline"], "two_inits": str(forecasts["two_inits"])}, truth, targets)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (("--lead", 36), "no lead 36 h in"),
     (("--target", "temperature@851"), "no target temperature@851"),

@@ -91,9 +91,9 @@ def test_tiny_pipeline_end_to_end(tiny_run):
     scorecard = Path(out.strip().splitlines()[-1])
     assert scorecard == workdir / "scorecard" / "index.html" and scorecard.is_file()
     page = scorecard.read_text()
-    assert "tiny better than teacher on" in page and "teacher better than persistence on" in page
-    assert "ms per 12 h step" in page                           # the speed table
-    for card in ("students_vs_teacher", "vs_persistence"):
+    assert "tiny: fair CRPS" in page and "against the teacher" in page
+    assert "wall time per 12 h step (ms)" in page               # the speed table
+    for card in ("students_vs_teacher", "vs_climatology", "vs_persistence"):
         assert (workdir / "scorecard" / card / "scorecard.png").is_file()
     content = manifest(workdir)
     assert {record["state"] for record in content["stages"].values()} == {"done", "not_applicable"}
@@ -111,6 +111,36 @@ def test_tiny_pipeline_end_to_end(tiny_run):
     assert "--dask-scheduler tcp://" in (workdir / "logs" / "evaluate.teacher.log").read_text()
     assert transitions > 0
     assert set(json.loads((workdir / "scorecard" / "timing.json").read_text())) == {"teacher", "tiny"}
+
+
+def test_the_landing_page_judges_against_climatology_with_units_and_shows_the_manifest_states(tiny_run):
+    """The page a forecaster opens first: climatology named in the headlines and the by-lead table, units on
+    every table, the sample (inits, members, why there is no interval with 2 inits 12 h apart and a 24 h
+    lead), and a stage table whose states are the manifest's after the run ended (the scorecard stage wrote
+    the page while it was running); the recorded digest leaves that refreshed section out."""
+    from pipelines.report_run import BEGIN, END, page_digest
+
+    workdir = tiny_run[0]
+    page = (workdir / "scorecard" / "index.html").read_text()
+    headlines = re.findall(r"<li><b>(.*?)</b></li>", page)
+    assert any(line.startswith("teacher") and "climatology" in line for line in headlines), headlines
+    assert any(line.startswith("tiny: fair CRPS") and "against the teacher" in line and "no interval" in line
+               for line in headlines), headlines
+    assert "Fair CRPS change against climatology, by lead (%)" in page and "What you are looking at" in page
+    assert "simulated dry atmosphere" not in page                  # a WB2-layout store, not the simulator's
+    assert "2 test inits" in page and "no intervals (a block of 1 days is 2 inits" in page
+    assert (workdir / "scorecard" / "vs_climatology" / "scorecard.png").is_file()
+    for table in re.findall(r"<table.*?</table>", page, re.DOTALL):        # units on every table
+        header = re.search(r"<tr>(.*?)</tr>", table).group(1)
+        heading = page[:page.index(table)].rsplit("<h2>", 1)[-1]
+        assert re.search(r"\((%|ms|s)\)", header + heading.split("</h2>")[0]), header
+    section = page[page.index(BEGIN):page.index(END)]
+    shown = dict(re.findall(r"<tr><td>([\w.]+)</td><td>[^<]*</td><td>(\w+)</td>", section))
+    states = {name: record["state"] for name, record in manifest(workdir)["stages"].items()}
+    assert shown == states and shown["scorecard"] == "done"
+    assert "wall time" in section and "peak memory" in section
+    recorded = manifest(workdir)["stages"]["scorecard"]["outputs"]["html"]["digest"]
+    assert recorded == page_digest(workdir / "scorecard" / "index.html")
 
 
 def test_without_a_terminal_the_console_prints_progress_lines_and_each_stage_its_duration(tiny_run):
@@ -349,8 +379,8 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
     assert set(timing) == {"teacher", "mmd", "rmmd", "mmd_2step", "teacher_3calls"}
     assert timing["teacher_3calls"]["denoiser_calls_per_step"] == 3
     page = (workdir / "scorecard" / "index.html").read_text()
-    assert "rmmd_seed1 better than teacher on" in page and "teacher_3calls better than teacher on" in page
-    assert "Chosen on validation" in page and "tiny better than" not in page     # only this pipeline's rows
+    assert "rmmd_seed1: fair CRPS" in page and "teacher_3calls: fair CRPS" in page
+    assert "Chosen on validation" in page and "tiny:" not in page     # only this pipeline's rows
 
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
     assert code == 0, err[-2000:]

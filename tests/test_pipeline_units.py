@@ -577,3 +577,32 @@ def test_git_commit_is_read_in_a_clone_and_in_a_worktree_on_a_branch_or_detached
     assert git_commit(tmp_path / "repo") == git("rev-parse", "HEAD") != first
     assert git_commit(tmp_path / "side") == first == git_commit(tmp_path / "detached")
     assert git_commit(tmp_path / "nowhere") is None
+
+
+def test_landing_page_sentences_name_leads_as_ranges_and_verdicts_from_intervals():
+    """The headline wording: consecutive leads as ranges, the interval deciding better / level / worse."""
+    import numpy as np
+
+    from evaluation.by_lead import LeadChanges, Sample
+    from pipelines.report import climatology_sentence, lead_name, lead_ranges, teacher_sentence
+
+    hours = [12, 24, 36, 48, 60]
+    assert [lead_name(h) for h in (12, 24, 36, 120)] == ["12 h", "1 d", "1.5 d", "5 d"]
+    assert lead_ranges([0, 1, 2, 4], hours) == "12 h–1.5 d, 2.5 d" and lead_ranges([3], hours) == "2 d"
+    mixed = LeadChanges("teacher", "climatology", [-60.0, -30.0, -5.0, 1.0, 8.0],
+                        [[-65, -55], [-35, -25], [-9, -1], [-2, 4], [3, 12]], [9, 9, 7, 4, 1], 9, -17.2, None, 30)
+    assert climatology_sentence(mixed, hours) == (
+        "teacher against climatology: better at 12 h–1.5 d; level (interval holds 0) at 2 d; worse at 2.5 d "
+        "(fair CRPS -60 % at 12 h to +8 % at 2.5 d)")
+    everywhere = LeadChanges("rmmd", "climatology", [-60.0, -5.0], [[-65, -55], [-9, -1]], [9, 8], 9, -32.5,
+                             [-35, -30], 17)
+    assert climatology_sentence(everywhere, [12, 24]).startswith("rmmd beats climatology at every lead, 12 h to 1 d")
+    sample = Sample(np.array(["2000-01-01T00"], dtype="datetime64[ns]"), [12, 24], ["t@500"], {}, 100, None,
+                    "1 init(s): the bootstrap over inits needs at least 2")
+    student = LeadChanges("rmmd", "teacher", [-1.0, 3.0], None, [1, 0], 1, 1.0, None, 1)
+    speed = {"models": {"teacher": {"seconds_per_step": 2.0, "nfe_per_step": 39},
+                        "rmmd": {"seconds_per_step": 0.5, "nfe_per_step": 8}}}
+    assert teacher_sentence(student, sample, speed) == (
+        "rmmd: fair CRPS +1.00 % against the teacher (no interval: 1 init(s): the bootstrap over inits needs at "
+        "least 2), lower on 1 of 2 targets (variable × level × lead, 50 %); 4.00x the teacher's speed per 12 h "
+        "step (8 denoiser calls against 39)")
