@@ -4,20 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from gencast_rmmd.config import DataFileConfig, apply_overrides, load_config
+from gencast_rmmd.data.variables import VARIABLES, WB2_LEVELS_13
 from gencast_rmmd.errors import UserInputError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "data"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "test.yaml", "era5_wb2_64x32.yaml"])
-def test_every_data_config_validates(name):
-    config = load_config(CONFIGS / name, DataFileConfig)
-    assert config.data.levels == tuple(sorted(config.data.levels))
-    assert config.data.variables.surface
+def _split_bounds(split) -> tuple:
+    """(start, end) of a split, as fractions of the time axis or as timestamps."""
+    if split.fraction is not None:
+        return split.fraction
+    return pd.Timestamp(split.start), pd.Timestamp(split.end)
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in CONFIGS.glob("*.yaml")))
+def test_every_data_config_validates_and_keeps_its_splits_apart(name):
+    """What the schema checks one section at a time does not cover: train, validation and test come in that order
+    without overlap (nothing scored was trained on), in one form (fractions or dates), and every variable and
+    level is one the writers have CF metadata for."""
+    data = load_config(CONFIGS / name, DataFileConfig).data
+    splits = data.splits
+    bounds = [_split_bounds(split) for split in (splits.train, splits.validation, splits.test)]
+    assert len({type(start) for start, _ in bounds}) == 1, bounds
+    for (_, end), (start, _) in zip(bounds, bounds[1:]):
+        assert end <= start if splits.train.fraction is not None else end < start, bounds
+    variables = data.variables
+    assert set((*variables.time_varying, *variables.static)) <= set(VARIABLES)
+    assert set(data.levels) <= set(WB2_LEVELS_13)
 
 
 def test_era5_config_uses_gencast_variables_and_date_splits():

@@ -23,12 +23,46 @@ def tiny_run(tmp_path_factory, wb2_store):
     return run
 
 
-def test_training_learns_and_checkpoints(tiny_run):
+def test_training_learns_and_checkpoints(tiny_run, wb2_store):
+    """20 steps move every parameter array away from the run's initialisation and lower the denoising loss on
+    fixed validation batches and keys by a quarter or more (measured: 15.3 -> 6.5); an optimiser that applied
+    no update would fail both."""
+    import itertools
+
+    import jax
+
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.data.normalization import Normalizer
+    from gencast_rmmd.data.source import DataSource
+    from gencast_rmmd.data.stats import load_stats
+    from gencast_rmmd.teacher.config import TeacherConfig
+    from gencast_rmmd.teacher.train import batch_stream, teacher_task
+    from gencast_rmmd.training import load_checkpoint
+    from gencast_rmmd.training.state import root_keys
+
     lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [5, 10, 15, 20]
     assert all(np.isfinite(line["loss"]) for line in lines)
     assert sorted(path.name for path in (tiny_run / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
     assert (tiny_run / "stats.nc").exists()
+
+    config = load_config(TINY, TeacherConfig, [LEVELS], str(wb2_store))
+    source = DataSource.open(config.data)
+    task = teacher_task(config, source, Normalizer.from_stats(load_stats(tiny_run / "stats.nc"), source.layout))
+    batches = list(itertools.islice(batch_stream(source, "validation", config.train.batch_size)(0), 4))
+    initial = task.init(root_keys(config.seed)[2], batches[0]).params   # as the loop initialised the run
+    trained = load_checkpoint(tiny_run).params
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                         initial, trained))
+    assert len(moved) > 50 and min(moved) > 1e-4, sorted(moved)[:5]
+    loss = jax.jit(lambda params, key, batch: task.validation_loss(params, {}, key, batch)[0])
+
+    def mean_loss(params) -> float:
+        return float(np.mean([loss(params, jax.random.PRNGKey(index), batch) for batch in batches
+                              for index in range(4)]))
+
+    before, after = mean_loss(initial), mean_loss(trained)
+    assert after < 0.75 * before, (before, after)
 
 
 def test_inspect_json(run_cli, tiny_run):
