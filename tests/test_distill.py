@@ -19,6 +19,7 @@ import pytest
 import xarray as xr
 
 from conftest import REPO
+from crps_oracle import brute_force_fair_crps
 from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.data.grid import latitude_cell_weights
 from gencast_rmmd.data.layout import ChannelLayout
@@ -37,20 +38,33 @@ LEVELS = "data.levels=[500,850]"
 # --------------------------------------------------------------------------- reward
 
 
-def brute_force_fair_crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(1/M) sum_i |x_i - y| - 1/(2M(M-1)) sum_i sum_j |x_i - x_j|, written as the double loop."""
-    members = len(samples)
-    skill = sum(np.abs(samples[i] - truth) for i in range(members)) / members
-    pairs = sum(np.abs(samples[i] - samples[j]) for i in range(members) for j in range(members))
-    return skill - pairs / (2 * members * (members - 1))
-
-
 @pytest.mark.parametrize("members", [2, 3, 5])
 def test_fair_crps_matches_the_double_sum(members):
     rng = np.random.default_rng(members)
     samples, truth = rng.normal(size=(members, 6, 7)), rng.normal(size=(6, 7))
     np.testing.assert_allclose(fair_crps(jnp.asarray(samples), jnp.asarray(truth)),
-                               brute_force_fair_crps(samples, truth), rtol=1e-5, atol=1e-6)
+                               brute_force_fair_crps(np.moveaxis(samples, 0, -1), truth), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("members", [2, 4, 9])
+def test_the_reward_fair_crps_is_the_evaluation_fair_crps(members):
+    """The CRPS that RMMD rewards is the one the scorecards report: `distill.reward.fair_crps` (JAX, float32,
+    members first) equals `evaluation.metrics.fair_crps` (sorted kernel, members on `number`) point by point, to
+    float32 accuracy, on fields of different scales without NaN."""
+    from evaluation import metrics
+
+    rng = np.random.default_rng(100 + members)
+    scale = rng.uniform(0.1, 50.0, size=(4, 1, 1))                        # channels of different units
+    samples = (rng.normal(size=(members, 4, 8, 16)) * scale).astype(np.float32)
+    truth = (rng.normal(size=(4, 8, 16)) * scale).astype(np.float32)
+    dims = ("channel", "latitude", "longitude")
+    evaluated = metrics.fair_crps(xr.DataArray(samples, dims=("number", *dims)), xr.DataArray(truth, dims=dims))
+    assert evaluated.dims == dims
+    rewarded = np.asarray(fair_crps(jnp.asarray(samples), jnp.asarray(truth)))
+    assert rewarded.dtype == np.float32 and np.all(np.isfinite(rewarded))
+    tolerance = 1e-5 * np.broadcast_to(scale, truth.shape)             # float32 relative to each field's scale
+    assert np.all(np.abs(rewarded - evaluated.values) <= tolerance)
+    assert np.all(np.abs(rewarded - brute_force_fair_crps(np.moveaxis(samples, 0, -1), truth)) <= tolerance)
 
 
 def test_weighted_fair_crps_masks_and_weights_like_a_direct_sum():
@@ -67,7 +81,7 @@ def test_weighted_fair_crps_masks_and_weights_like_a_direct_sum():
         for c in range(channels):
             valid = np.isfinite(truth[b, ..., c])
             if valid.any():
-                crps = brute_force_fair_crps(samples[:, b, ..., c][:, valid], truth[b, ..., c][valid])
+                crps = brute_force_fair_crps(samples[:, b, ..., c][:, valid].T, truth[b, ..., c][valid])
                 cell = np.broadcast_to(area[:, None], valid.shape)[valid]
                 expected[b] += weights[c] * np.sum(cell * crps) / np.sum(cell)
     got = weighted_fair_crps(jnp.asarray(samples), jnp.asarray(truth), jnp.isfinite(truth), area, weights)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from crps_oracle import pairwise_parts
 
 from evaluation import metrics
 
@@ -42,13 +43,6 @@ def _members_last(forecast: xr.DataArray, truth: xr.DataArray) -> tuple[np.ndarr
     return (forecast.transpose(*truth.dims, "number").values.astype(np.float64), truth.values.astype(np.float64))
 
 
-def _pairwise_parts(forecast: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean_i |X_i − Y|, Σ_i Σ_j |X_i − X_j|) by the double sum, float64, members last."""
-    skill = np.abs(forecast - truth[..., None]).mean(axis=-1)
-    pair_sum = np.abs(forecast[..., :, None] - forecast[..., None, :]).sum(axis=(-1, -2))
-    return skill, pair_sum
-
-
 def _layouts(forecast: xr.DataArray, truth: xr.DataArray):
     """The same data in memory, in uneven dask chunks (members split), and chunked with an in-memory truth."""
     yield "in memory", forecast, truth
@@ -61,7 +55,7 @@ def _layouts(forecast: xr.DataArray, truth: xr.DataArray):
 @pytest.mark.parametrize("members", [2, 3, 50])
 def test_fair_crps_equals_the_pairwise_double_sum(members, dtype, non_negative):
     forecast, truth = _ensemble(members, dtype, seed=members, non_negative=non_negative)
-    skill, pair_sum = _pairwise_parts(*_members_last(forecast, truth))
+    skill, pair_sum = pairwise_parts(*_members_last(forecast, truth))
     fair = skill - pair_sum / (2 * members * (members - 1))
     ecdf = skill - pair_sum / (2 * members**2)
     values, observed = _members_last(forecast, truth)
@@ -89,7 +83,7 @@ def test_one_member_is_the_absolute_error():
 def test_fused_statistics_equal_their_definitions(members):
     forecast, truth = _ensemble(members, np.float32, seed=10 + members)
     values, observed = _members_last(forecast, truth)
-    skill, pair_sum = _pairwise_parts(values, observed)
+    skill, pair_sum = pairwise_parts(values, observed)
     errors = values - observed[..., None]
     below, ties = (errors < 0).sum(-1), (errors == 0).sum(-1)
     assert (ties > 0).any()
