@@ -191,6 +191,17 @@ def rule_inputs(task, params, frozen, key, batch):
     return batch if step_inputs is None else step_inputs(params, frozen, jax.random.fold_in(key, 99), batch)
 
 
+def fit_and_gap(task, params, frozen, keys, batch, gap_metric: str) -> tuple[float, float]:
+    """Mean over fixed evaluation `keys` of the aux rule's `aux_fit` and the student rule's `gap_metric`,
+    each key's draw shared by both rules as in a training step."""
+    aux_rule, student_rule = task.update_rules()
+    draws = [rule_inputs(task, params, frozen, key, batch) for key in keys]
+    fit = np.mean([float(aux_rule.loss(params, frozen, key, draw)[1]["aux_fit"]) for key, draw in zip(keys, draws)])
+    gap = np.mean([float(student_rule.loss(params, frozen, key, draw)[1][gap_metric])
+                   for key, draw in zip(keys, draws)])
+    return float(fit), float(gap)
+
+
 @pytest.mark.parametrize("distill,expected", [
     ({"method": "rmmd", "policy_noise": "grid"}, 1),
     ({"method": "rmmd", "policy_noise": "continuous"}, 1),
@@ -321,17 +332,12 @@ def test_live_aux_follows_a_moved_student_and_the_moment_gap_opens():
     context = dataclasses.replace(context, anchors=Anchors(_toy(1.0), _toy(1.0), _toy(1.0)))
     task = DISTILLERS["rmmd"](context)
     state, batch = task.init(None, None), toy_batch()
-    aux_rule, student_rule = task.update_rules()
+    aux_rule = task.update_rules()[0]
     params = {"student": _toy(1.3, b=0.2), "aux": state.params["aux"]}
     evaluation_keys = [jax.random.PRNGKey(k) for k in range(4)]
 
     def measured(params) -> tuple[float, float]:
-        draws = [rule_inputs(task, params, state.frozen, k, batch) for k in evaluation_keys]
-        fit = np.mean([float(aux_rule.loss(params, state.frozen, k, draw)[1]["aux_fit"])
-                       for k, draw in zip(evaluation_keys, draws)])
-        gap = np.mean([float(student_rule.loss(params, state.frozen, k, draw)[1]["moment_gap"])
-                       for k, draw in zip(evaluation_keys, draws)])
-        return fit, gap
+        return fit_and_gap(task, params, state.frozen, evaluation_keys, batch, "moment_gap")
 
     gradient = jax.jit(jax.grad(lambda aux, key: aux_rule.loss(
         {**params, "aux": aux}, state.frozen, key, rule_inputs(task, params, state.frozen, key, batch))[0]))

@@ -49,11 +49,43 @@ class StudentSamplerConfig(StrictModel):
         return self
 
 
+class DmdConfig(StrictModel):
+    """The `distill.dmd:` section: what only DMD (`method: dmd`, `distill/dmd.py`) reads.
+
+    - `fake_updates` [N]: updates of the fake score g_psi per student update
+      (DMD2's two time-scale rule; 5 in the DMD2 paper);
+    - `pull_weight` [beta]: the fake score's pull to the teacher, as the
+      moment-matching aux's `aux_pull_weight` (0: the papers' plain denoising);
+    - the law of the DMD noise level s: s = (s_min^(1/rho) + u (s_max^(1/rho)
+      - s_min^(1/rho)))^rho with u ~ U[`quantiles`]. The defaults are the
+      teacher's training law (GenCast's: [0.02, 88], rho = 7) truncated to the
+      quantiles [0.02, 0.98], as DMD/DMD2 draw t ~ U[0.02 T, 0.98 T]; set the
+      levels to the teacher's `noise:` section when it was trained otherwise.
+    """
+
+    fake_updates: int = Field(5, ge=1)
+    pull_weight: float = Field(0.0, ge=0.0)
+    min_noise_level: float = Field(0.02, gt=0.0)
+    max_noise_level: float = Field(88.0, gt=0.0)
+    rho: float = Field(7.0, gt=0.0)
+    quantiles: tuple[float, float] = (0.02, 0.98)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DmdConfig":
+        if self.min_noise_level >= self.max_noise_level:
+            raise ValueError(f"min_noise_level {self.min_noise_level} must be below "
+                             f"max_noise_level {self.max_noise_level}")
+        low, high = self.quantiles
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"quantiles {list(self.quantiles)} must satisfy 0 <= low < high <= 1")
+        return self
+
+
 class DistillSection(StrictModel):
     """The `distill:` section. Symbols of docs/DESIGN.md §5 in brackets.
 
     - `method`: a key of `gencast_rmmd.distill.registry.DISTILLERS`
-      (`mmd`, `rmmd`, `draft`, `crps_only`);
+      (`mmd`, `rmmd`, `draft`, `crps_only`, `dmd`);
     - `training_noise`: how off-policy states x_t = x_0 + s_t eps pick s_t: a
       uniformly drawn `grid` level of the student, or `continuous` (u ~ U[0, 1]
       through the student's rho-quantile);
@@ -68,7 +100,7 @@ class DistillSection(StrictModel):
       `reward_units`: `climatology` (each channel's CRPS in units of its
       climatological std) or `residual` (the model's residual-normalised space);
     - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
-      means lambda for `rmmd` (the paper's KL proxy) and 0 for `draft`;
+      means lambda for `rmmd` and `dmd` (the paper's KL proxy) and 0 for `draft`;
     - `moment_weight`: the weight w of the linear moment term, in phase 1 and
       in `rmmd`: `edm` (lambda(s'), the paper's) or `balanced`
       (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
@@ -87,6 +119,8 @@ class DistillSection(StrictModel):
     - `moment_term` (`rmmd`): false drops the moment term (and the aux model):
       the ablation "reward + anchor only";
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
+    - `dmd` (`dmd`): DMD's own settings (`DmdConfig`); the fake score g_psi is
+      trained as the live aux model is, at `aux_learning_rate`;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
       phase-1 student and aux, so RMMD's moment term starts at zero);
@@ -109,6 +143,7 @@ class DistillSection(StrictModel):
     moment_reference: Literal["live", "posterior_drift", "drift_corrected", "frozen"] = "live"
     moment_term: bool = True
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
+    dmd: DmdConfig = DmdConfig()
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
 

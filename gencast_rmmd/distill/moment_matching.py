@@ -120,14 +120,34 @@ def aux_regression(context: DistillContext, aux_params, teacher_params, key: jax
     RMMD (`rewarded.py`) on the phase-2 policy states.
     """
     moment = moment_state(context, key, state, denoised)
-    aux, teacher = context.denoise_together([(aux_params, moment.noisy, moment.level),
-                                             (jax.lax.stop_gradient(teacher_params), moment.noisy, moment.level)],
-                                            conditioning)
-    teacher = jax.lax.stop_gradient(teacher)
-    weight = loss_weight(moment.level)
-    fit = jnp.mean(weight * context.weighted_inner(aux - denoised, aux - denoised, valid))
+    return aux_fit(context, aux_params, teacher_params, moment, denoised, conditioning, valid,
+                   context.config.distill.aux_pull_weight)
+
+
+def aux_fit(context: DistillContext, aux_params, teacher_params, noisy: NoisyState, target: jax.Array,
+            conditioning, valid: jax.Array, beta: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """E lambda(s) [||g(x_s) - sg(target)||^2_W + beta ||g(x_s) - sg(teacher(x_s))||^2_W] at a given noisy state.
+
+    The denoising regression of an auxiliary model on the student's outputs,
+    shared by the moment-matching aux (x_s the eta-step x_s', beta =
+    `aux_pull_weight`) and DMD's fake score (x_s = x + s eps, beta =
+    `dmd.pull_weight`, `dmd.py`); with beta = 0 the teacher is not called.
+    Only g (`aux_params`) is differentiated.
+    """
+    target = jax.lax.stop_gradient(target)
+    weight = loss_weight(noisy.level)
+    if beta == 0.0:
+        aux = context.denoiser(aux_params)(noisy.noisy, noisy.level, conditioning)
+    else:
+        aux, teacher = context.denoise_together([(aux_params, noisy.noisy, noisy.level),
+                                                 (jax.lax.stop_gradient(teacher_params), noisy.noisy, noisy.level)],
+                                                conditioning)
+        teacher = jax.lax.stop_gradient(teacher)
+    fit = jnp.mean(weight * context.weighted_inner(aux - target, aux - target, valid))
+    if beta == 0.0:
+        return fit, {"aux_fit": fit}
     pull = jnp.mean(weight * context.weighted_inner(aux - teacher, aux - teacher, valid))
-    return fit + context.config.distill.aux_pull_weight * pull, {"aux_fit": fit, "aux_pull": pull}
+    return fit + beta * pull, {"aux_fit": fit, "aux_pull": pull}
 
 
 def aux_optimizer(context: DistillContext):

@@ -125,6 +125,17 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
     return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated)
 
 
+def anchor_penalty(context: DistillContext, denoised: jax.Array, reference: jax.Array, state: NoisyState,
+                   valid: jax.Array) -> jax.Array:
+    """E lambda(s_t) ||x0_hat - sg(Phi_theta0(x_t^pol; s_t))||^2_W: the anchor (KL proxy) to the phase-1 student.
+
+    `reference` is the frozen phase-1 student's output at the same policy state;
+    the caller weights it by mu/2 (RMMD and DMD share it).
+    """
+    difference = denoised - jax.lax.stop_gradient(reference)
+    return jnp.mean(loss_weight(state.level) * context.weighted_inner(difference, difference, valid))
+
+
 class PolicyDraw(NamedTuple):
     """A batch's first target step (`prepared`) and the policy state drawn for it (`policy`)."""
 
@@ -139,7 +150,7 @@ def draw_policy(context: DistillContext, student_params: PyTree, key: jax.Array,
     return PolicyDraw(prepared, policy_state(context, student_params, key, repeated))
 
 
-class _OnPolicyTask(StudentFineTune):
+class OnPolicyTask(StudentFineTune):
     """One 'student' rule: loss = objective(theta; policy_state(sg(theta))), one differentiated student call."""
 
     def loss(self, params, frozen, key, batch):
@@ -163,7 +174,7 @@ class _OnPolicyTask(StudentFineTune):
         return self.context.weighted_crps(by_member(denoised, members), prepared.clean, prepared.valid)
 
 
-class RewardedMomentMatching(_OnPolicyTask):
+class RewardedMomentMatching(OnPolicyTask):
     """`rmmd`: groups `student` (and `aux` with the live reference); frozen trees as the variant needs them.
 
     Frozen: `teacher` always; `student_phase1` when the anchor or a drift
@@ -237,14 +248,13 @@ class RewardedMomentMatching(_OnPolicyTask):
         metrics["crps"] = crps
         loss = loss + context.reward_weight * crps
         if self.anchor_weight > 0.0:
-            anchor = jnp.mean(loss_weight(state.level)
-                              * context.weighted_inner(denoised - reference, denoised - reference, repeated.valid))
+            anchor = anchor_penalty(context, denoised, reference, state, repeated.valid)
             metrics["anchor"] = anchor
             loss = loss + 0.5 * self.anchor_weight * anchor
         return loss, metrics
 
 
-class CrpsOnly(_OnPolicyTask):
+class CrpsOnly(OnPolicyTask):
     """`crps_only`: group `student`; frozen `teacher` (provenance); loss = CRPS of x0_hat alone."""
 
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):

@@ -10,7 +10,7 @@ payload; `--data` re-points the store. Layout of `RUN/`:
     phase 1 inside the run: RUN/phase1/checkpoints ...          (an `mmd` student, `distill.phase1_steps` steps)
     reward-weight sweep:    RUN/lambda_<value>/checkpoints ...  + RUN/pareto.json, RUN/pareto.md
 
-Phase 1 -> phase 2 handoff. A phase-2 method (rmmd, draft, crps_only) needs a
+Phase 1 -> phase 2 handoff. A phase-2 method (rmmd, dmd, draft, crps_only) needs a
 phase-1 student: from `--teacher` when that is an `mmd` run, else trained
 first in `RUN/phase1/` (shared by every reward weight of a sweep), else (with
 `phase1_steps: 0`) the teacher itself. The handoff reads the phase-1 run's

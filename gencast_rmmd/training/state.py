@@ -6,6 +6,7 @@ One step s, for update rules r_1..r_n (see `task.py`):
     for i, r in enumerate(rules):
         g         = grad_{params[r.groups]} r.loss(params, frozen, fold_in(key_s, i), batch)
         params[r.groups], opt[r] = AdamW_r(clip(g), opt[r])
+        (r.repeats n > 1: n such updates in a row, keys fold_in(fold_in(key_s, i), 0..n-1))
     finite = every rule's loss and gradient norm is finite
     if finite: ema <- d_n * ema + (1 - d_n) * params,  d_n = min(decay, (1 + n) / (10 + n)), n updates so far
     else:      params, opt, ema keep their values from before the step
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gencast_rmmd.training.config import TrainConfig
+from gencast_rmmd.training.config import OptimizerConfig, TrainConfig
 from gencast_rmmd.training.optim import ema_decay_at, ema_update, learning_rate_schedule, make_optimizer, select_tree
 from gencast_rmmd.training.task import StepInputsFn, TrainableState, UpdateRule
 
@@ -51,12 +52,24 @@ class Optimizers(NamedTuple):
 
 
 def make_optimizers(rules: Sequence[UpdateRule], config: TrainConfig) -> Optimizers:
-    """AdamW per rule, from the rule's own settings or the `train:` section's."""
-    settings = {rule.name: rule.optimizer or config.optimizer for rule in rules}
+    """AdamW per rule, from the rule's own settings or the `train:` section's.
+
+    A rule with `repeats` n counts n updates per step: its warm-up and schedule length are n times the
+    loop's, so its learning rate follows the same curve over the run's steps as a rule applied once.
+    """
+    settings = {rule.name: _repeated((rule.optimizer or config.optimizer), rule.repeats) for rule in rules}
+    total = {rule.name: config.steps * rule.repeats for rule in rules}
     return Optimizers(
-        transforms={name: make_optimizer(value, config.steps) for name, value in settings.items()},
-        schedules={name: learning_rate_schedule(value, config.steps) for name, value in settings.items()},
+        transforms={name: make_optimizer(value, total[name]) for name, value in settings.items()},
+        schedules={name: learning_rate_schedule(value, total[name]) for name, value in settings.items()},
     )
+
+
+def _repeated(optimizer: OptimizerConfig, repeats: int) -> OptimizerConfig:
+    """`optimizer` with its warm-up counted in updates of a rule applied `repeats` times per step."""
+    if repeats == 1:
+        return optimizer
+    return optimizer.model_copy(update={"warmup_steps": optimizer.warmup_steps * repeats})
 
 
 def init_train_state(trainable: TrainableState, rules: Sequence[UpdateRule], optimizers: Optimizers) -> TrainState:
@@ -79,19 +92,41 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers, ema_dec
     `sg(step_inputs(params, frozen, fold_in(step_key, len(rules)), batch))` instead of the batch.
     """
 
-    def apply_rule(index: int, rule: UpdateRule, params: dict, opt_state: PyTree, frozen: PyTree,
-                   applied_updates: jax.Array, step_key: jax.Array, batch: PyTree):
+    def update_once(rule: UpdateRule, params: dict, opt_state: PyTree, frozen: PyTree, key: jax.Array,
+                    batch: PyTree):
         trainable = {group: params[group] for group in rule.groups}
 
         def rule_loss(trainable_groups):
-            return rule.loss({**params, **trainable_groups}, frozen, jax.random.fold_in(step_key, index), batch)
+            return rule.loss({**params, **trainable_groups}, frozen, key, batch)
 
         (loss, task_metrics), grads = jax.value_and_grad(rule_loss, has_aux=True)(trainable)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizers.transforms[rule.name].update(grads, opt_state, trainable)
-        params = {**params, **optax.apply_updates(trainable, updates)}
-        metrics = {"loss": loss, "grad_norm": grad_norm,
-                   "lr": optimizers.schedules[rule.name](applied_updates), **task_metrics}
+        trainable = optax.apply_updates(trainable, updates)
+        return trainable, opt_state, {"loss": loss, "grad_norm": grad_norm, **task_metrics}
+
+    def apply_rule(index: int, rule: UpdateRule, params: dict, opt_state: PyTree, frozen: PyTree,
+                   applied_updates: jax.Array, step_key: jax.Array, batch: PyTree):
+        rule_key = jax.random.fold_in(step_key, index)
+        if rule.repeats == 1:
+            trainable, opt_state, metrics = update_once(rule, params, opt_state, frozen, rule_key, batch)
+        else:   # n updates in a row under one scan (one compiled copy of the rule), metrics averaged over them
+            def repeat(carry, key):
+                trainable, state = carry
+                trainable, state, metrics = update_once(rule, {**params, **trainable}, state, frozen, key, batch)
+                return (trainable, state), metrics
+
+            keys = jax.vmap(lambda r: jax.random.fold_in(rule_key, r))(jnp.arange(rule.repeats))
+            start = {group: params[group] for group in rule.groups}
+            (trainable, opt_state), per_update = jax.lax.scan(repeat, (start, opt_state), keys)
+            finite_all = jnp.all(jnp.isfinite(per_update["loss"]) & jnp.isfinite(per_update["grad_norm"]))
+            metrics = jax.tree.map(jnp.mean, per_update)
+            metrics = {**metrics, "loss": jnp.where(finite_all, metrics["loss"], jnp.nan)}
+        params = {**params, **trainable}
+        loss, grad_norm = metrics.pop("loss"), metrics.pop("grad_norm")
+        updates_so_far = applied_updates if rule.repeats == 1 else applied_updates * rule.repeats
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optimizers.schedules[rule.name](updates_so_far),
+                   **metrics}
         return params, opt_state, metrics, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def train_step(state: TrainState, batch: PyTree, train_root: jax.Array) -> tuple[TrainState, dict]:

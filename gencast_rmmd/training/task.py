@@ -53,12 +53,18 @@ class UpdateRule:
 
     `optimizer` None uses the `train:` section's optimiser settings; give an
     `OptimizerConfig` for, e.g., a different learning rate for an auxiliary model.
+    `repeats` n > 1 applies the rule n times in a row within the step (two
+    time scales: DMD2's fake score takes 5 updates per generator update), each
+    with a fresh key `fold_in(rule_key, r)` and the same inputs, one AdamW
+    state; its schedule then counts n updates per step (warm-up and length
+    scaled by n), and its logged metrics are the means over the n updates.
     """
 
     name: str
     groups: tuple[str, ...]
     loss: LossFn
     optimizer: OptimizerConfig | None = None
+    repeats: int = 1
 
 
 class TrainTask(Protocol):
@@ -96,6 +102,8 @@ def validate_rules(rules: Sequence[UpdateRule], groups: Mapping[str, Any]) -> No
     for rule in rules:
         if not rule.groups:
             raise ValueError(f"update rule {rule.name!r} names no parameter group")
+        if rule.repeats < 1:
+            raise ValueError(f"update rule {rule.name!r} has repeats {rule.repeats}; it must be at least 1")
         unknown = [group for group in rule.groups if group not in groups]
         if unknown:
             raise ValueError(f"update rule {rule.name!r} names unknown groups {unknown}; the task's "
