@@ -215,6 +215,13 @@ def test_dmd_config_is_validated_and_the_shipped_ones_load():
     shipped, rmmd = (load_distill_config(REPO / "configs" / "distill" / name) for name in ("dmd.yaml", "rmmd.yaml"))
     assert shipped.distill.method == "dmd" and shipped.distill.dmd.fake_updates == 5
     assert shipped.phase1() == rmmd.phase1() and shipped.train == rmmd.train
+    # DMD's section belongs to DMD: absent from every other method's dump (checkpoints, run and stage hashes
+    # of runs made before it existed stay valid), refused when another method sets it.
+    from gencast_rmmd.config import config_to_dict
+    assert "dmd" in config_to_dict(shipped)["distill"] and "dmd" not in config_to_dict(rmmd)["distill"]
+    assert "dmd" not in config_to_dict(shipped.phase1())["distill"]
+    with pytest.raises(UserInputError, match="distill.dmd is read only by method dmd, not rmmd"):
+        validate_config({"distill": {"method": "rmmd", "dmd": {"fake_updates": 3}}}, DistillConfig, "x.yaml")
 
 
 # --------------------------------------------------------------------------- end to end

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from gencast_rmmd.config import StrictModel, load_config
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
@@ -79,6 +79,11 @@ class DmdConfig(StrictModel):
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(f"quantiles {list(self.quantiles)} must satisfy 0 <= low < high <= 1")
         return self
+
+
+# Sections only one family of methods reads: left out of every other method's config dump (checkpoints,
+# manifests, run and stage hashes), so adding one never changes the recorded config of a run of another method.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"dmd": ("dmd",)}
 
 
 class DistillSection(StrictModel):
@@ -176,6 +181,23 @@ class DistillSection(StrictModel):
         if self.draft_steps > self.student.steps:
             raise ValueError(f"draft_steps ({self.draft_steps}) exceeds the student's steps ({self.student.steps})")
         return self
+
+    @model_validator(mode="after")
+    def _sections_of_the_method(self) -> "DistillSection":
+        for section, methods in METHOD_SECTIONS.items():
+            if section in self.model_fields_set and self.method not in methods:
+                raise ValueError(f"distill.{section} is read only by method {' or '.join(methods)}, not "
+                                 f"{self.method}; remove it or set distill.method")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_other_methods_sections(self, handler) -> dict:
+        """The dump without the sections of other methods (`METHOD_SECTIONS`)."""
+        data = handler(self)
+        for section, methods in METHOD_SECTIONS.items():
+            if self.method not in methods:
+                data.pop(section, None)
+        return data
 
     @property
     def is_sweep(self) -> bool:
