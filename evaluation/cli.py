@@ -1,4 +1,4 @@
-"""Command line: `gencast-rmmd evaluate`, `baseline persistence|climatology`, `scorecard`, `compare`.
+"""Command line: `gencast-rmmd evaluate`, `baseline persistence|climatology`, `scorecard`, `compare`, `gate`.
 
 `register(app)` adds the commands to the main `gencast-rmmd` app. Bodies
 import the heavy parts (dask, matplotlib, distributed) only when they run,
@@ -245,9 +245,41 @@ def compare(
         print(f"wrote {json_out}")
 
 
+GATE_FAILED_EXIT = 3   # `gate`: the rules were checked and a required one failed (2: bad input, 1: internal)
+
+
+def gate(
+    rules: Path = typer.Option(..., "--rules", help="Rules file (configs/eval/*.yaml)."),
+    scores: list[Path] = typer.Option(..., "--scores", help="Scores file, or a directory whose *.nc are all read "
+                                                            "(repeatable); rules name them by label."),
+    out: Path = typer.Option(..., "--out", help="Verdict JSON to write (NAME.json); NAME.md is written beside it."),
+    timings: Optional[Path] = typer.Option(None, "--timings", help="JSON {name: seconds} of measured durations "
+                                                                   "for the at_most rules."),
+) -> None:
+    """Check scores files against quality-gate rules: JSON and markdown verdict; exit 3 when a required rule fails."""
+    from evaluation.gates import check_gate, gate_markdown, load_rules, read_timings, scores_by_label
+    from gencast_rmmd.io_utils import atomic_path, check_output_path, write_json_atomic
+
+    if out.suffix != ".json":
+        raise UserInputError(f"--out {out}: name the verdict NAME.json (NAME.md is written beside it)")
+    markdown = out.with_suffix(".md")
+    check_output_path(out, directory=False)
+    check_output_path(markdown, directory=False)
+    result = check_gate(load_rules(rules), scores_by_label(scores), read_timings(timings), rules_file=str(rules))
+    write_json_atomic(out, result.as_json())
+    with atomic_path(markdown) as temporary:
+        temporary.write_text(gate_markdown(result))
+    for rule in result.rules:
+        print(f"{'PASS' if rule.passed else 'FAIL'}{'' if rule.required else ' (not required)'}: {rule.name}")
+    print(f"{'passed' if result.passed else 'FAILED'}: wrote {out}, {markdown}")
+    if not result.passed:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `evaluate`, `baseline`, `scorecard` and `compare` to the `gencast-rmmd` app."""
+    """Add `evaluate`, `baseline`, `scorecard`, `compare` and `gate` to the `gencast-rmmd` app."""
     app.command("evaluate")(evaluate)
     app.add_typer(baseline_app, name="baseline")
     app.command("scorecard")(scorecard)
     app.command("compare")(compare)
+    app.command("gate")(gate)

@@ -6,7 +6,8 @@ exits 2; a usage error (unknown option or command, a missing or out-of-range
 value) prints click's usual usage message, or the help for a bare group, and
 exits 2; a disk that fills up (ENOSPC) says so in one line and exits 2;
 anything else is an internal error, exits 1 and prints a traceback only when
-GENCAST_RMMD_DEBUG=1.
+GENCAST_RMMD_DEBUG=1. `gate` exits 3 when the scores it checked fail a required rule
+(its verdict is written first), so a script can tell a failed gate from bad input.
 
 Typer (pinned 0.29.2) parses with its own bundled copy of click, so its usage
 errors are `typer.TyperException`s, not `click.ClickException`s.
@@ -67,7 +68,7 @@ def _show_usage_error(error: typer.TyperException) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map errors to exit codes (0 ok, 2 bad input, 1 internal)."""
+    """Entry point: run the app and map errors to exit codes (0 ok, 2 bad input, 1 internal, 3 gate failed)."""
     try:
         # With standalone_mode=False click returns (not raises) the code of `typer.Exit(code)`.
         code = app(args=argv, prog_name="gencast-rmmd", standalone_mode=False)

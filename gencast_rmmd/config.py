@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gencast_rmmd.data.variables import WB2_LEVELS_13
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.errors import UserInputError, validation_message
+from gencast_rmmd.io_utils import read_yaml_mapping
 
 
 class StrictModel(BaseModel):
@@ -273,44 +274,6 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return result
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    else:
-        message = first["msg"]
-        if first["type"] != "value_error" and "input" in first and not isinstance(first["input"], dict):
-            message += f" (got {first['input']!r})"
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
-    return f"{source}: {location}: {message}{suffix}"
-
-
-def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        raise UserInputError(f"config file {path} is a directory; give a YAML file")
-    if not path.is_file():
-        raise UserInputError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                             f"{error.start}); save the config as UTF-8") from None
-    except OSError as error:
-        raise UserInputError(f"cannot read config file {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"{path}: not valid YAML{where}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserInputError(f"{path}: expected a mapping of sections at the top level")
-    return raw
-
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -333,7 +296,7 @@ def resolve_sections(raw: dict, config_path: Path, sections: tuple[str, ...] = (
     for section in sections:
         reference = result.get(section)
         if isinstance(reference, str):
-            referenced = _read_yaml(_resolve_reference(reference, config_path))
+            referenced = read_yaml_mapping(_resolve_reference(reference, config_path))
             result[section] = referenced.get(section, referenced)
     return result
 
@@ -343,13 +306,13 @@ def validate_config(raw: dict, schema: type[ConfigT], source: str) -> ConfigT:
     try:
         return schema.model_validate(raw)
     except ValidationError as error:
-        raise UserInputError(_format_validation_error(source, error)) from None
+        raise UserInputError(validation_message(source, error)) from None
 
 
 def load_config(path: str | Path, schema: type[ConfigT], overrides: list[str] | tuple[str, ...] = (),
                 data_path: str | None = None) -> ConfigT:
     """Load YAML `path`, apply `--set` overrides and `--data` (= `data.path`), validate against `schema`."""
-    raw = resolve_sections(_read_yaml(path), Path(path))
+    raw = resolve_sections(read_yaml_mapping(path), Path(path))
     overrides = list(overrides)
     if data_path is not None:
         overrides.append(f"data.path={data_path}")

@@ -30,3 +30,22 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def validation_message(source: str, error) -> str:
+    """A pydantic `ValidationError` as one line: `SOURCE: dotted.key: message`, the first problem named.
+
+    An unknown key reads "unknown key" (schemas forbid them: a typo); other messages show the offending
+    value. Kept here, beside `UserInputError`, so every reader of a YAML file words its errors alike.
+    """
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"]
+        if first["type"] != "value_error" and "input" in first and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    return f"{source}: {location}: {message}{suffix}"

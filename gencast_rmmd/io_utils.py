@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import psutil
+import yaml
 
 from gencast_rmmd.errors import UserInputError
 
@@ -164,3 +165,32 @@ def write_netcdf_atomic(dataset, path: str | os.PathLike, encoding: dict | None 
     """Write an xarray Dataset to NetCDF-4 at `path` atomically (netCDF4 engine)."""
     with atomic_path(path) as temporary:
         dataset.to_netcdf(temporary, engine="netcdf4", encoding=encoding or {})
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file whose top level is a mapping (a config, a rules file); `{}` when it is empty.
+
+    Every way the file can be unreadable (missing, a directory, not UTF-8, not YAML, not a mapping) is a
+    one-line `UserInputError` naming the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"config file {path} is a directory; give a YAML file")
+    if not path.is_file():
+        raise UserInputError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                             f"{error.start}); save the config as UTF-8") from None
+    except OSError as error:
+        raise UserInputError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserInputError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: expected a mapping of sections at the top level")
+    return raw

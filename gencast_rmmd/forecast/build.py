@@ -13,14 +13,13 @@ from typing import Callable
 import numpy as np
 from pydantic import ValidationError
 
-from gencast_rmmd.config import _format_validation_error
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Sampler
 from gencast_rmmd.diffusion.config import SamplerConfig
 from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.errors import UserInputError, validation_message
 from gencast_rmmd.forecast.predictor import Predictor
 from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.models.config import ModelConfig
@@ -65,6 +64,6 @@ def predictor_from_payload(payload: dict) -> Predictor:
         # checkpoints without a noise spec used GenCast's noise for the grid
         sampler = builder(sampler_entry["config"], latitude, longitude, payload["grid"].get("noise"))
     except ValidationError as error:
-        raise UserInputError(_format_validation_error(f"sampler {sampler_entry['name']}", error)) from None
+        raise UserInputError(validation_message(f"sampler {sampler_entry['name']}", error)) from None
     network = network_for_grid(model, latitude, longitude, layout.n_target_channels)
     return Predictor(network, sampler, normalizer)
