@@ -55,18 +55,22 @@ def band_sums(power: np.ndarray, bands: Sequence[tuple[int, int]] = ZONAL_BANDS)
 
 
 def zonal_power_by_band(field: xr.DataArray, bands: Sequence[tuple[int, int]] = ZONAL_BANDS,
-                        lat_range: tuple[float, float] = (-90.0, 90.0)) -> xr.DataArray:
+                        lat_range: tuple[float, float] = (-90.0, 90.0), both_hemispheres: bool = False
+                        ) -> xr.DataArray:
     """Zonal power of `field` per wavenumber band, cell-area averaged over the latitudes in `lat_range`.
 
     `field` has dims (..., latitude, longitude) on a regular longitude grid; every other dim is kept and a
     `band` dim (labels `wn A-B`, coords `band_start`, `band_end`) replaces latitude and longitude. Per row j:
     Σ_{k∈band} P_jk (`zonal_power`), then Σ_j w_j (·) / Σ_j w_j over the rows with lat_range[0] ≤ φ_j ≤
-    lat_range[1], w the cell-area weights of the full grid (`latitude_cell_weights`). NaNs propagate.
+    lat_range[1] (with `both_hemispheres`, ≤ |φ_j| ≤: the mid-latitudes of both), w the cell-area weights
+    of the full grid (`latitude_cell_weights`). NaNs propagate.
     """
     latitude = field["latitude"].values
-    inside = (latitude >= lat_range[0]) & (latitude <= lat_range[1])
+    distance = np.abs(latitude) if both_hemispheres else latitude
+    inside = (distance >= lat_range[0]) & (distance <= lat_range[1])
     if not inside.any():
-        raise UserInputError(f"no latitude of the field lies in {lat_range[0]}..{lat_range[1]} degrees")
+        raise UserInputError(f"no latitude of the field lies in {lat_range[0]}..{lat_range[1]} degrees"
+                             f"{' (either hemisphere)' if both_hemispheres else ''}")
     weights = latitude_cell_weights(latitude)[inside]
     rows = field.isel(latitude=np.flatnonzero(inside)).transpose(..., "latitude", "longitude")
     powers = band_sums(zonal_power(rows.values), bands)                     # [..., latitude, band]
