@@ -209,20 +209,18 @@ def test_members_do_not_depend_on_the_batch_size(run_cli, tiny_run, wb2_store, t
     assert np.abs(outputs[0][:, :, 0] - outputs[0][:, :, 1]).max() > 1.0, "members must differ"
 
 
-def test_quality_gate_forecast_in_groups_equals_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
-    """The gate's parallel forecast (contiguous groups of inits, merged along `time`) equals one process's."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gate", REPO / "benchmarks" / "teacher_quality_gate.py")
-    gate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gate)
+def test_forecast_in_parallel_jobs_equals_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
+    """`forecast --jobs 2` (contiguous groups of inits in two processes, merged along `time`) equals one
+    process's forecast, leaves no part behind, and refuses an init given twice before any work."""
     inits = ["2001-01-08T00", "2001-01-08T12", "2001-01-09T00"]
-    whole = tmp_path / "whole.nc"
-    assert run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store,
-                   *[x for init in inits for x in ("--init", init)], "--steps", "2", "--members", "2",
-                   "--out", whole).code == 0
-    grouped = tmp_path / "grouped.nc"
-    gate.forecast_in_groups(tiny_run, str(wb2_store), inits, 2, 2, grouped, jobs=2, log=tmp_path / "log")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".nc") == ["grouped.nc", "whole.nc"]
+    common = ("forecast", "--checkpoint", tiny_run, "--data", wb2_store,
+              *[x for init in inits for x in ("--init", init)], "--steps", "2", "--members", "2")
+    whole, grouped = tmp_path / "whole.nc", tmp_path / "grouped.nc"
+    assert run_cli(*common, "--out", whole).code == 0
+    result = run_cli(*common, "--jobs", "2", "--out", grouped)
+    assert result.code == 0, result.err
+    assert "in 2 processes" in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grouped.nc", "whole.nc"]
     with xr.open_dataset(whole) as one, xr.open_dataset(grouped) as merged:
         assert merged["geopotential"].dims == one["geopotential"].dims
         np.testing.assert_array_equal(merged["time"].values, one["time"].values)
@@ -231,6 +229,15 @@ def test_quality_gate_forecast_in_groups_equals_one_forecast(run_cli, tiny_run, 
             np.testing.assert_allclose(merged[name].values, one[name].values, rtol=1e-5, atol=1e-3)
         assert merged.attrs["nfe_per_step"] == one.attrs["nfe_per_step"]
         assert merged.attrs["Conventions"] == one.attrs["Conventions"]
+    twice = run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", inits[0], "--init",
+                    inits[1], "--init", inits[0], "--steps", "1", "--members", "2", "--jobs", "2",
+                    "--out", tmp_path / "twice.nc")
+    assert twice.code == 2 and "more than once" in twice.err and not (tmp_path / "twice.nc").exists()
+    early = run_cli("forecast", "--checkpoint", tiny_run, "--data", wb2_store, "--init", "1999-01-01", "--init",
+                    inits[0], "--steps", "1", "--members", "2", "--jobs", "2", "--out", tmp_path / "early.nc")
+    assert early.code == 2 and "has no complete window" in early.err, early.err    # a part's one line, passed on
+    assert len(early.err.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "grouped.nc", "whole.nc"]
 
 
 def test_sampler_overrides_apply_to_one_forecast(run_cli, tiny_run, wb2_store, tmp_path):
