@@ -21,24 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from gencast_rmmd.config import load_config
+from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.data.stats import compute_stats, load_stats
+from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
+from gencast_rmmd.teacher.config import TeacherConfig
+from gencast_rmmd.teacher.task import first_step
+from gencast_rmmd.teacher.train import batch_stream, teacher_task
 
-from gencast_rmmd.config import load_config  # noqa: E402
-from gencast_rmmd.data.normalization import Normalizer  # noqa: E402
-from gencast_rmmd.data.source import DataSource  # noqa: E402
-from gencast_rmmd.data.stats import compute_stats, load_stats  # noqa: E402
-from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser  # noqa: E402
-from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
-from gencast_rmmd.teacher.task import first_step  # noqa: E402
-from gencast_rmmd.teacher.train import batch_stream, teacher_task  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

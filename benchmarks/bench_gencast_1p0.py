@@ -25,7 +25,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,18 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from gencast_rmmd.config import DataFileConfig, load_config  # noqa: E402
-from gencast_rmmd.data.layout import ChannelLayout  # noqa: E402
-from gencast_rmmd.data.variables import FORCING_NAMES  # noqa: E402
-from gencast_rmmd.diffusion.base import Conditioning  # noqa: E402
-from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser  # noqa: E402
-from gencast_rmmd.models.builder import network_for_grid  # noqa: E402
-from gencast_rmmd.models.denoiser import parameter_count  # noqa: E402
-from gencast_rmmd.teacher.gencast_checkpoint import (MINI_1P0_ARCHITECTURE, GenCastCheckpoint,  # noqa: E402
+from gencast_rmmd.config import DataFileConfig, load_config
+from gencast_rmmd.data.layout import ChannelLayout
+from gencast_rmmd.data.variables import FORCING_NAMES
+from gencast_rmmd.diffusion.base import Conditioning
+from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
+from gencast_rmmd.models.builder import network_for_grid
+from gencast_rmmd.models.denoiser import parameter_count
+from gencast_rmmd.teacher.gencast_checkpoint import (MINI_1P0_ARCHITECTURE, GenCastCheckpoint,
                                                      model_config)
+
+REPO = Path(__file__).resolve().parent.parent
 
 LATITUDE, LONGITUDE = np.linspace(-90.0, 90.0, 181), np.arange(360) * 1.0
 

@@ -21,13 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from gencast_rmmd.config import DataFileConfig, load_config
+from gencast_rmmd.data.batches import make_iterator
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.errors import UserInputError
 
-from gencast_rmmd.config import DataFileConfig, load_config  # noqa: E402
-from gencast_rmmd.data.batches import make_iterator  # noqa: E402
-from gencast_rmmd.data.source import DataSource  # noqa: E402
-from gencast_rmmd.errors import UserInputError  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def peak_rss_mib() -> float:

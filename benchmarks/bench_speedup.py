@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import jax
 
-import jax  # noqa: E402
-
-from gencast_rmmd.errors import UserInputError  # noqa: E402
-from gencast_rmmd.forecast.speed import measure_step_times  # noqa: E402
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.forecast.speed import measure_step_times
 
 
 def main() -> int:

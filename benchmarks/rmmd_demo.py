@@ -42,17 +42,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from evaluation.scorecard import ScoreSet, compare as compare_scores, load_scores, metric_frame
+from gencast_rmmd.config import load_config
+from gencast_rmmd.data.forecast_io import write_forecast
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.forecast.inspect import describe
+from gencast_rmmd.teacher.config import TeacherConfig
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from teacher_quality_gate import cli, held_out_inits, target_table  # noqa: E402
-
-from evaluation.scores_file import open_scores  # noqa: E402
-from gencast_rmmd.data.forecast_io import write_forecast  # noqa: E402
-from gencast_rmmd.config import load_config  # noqa: E402
-from gencast_rmmd.forecast.inspect import describe  # noqa: E402
-from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
 
 DISTILL = REPO / "configs" / "distill"
 UNSHRUNK = "distill.moment_reference=drift_corrected"
@@ -106,6 +103,16 @@ REPORTED = ["teacher", "mmd", "mmd_tuned", "rmmd_offline", "rmmd_on_policy", "rm
             "rmmd_on_policy_lambda3_mu03"]
 
 
+def cli(*args: object, log: Path) -> None:
+    """`gencast-rmmd ARGS` in a subprocess logging to `log`; exits naming the command when it fails."""
+    print("$ gencast-rmmd " + " ".join(map(str, args)), flush=True)
+    with open(log, "a") as sink:
+        code = subprocess.call([sys.executable, "-m", "gencast_rmmd.cli", *map(str, args)], stdout=sink,
+                               stderr=subprocess.STDOUT, cwd=REPO)
+    if code:
+        raise SystemExit(f"command failed ({code}): gencast-rmmd {' '.join(map(str, args))}; see {log}")
+
+
 def speed(teacher: Path, student: Path, store: str, members: int, repeats: int) -> dict:
     """bench_speedup.py's JSON for a teacher/student pair."""
     command = [sys.executable, str(REPO / "benchmarks" / "bench_speedup.py"), "--teacher", str(teacher),
@@ -141,15 +148,16 @@ def teacher_identity(run: Path) -> dict:
             "param_count": record["param_count"]}
 
 
-def compare(scores: xr.Dataset, teacher: xr.Dataset) -> dict:
+def compare(scores: ScoreSet, teacher: ScoreSet) -> dict:
     """CRPS % change vs the teacher (mean over targets, and per lead), win rate, mean SSR."""
-    mine, theirs = target_table(scores, "crps"), target_table(teacher, "crps")
-    changes = np.stack([100.0 * (mine[k] - theirs[k]) / theirs[k] for k in theirs])     # [target, lead]
-    wins = np.concatenate([mine[k] < theirs[k] for k in theirs])
-    ssr = np.concatenate(list(target_table(scores, "spread_skill_ratio").values()))
-    return {"crps_change_pct": float(np.mean(changes)), "win_rate": float(np.mean(wins)),
-            "crps_change_pct_by_lead": [float(value) for value in changes.mean(axis=0)],
-            "ssr": float(np.nanmean(ssr)), "targets": int(wins.size)}
+    pairs = compare_scores(scores, teacher, "crps", "global")
+    changes = pairs["relative_difference"]
+    ssr = metric_frame(scores, "spread_skill_ratio", "global").to_numpy()
+    return {"crps_change_pct": float(np.mean(changes.to_numpy())),
+            "win_rate": float(np.mean((pairs["candidate"] < pairs["baseline"]).to_numpy())),
+            "crps_change_pct_by_lead": [float(np.mean(group.to_numpy()))
+                                        for _, group in changes.groupby(level="lead_time")],
+            "ssr": float(np.nanmean(ssr)), "targets": len(pairs)}
 
 
 def main() -> int:
@@ -180,7 +188,8 @@ def main() -> int:
     log = work / "rmmd_demo.log"
     teacher_run = Path(args.teacher)
     teacher_config = load_config(REPO / "configs" / "teacher" / "demo.yaml", TeacherConfig, [], args.store)
-    inits = held_out_inits(teacher_config, args.store, args.inits, args.steps)
+    inits = [init.isoformat() for init in
+             DataSource.open(teacher_config.data).windows("test", target_steps=args.steps).evenly_spaced(args.inits)]
     init_args = [item for init in inits for item in ("--init", init)]
     sets = [item for override in args.overrides for item in ("--set", override)]
 
@@ -209,7 +218,7 @@ def main() -> int:
         if not score.exists():
             cli("evaluate", "--forecast", forecast, "--truth", args.store, "--out", score, "--label", name,
                 "--no-progress", log=log)
-        scores[name] = open_scores(score)
+        scores[name] = load_scores(score)
     for name in runs:
         entry = compare(scores[name], scores["teacher"])
         nfe = int(xr.open_dataset(work / f"{name}.nc").attrs["nfe_per_step"])

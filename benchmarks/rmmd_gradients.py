@@ -28,20 +28,19 @@ import statistics
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+
+from gencast_rmmd.distill.base import prepare, repeat_members
+from gencast_rmmd.distill.config import load_distill_config
+from gencast_rmmd.distill.registry import DISTILLERS
+from gencast_rmmd.distill.rewarded import policy_state
+from gencast_rmmd.distill.run import _context, _environment, load_source
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.teacher.train import batch_stream
+from gencast_rmmd.training.checkpoint import load_checkpoint
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from gencast_rmmd.distill.base import prepare, repeat_members  # noqa: E402
-from gencast_rmmd.distill.config import load_distill_config  # noqa: E402
-from gencast_rmmd.distill.registry import DISTILLERS  # noqa: E402
-from gencast_rmmd.distill.rewarded import policy_state  # noqa: E402
-from gencast_rmmd.distill.run import _context, _environment, load_source  # noqa: E402
-from gencast_rmmd.errors import UserInputError  # noqa: E402
-from gencast_rmmd.teacher.train import batch_stream  # noqa: E402
-from gencast_rmmd.training.checkpoint import load_checkpoint  # noqa: E402
 
 TERMS = (("mmd", "mmd_surrogate"), ("reward", "crps"), ("anchor", "anchor"))
 

@@ -9,7 +9,7 @@ Trains `--config` with the overrides for `--train-steps` steps in WORKDIR/NAME (
 there), forecasts `--members` members from `--inits` evenly spaced test-split inits for
 `--steps` 12 h steps, and reports per lead, for z500 and t850, the fair CRPS, its ratio to
 a climatological ensemble drawn for the same inits, the spread/skill ratio and the
-activity (`teacher_stability.py`: 1 = members stay on the climate's attractor). Appends
+activity (`evaluation/diagnostics.py`: 1 = members stay on the climate's attractor). Appends
 one JSON line to WORKDIR/probes.jsonl and prints a markdown table. `--sampler key=value`
 changes the sampler for the forecast only (`gencast-rmmd forecast --sampler`); with
 `--from-run OTHER` the probe trains nothing and forecasts from WORKDIR/OTHER, so sampler
@@ -23,35 +23,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from evaluation.diagnostics import diagnose
+from gencast_rmmd.config import load_config
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.teacher.config import TeacherConfig
 
-from teacher_quality_gate import GATE_TARGETS, cli, held_out_inits  # noqa: E402
-from teacher_stability import target_rows  # noqa: E402
+PROBE_TARGETS = {"z500": ("geopotential", 500), "t850": ("temperature", 850)}
 
-from evaluation.io import align_truth, open_forecast  # noqa: E402
-from gencast_rmmd.config import load_config  # noqa: E402
-from gencast_rmmd.data.stores import open_dataset  # noqa: E402
-from gencast_rmmd.teacher.config import TeacherConfig  # noqa: E402
+
+def gencast(*args: object, log: Path) -> None:
+    """`gencast-rmmd ARGS` in a subprocess logging to `log`; exits naming the command when it fails."""
+    print("$ gencast-rmmd " + " ".join(map(str, args)), flush=True)
+    with open(log, "a") as sink:
+        code = subprocess.call([sys.executable, "-m", "gencast_rmmd.cli", *map(str, args)], stdout=sink,
+                               stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f"command failed ({code}): gencast-rmmd {' '.join(map(str, args))}; see {log}")
 
 
 def rows_of(path: Path, store: str) -> dict[str, dict[str, list[float]]]:
     """{'z500': {'crps': [...], 'ssr': [...], 'activity': [...]}, 't850': ...} of one forecast file."""
-    forecast, truth_store = open_forecast(path), open_dataset(store)
-    truth, _ = align_truth(forecast, truth_store)
-    table = {}
-    for label, (name, level) in GATE_TARGETS.items():
-        climate = truth_store[name].sel(level=level).mean("time").load()
-        rows = target_rows(forecast[name].sel(level=level).load(), truth[name].sel(level=level).load(), climate)
-        table[label] = {row: np.asarray(values).tolist() for row, values in rows.items()}
-    return table
+    diagnostics = diagnose(str(path), store, list(PROBE_TARGETS.values()), bands=[(0, 0)])
+    return {label: {row: diagnostics[f"{name}@{level}"][column].values.tolist()
+                    for row, column in (("crps", "crps"), ("ssr", "spread_skill_ratio"), ("activity", "activity"))}
+            for label, (name, level) in PROBE_TARGETS.items()}
 
 
 def main() -> int:
@@ -62,9 +64,9 @@ def main() -> int:
     parser.add_argument("--inits", type=int, default=4)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--workdir", default=str(REPO / "runs" / "probes"))
-    parser.add_argument("--store", default=str(REPO / "data" / "demo.zarr"))
-    parser.add_argument("--config", default=str(REPO / "configs" / "teacher" / "demo.yaml"))
+    parser.add_argument("--workdir", default="runs/probes")
+    parser.add_argument("--store", default="data/demo.zarr")
+    parser.add_argument("--config", default="configs/teacher/demo.yaml")
     parser.add_argument("--sampler", action="append", default=[])
     parser.add_argument("--from-run", default=None)
     parser.add_argument("--no-ema", action="store_true")
@@ -78,24 +80,25 @@ def main() -> int:
     sets = [item for override in overrides for item in ("--set", override)]
     started = time.perf_counter()
     if args.from_run is None:
-        cli("train", "--config", args.config, "--data", args.store, "--out", run, *sets,
-            *(["--resume"] if run.exists() else []), log=log)
+        gencast("train", "--config", args.config, "--data", args.store, "--out", run, *sets,
+                *(["--resume"] if run.exists() else []), log=log)
     elif not run.is_dir():
         parser.error(f"--from-run {args.from_run}: no run directory {run}")
     train_s = time.perf_counter() - started
-    inits = held_out_inits(config, args.store, args.inits, args.steps)
+    inits = [init.isoformat() for init in
+             DataSource.open(config.data).windows("test", target_steps=args.steps).evenly_spaced(args.inits)]
     init_args = [item for init in inits for item in ("--init", init)]
     forecast = work / f"{args.name}.nc"
     started = time.perf_counter()
-    cli("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
-        "--members", args.members, "--out", forecast,
-        *[item for override in args.sampler for item in ("--sampler", override)],
-        *(["--no-ema"] if args.no_ema else []), log=log)
+    gencast("forecast", "--checkpoint", run, "--data", args.store, *init_args, "--steps", args.steps,
+            "--members", args.members, "--out", forecast,
+            *[item for override in args.sampler for item in ("--sampler", override)],
+            *(["--no-ema"] if args.no_ema else []), log=log)
     forecast_s = time.perf_counter() - started
     climatology = work / f"climatology_{args.inits}x{args.steps}.nc"
     if not climatology.exists():
-        cli("baseline", "climatology", "--truth", args.store, *init_args, "--steps", args.steps, "--members", 8,
-            "--config", REPO / "configs" / "data" / "demo.yaml", "--out", climatology, log=log)
+        gencast("baseline", "climatology", "--truth", args.store, *init_args, "--steps", args.steps, "--members", 8,
+                "--config", "configs/data/demo.yaml", "--out", climatology, log=log)
     rows, baseline = rows_of(forecast, args.store), rows_of(climatology, args.store)
     for label in rows:
         rows[label]["crps_vs_climatology"] = (np.asarray(rows[label]["crps"])

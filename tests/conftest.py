@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from wb2_stores import era5_like, six_hourly, write_store  # noqa: E402
+from wb2_stores import era5_like, six_hourly, write_store
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA_CONFIG = REPO / "configs" / "data" / "test.yaml"

@@ -179,3 +179,16 @@ def test_precipitation_12hr_derived_from_6hr(tmp_path):
                                rtol=1e-6)
     assert "total_precipitation_12hr" not in [c.variable for c in source.layout.input_channels]
     assert source.layout.target_channels[-1].variable == "total_precipitation_12hr"
+
+
+def test_evenly_spaced_inits_span_the_split_and_refuse_too_many():
+    """Five windows at positions 0..4 of a 12-hourly axis: 3 evenly spaced are the first, middle and last."""
+    from gencast_rmmd.data.windows import WindowIndex
+    from gencast_rmmd.errors import UserInputError
+
+    times = pd.date_range("2000-01-01", periods=10, freq="12h")
+    windows = WindowIndex(times, np.array([2, 3, 4, 5, 6]), 0, input_frames=2, target_steps=3)
+    assert list(windows.evenly_spaced(3)) == [times[2], times[4], times[6]]
+    assert list(windows.evenly_spaced(5)) == list(times[2:7])
+    with pytest.raises(UserInputError, match="only 5 init"):
+        windows.evenly_spaced(6)

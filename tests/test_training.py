@@ -125,8 +125,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, reference_run):
 def test_four_device_sharded_training_matches_single_device(tmp_path):
     """With 4 forced CPU devices the batch is split 4 ways and training matches a 1-device run to float tolerance."""
     code = f"""
-import json, sys, jax, numpy as np
-sys.path.insert(0, {str(HELPER.parent)!r})
+import json, jax, numpy as np
 from training_helpers import MlpTask, small_config, synthetic_batches, make_batch
 from gencast_rmmd.training import train
 from gencast_rmmd.training.sharding import data_mesh, shard_batch
@@ -146,7 +145,9 @@ print(json.dumps({{"devices": jax.device_count(), "shards": shards, "diff": diff
                   "validation_diff": abs(validation)}}))
 """
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
-                               env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+                               env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                                    "PYTHONPATH": os.pathsep.join(filter(None, [str(HELPER.parent),
+                                                                                os.environ.get("PYTHONPATH")]))})
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4

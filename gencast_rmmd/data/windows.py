@@ -66,6 +66,17 @@ class WindowIndex:
         """Offsets of every frame of a window relative to its initialisation position."""
         return np.arange(-(self.input_frames - 1), self.target_steps + 1)
 
+    def evenly_spaced(self, count: int) -> pd.DatetimeIndex:
+        """`count` init times at evenly spaced positions among the windows, the first and the last included.
+
+        The held-out inits of the measurement scripts (benchmarks/): spread over the whole split, every
+        window complete inside it. UserInputError when the split has fewer than `count` windows.
+        """
+        if count > len(self):
+            raise UserInputError(f"the split has only {len(self)} init(s) with {self.target_steps} target steps "
+                                 f"and {self.input_frames} input frames inside it; {count} were asked for")
+        return self.init_times[np.linspace(0, len(self) - 1, count).round().astype(int)]
+
 
 def build_windows(times: pd.DatetimeIndex, step: pd.Timedelta, input_frames: int, target_steps: int,
                   time_range: tuple[pd.Timestamp, pd.Timestamp]) -> WindowIndex:
