@@ -1,10 +1,10 @@
 """Reproduce the RMMD paper's table on the embedded demo data.
 
 Usage:
-    python benchmarks/rmmd_demo.py --teacher runs/quality_gate/teacher [--store data/demo.zarr]
+    python benchmarks/rmmd_demo.py --teacher TEACHER_RUN [--store data/demo.zarr]
         [--workdir runs/rmmd_demo] [--inits 20] [--members 8] [--steps 10]
         [--phase1-steps 600] [--phase2-steps 400] [--phase2-learning-rate 3e-4] [--set k=v ...]
-        [--teacher-forecast runs/quality_gate/teacher.nc]   # reuse the quality gate's teacher ensemble
+        [--teacher-forecast F.nc]   # reuse a teacher ensemble of the same held-out inits
         [--student-params raw|ema] [--speed-repeats 5] [--methods mmd,mmd_tuned,...]
 
 The defaults are the setting of the committed table (results/rmmd_demo.md); the
