@@ -20,7 +20,6 @@ reference) without deciding the gate. `check_gate` returns a `GateResult`; `genc
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from evaluation.compare import target_name
 from evaluation.metrics import METRICS
 from evaluation.scorecard import ScoreSet, compare, load_scores, metric_frame
 from gencast_rmmd.errors import UserInputError, validation_message
-from gencast_rmmd.io_utils import read_yaml_mapping
+from gencast_rmmd.io_utils import read_json_object, read_yaml_mapping
 
 MEAN_TARGET = "mean"   # `target: mean`: the mean over every (variable, level) target
 
@@ -185,15 +184,7 @@ def read_timings(path: str | Path | None) -> dict[str, float]:
     """A `--timings` JSON object {name: seconds}; entries that are not numbers are left out."""
     if path is None:
         return {}
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"--timings {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserInputError(f"--timings {path}: not a readable JSON file ({error})") from None
-    if not isinstance(content, dict):
-        raise UserInputError(f"--timings {path}: expected a JSON object {{name: seconds}}")
+    content = read_json_object(path, f"--timings {path}", "give a JSON object {name: seconds}")
     return {str(name): float(value) for name, value in content.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 

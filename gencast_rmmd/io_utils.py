@@ -194,3 +194,23 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     if not isinstance(raw, dict):
         raise UserInputError(f"{path}: expected a mapping of sections at the top level")
     return raw
+
+
+def read_json_object(path: str | os.PathLike, label: str | None = None, remedy: str = "") -> dict:
+    """A JSON file holding an object, as a dict; every other case is one `UserInputError` line.
+
+    The line names `label` (default: the path), what is wrong (missing, unreadable or not JSON, not an
+    object) and ends with `; remedy` when one is given.
+    """
+    path = Path(path)
+    label = label or str(path)
+    suffix = f"; {remedy}" if remedy else ""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserInputError(f"{label} does not exist{suffix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserInputError(f"{label} is not readable JSON ({error}){suffix}") from None
+    if not isinstance(content, dict):
+        raise UserInputError(f"{label} holds a JSON {type(content).__name__}, not an object{suffix}")
+    return content

@@ -187,7 +187,7 @@ def test_bad_arguments_exit_2_in_one_line(run_cli, tmp_path, scores_dir, timings
              ((scores_dir, tmp_path / "again.nc"), {}, "are both labelled 'teacher'"),
              ((tmp_path / "missing.nc",), {}, "no scores file at"),
              ((scores_dir,), {"timings": tmp_path / "nope.json"}, "--timings"),
-             ((scores_dir,), {"timings": broken}, "not a readable JSON file"),
+             ((scores_dir,), {"timings": broken}, "is not readable JSON"),
              ((scores_dir,), {"name": "gate.txt"}, "name the verdict NAME.json")]
     for scores, options, phrase in cases:
         name = options.pop("name", "gate")

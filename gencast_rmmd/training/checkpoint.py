@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.io_utils import atomic_path
+from gencast_rmmd.io_utils import atomic_path, read_json_object
 from gencast_rmmd.training.tree_io import flatten_with_segments, nested_dicts, params_sha256
 
 PyTree = Any
@@ -104,16 +104,7 @@ _CORRUPT = "the checkpoint is corrupt: give an earlier one, or resume, which fal
 
 def read_meta(checkpoint: str | os.PathLike) -> dict:
     """A checkpoint's `meta.json` as a dict; `UserInputError` naming the file when it is missing or not a JSON object."""
-    path = Path(checkpoint) / META
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"{path} does not exist; {_CORRUPT}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserInputError(f"{path} is not readable JSON ({error}); {_CORRUPT}") from None
-    if not isinstance(meta, dict):
-        raise UserInputError(f"{path} holds a JSON {type(meta).__name__}, not an object; {_CORRUPT}")
-    return meta
+    return read_json_object(Path(checkpoint) / META, remedy=_CORRUPT)
 
 
 def _check_meta(path: Path, meta: dict) -> None:
