@@ -1,4 +1,4 @@
-"""`gencast-rmmd pipeline run|status`."""
+"""`gencast-rmmd pipeline run|status|plan`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from gencast_rmmd.commands.common import DataOption, SetOption, console
+from pipelines.states import StageAction, StageState, shown
 
 app = typer.Typer(help="Scheduled pipelines: data, stats, teacher, distill, forecasts, evaluation, scorecards.",
                   no_args_is_help=True)
@@ -64,7 +65,7 @@ def run(config: Annotated[Path, typer.Argument(help="Pipeline config (configs/pi
     except StageFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         raise typer.Exit(failure.exit_code) from None
-    ran = sum(action in ("ran", "resumed") for action in summary.actions.values())
+    ran = sum(StageAction.parse(action).worked for action in summary.actions.values())
     console.print(f"pipeline done in {format_duration(summary.wall_seconds)} (peak memory "
                   f"{format_bytes(summary.peak_rss_bytes)}; {summary.workdir / 'run_summary.json'}): {ran} stage(s) "
                   f"ran, {len(summary.actions) - ran} skipped or not applicable; scorecard:", markup=False)
@@ -100,11 +101,11 @@ def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pip
         table.add_column(column, no_wrap=column != "output", justify="right" if column == "s" else "left")
     colours = {"done": "green", "running": "yellow", "failed": "red", "pending": "dim", "n/a": "dim"}
     for name, record in manifest.ordered_stages():
-        state = record.get("state", "pending").replace("not_applicable", "n/a")
+        state = shown(record.get("state", StageState.PENDING))
         first = next(iter((record.get("outputs") or {}).values()), None)
         seconds = record.get("seconds")
         table.add_row(str(record.get("group", "")), name, f"[{colours.get(state, 'white')}]{state}[/]",
-                      record.get("action", "").replace("not applicable", "n/a"),
+                      shown(record.get("action", "")),
                       f"{seconds:.0f}" if isinstance(seconds, (int, float)) else "", first["path"] if first else "")
     out = Console(highlight=False)
     out.print(table)
@@ -112,14 +113,36 @@ def status(workdir: Annotated[Path, typer.Argument(help="Work directory of a pip
               f"{last_run.get('started', '?')} -> {last_run.get('result', '?')}"
               f"{'; locked by pid ' + str(holder.get('pid')) + ' on ' + str(holder.get('host')) if holder else ''}",
               markup=False)
-    failed = [(name, record) for name, record in manifest.stages.items() if record.get("state") == "failed"]
+    failed = [(name, record) for name, record in manifest.stages.items() if record.get("state") == StageState.FAILED]
     for name, record in failed:
         out.print(f"{name} failed: {record.get('error')} (log: {workdir / record.get('log', '')})", markup=False)
-    running = [name for name, record in manifest.stages.items() if record.get("state") == "running"]
+    running = [name for name, record in manifest.stages.items() if record.get("state") == StageState.RUNNING]
     for name in running if holder else ():              # without a holder the run was killed: --resume
         view = ProgressFollower(workdir / progress_file(name)).poll()
         if view is not None:
             out.print(f"{name} running: {progress_text(view)}", markup=False)
+
+
+@app.command("plan")
+def plan(config: Annotated[Path, typer.Argument(help="Pipeline config (configs/pipelines/*.yaml).")],
+         workdir: Annotated[Optional[Path], typer.Option(
+             "--workdir", help="Work directory (default: runs/pipelines/NAME).")] = None,
+         data: DataOption = None, overrides: SetOption = None) -> None:
+    """What `pipeline run` would do now, stage by stage (skip, resume, run, after an input, not applicable),
+    and why; writes nothing, takes no lock (safe while the pipeline runs)."""
+    from pipelines.config import load_pipeline_config
+    from pipelines.plan import plan_pipeline
+    from pipelines.runner import default_workdir
+
+    pipeline_config = load_pipeline_config(config, overrides or [], data)
+    directory = Path(workdir or default_workdir(config, pipeline_config))
+    planned = plan_pipeline(config, pipeline_config, directory)
+    width = max(len(stage.name) for stage in planned)
+    for stage in planned:                                   # the plan is the command's output: stdout
+        print(f"{stage.name:<{width}}  {stage.verdict:<14}  {stage.reason}")
+    counts = {verdict: sum(stage.verdict == verdict for stage in planned)
+              for verdict in ("skip", "resume", "run", "after", "not applicable")}
+    print(f"{directory}: " + ", ".join(f"{count} {verdict}" for verdict, count in counts.items() if count))
 
 
 def register(parent: typer.Typer) -> None:

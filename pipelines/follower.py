@@ -25,6 +25,7 @@ from pipelines.manifest import MANIFEST_FILE, Manifest
 from pipelines.resolution import resolve
 from pipelines.runner import StageFailed, _stop, default_workdir, start_command
 from pipelines.stages import Command, Stage, StageContext, build_stages
+from pipelines.states import RunResult, StageAction, StageState
 
 Log = Callable[[str], None]
 
@@ -35,12 +36,12 @@ def _current_run(workdir: Path) -> tuple[Manifest, dict] | None:
         return None
     manifest = Manifest.load(workdir)
     runs = manifest.content["runs"]
-    return (manifest, runs[-1]) if runs and runs[-1].get("result") == "running" else None
+    return (manifest, runs[-1]) if runs and runs[-1].get("result") == RunResult.RUNNING else None
 
 
 def follower_command(stage: Stage, workdir: Path, record: dict, process_id: int) -> Command:
     """The training command of `stage` as process `process_id` runs it (resuming when process 0 resumes)."""
-    context = StageContext(workdir, record.get("action") == "resumed", {})
+    context = StageContext(workdir, record.get("action") == StageAction.RESUMED, {})
     training = stage.commands(context)[-1]
     return Command((*training.args, "--set", f"distributed.process_id={process_id}"))
 
@@ -88,7 +89,7 @@ def follow_pipeline(config_file: str | Path, config: PipelineConfig, workdir: st
                 record = manifest.stages.get(stage.name, {})
                 if run["actions"].get(stage.name) is not None:          # skipped (or done) by process 0
                     break
-                if record.get("state") == "running" and (record.get("started") or "") >= run_started:
+                if record.get("state") == StageState.RUNNING and (record.get("started") or "") >= run_started:
                     log(f"process {process_id}: {stage.name}: running my share")
                     _run_share(stage, follower_command(stage, workdir, record, process_id), config, workdir,
                                process_id)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipelines.states import StageState
+
 
 @dataclass(frozen=True)
 class Command:
@@ -57,7 +59,7 @@ class StageContext:
         return json.loads((self.workdir / relative).read_text())
 
     def applies(self, stage: str) -> bool:
-        return self.states.get(stage) not in (None, "not_applicable")
+        return self.states.get(stage) not in (None, StageState.NOT_APPLICABLE)
 
 
 @dataclass(frozen=True)

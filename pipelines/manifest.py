@@ -5,10 +5,10 @@
      "stages": {NAME: {state, order, group, description, config_sha256, inputs: {stage.output: digest},
                        identity, outputs: {key: {path, kind, digest, ...}}, commands, log,
                        started, ended, seconds, peak_rss_bytes, cpu_seconds, attempts, action, error, pid}},
-     "runs": [{started, ended, command, result, actions: {NAME: ran|resumed|skipped|not applicable},
+     "runs": [{started, ended, command, result, actions: {NAME: ran|resumed|skipped|not_applicable},
                wall_seconds, peak_rss_bytes}]}
 
-`state` is pending, running, done, failed or not_applicable. A stage's
+`state` is pending, running, done, failed or not_applicable (`pipelines.states`). A stage's
 `identity` hashes its config and its inputs' digests; a stage is skipped when
 its recorded identity matches and its outputs exist. Written atomically after
 every change, so a kill leaves the last consistent state. A stage's
@@ -30,6 +30,7 @@ from typing import Any
 from gencast_rmmd.config import REPO_ROOT
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.io_utils import write_json_atomic
+from pipelines.states import StageState
 
 MANIFEST_FILE = "manifest.json"
 PACKAGES = ("gencast-rmmd", "jax", "jaxlib", "dm-haiku", "optax", "numpy", "xarray", "zarr", "dask",
@@ -128,7 +129,7 @@ class Manifest:
         return self.content["runs"][-1]
 
     def stage(self, name: str) -> dict:
-        return self.stages.setdefault(name, {"state": "pending"})
+        return self.stages.setdefault(name, {"state": StageState.PENDING})
 
     def update_stage(self, name: str, **fields: Any) -> dict:
         record = self.stage(name)

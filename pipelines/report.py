@@ -49,7 +49,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; vertical-align: top; }
 td:first-child, th:first-child { text-align: left; }
 th { background: #eee; }
-table.stages td { text-align: left; } table.stages td:nth-child(5) { text-align: right; }
+table.stages td, table.stages th { text-align: left; } table.stages td:nth-child(5) { text-align: right; }
 td.better { background: #d3e6f7; } td.worse { background: #f9d9d2; }
 .ci, .won { font-size: 11px; color: #444; }
 .headlines li { margin: 0.3em 0; }

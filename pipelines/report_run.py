@@ -19,6 +19,7 @@ from gencast_rmmd.io_utils import atomic_path
 from pipelines.manifest import Manifest
 from pipelines.progress import format_bytes, format_duration
 from pipelines.run_summary import RUN_SUMMARY_FILE
+from pipelines.states import shown
 
 BEGIN, END = "<!-- run section: rewritten from manifest.json when a run ends -->", "<!-- end of run section -->"
 _SECTION = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
@@ -51,7 +52,7 @@ def run_section(workdir: Path) -> str:
     for name, record in manifest.ordered_stages():
         seconds = record.get("seconds")
         rows.append([html.escape(name), html.escape(record.get("description", "")),
-                     html.escape(record.get("state", "")), html.escape(record.get("action", "")),
+                     html.escape(shown(record.get("state", ""))), html.escape(shown(record.get("action", ""))),
                      f"{seconds:.0f}" if isinstance(seconds, (int, float)) else "",
                      f"<a href='../{html.escape(record.get('log', ''))}'>log</a>"])
     return "\n".join([

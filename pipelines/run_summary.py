@@ -12,7 +12,7 @@ failed or interrupted one):
     {"pipeline", "config_file", "git_commit", "started", "ended", "result": ok|failed|interrupted,
      "wall_seconds", "peak_rss_bytes", "cpu_seconds",
      "machine": {"host", "platform", "python", "cpu_model", "cpu_count", "usable_cpus", "memory_bytes"},
-     "stages": [{"name", "action": ran|resumed|skipped|not applicable|not reached,
+     "stages": [{"name", "action": ran|resumed|skipped|not_applicable|not_reached (`pipelines.states`),
                  "seconds", "peak_rss_bytes", "cpu_seconds", "ended"}]}
 
 A stage this run skipped keeps the figures of the run that made it, with that
@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 
 from gencast_rmmd.io_utils import write_json_atomic
+from pipelines.states import StageAction
 
 RUN_SUMMARY_FILE = "run_summary.json"
 
@@ -81,7 +82,7 @@ def run_summary(content: dict, wall_seconds: float, order: list[str]) -> dict:
     stages = []
     for name in order:
         record = content["stages"].get(name, {})
-        stages.append({"name": name, "action": run["actions"].get(name, "not reached"),
+        stages.append({"name": name, "action": run["actions"].get(name, StageAction.NOT_REACHED),
                        **{key: record.get(key) for key in ("seconds", "peak_rss_bytes", "cpu_seconds", "ended")}})
     return {"pipeline": content.get("pipeline", {}).get("name"),
             "config_file": content.get("pipeline", {}).get("config_file"),
@@ -89,7 +90,7 @@ def run_summary(content: dict, wall_seconds: float, order: list[str]) -> dict:
             "started": run["started"], "ended": run.get("ended"), "result": run.get("result"),
             "wall_seconds": round(wall_seconds, 2), "peak_rss_bytes": run_peak_rss_bytes(),
             "cpu_seconds": round(sum(stage["cpu_seconds"] or 0.0 for stage in stages
-                                     if stage["action"] in ("ran", "resumed")), 2),
+                                     if StageAction.parse(stage["action"]).worked), 2),
             "machine": machine(), "stages": stages}
 
 

@@ -51,10 +51,27 @@ from pipelines.resolution import ResolvedConfigs, resolve
 from pipelines.run_summary import CommandUsage, write_run_summary
 from pipelines.stage_console import PlainStageConsole, Show, StageConsole
 from pipelines.stages import SCORECARD_HTML, Stage, StageContext, build_stages
+from pipelines.states import RunResult, StageAction, StageState
 
-NOT_APPLICABLE = "not applicable"
 POLL_SECONDS = 0.5                  # how often a running command's exit and progress record are looked at
 Log = Callable[[str], None]
+NOT_APPLICABLE_DIGEST = "not applicable"   # the input digest of a stage that does not apply (in identities)
+
+
+def stage_identity(stage: Stage, records: dict[str, dict]) -> tuple[str, str, dict[str, str | None]]:
+    """(identity, settings hash, input digests) of `stage` given the manifest's stage `records`.
+
+    The identity is the hash of the settings' hash and of every input's recorded digest (a stage that does
+    not apply gives `NOT_APPLICABLE_DIGEST`; an input not yet produced gives None).
+    """
+    inputs: dict[str, str | None] = {}
+    for reference in stage.inputs:
+        source, output = reference.rsplit(".", 1)
+        record = records.get(source, {})
+        inputs[reference] = (NOT_APPLICABLE_DIGEST if record.get("state") == StageState.NOT_APPLICABLE
+                             else ((record.get("outputs") or {}).get(output) or {}).get("digest"))
+    config_sha256 = sha256_json(stage.settings)
+    return sha256_json({"config": config_sha256, "inputs": inputs}), config_sha256, inputs
 
 
 class StageFailed(Exception):
@@ -68,7 +85,7 @@ class StageFailed(Exception):
 @dataclass(frozen=True)
 class RunSummary:
     workdir: Path
-    actions: dict[str, str]        # stage -> ran | resumed | skipped | not applicable
+    actions: dict[str, StageAction]    # stage -> what this run did with it
     scorecard: Path
     wall_seconds: float
     peak_rss_bytes: int            # of the pipeline and every stage command (run_summary.json)
@@ -106,18 +123,9 @@ class PipelineRunner:
 
     # ----------------------------------------------------------------- identity
 
-    def _input_digest(self, reference: str) -> str:
-        stage, output = reference.rsplit(".", 1)
-        record = self.manifest.stages.get(stage, {})
-        if record.get("state") == "not_applicable":
-            return NOT_APPLICABLE
-        return record["outputs"][output]["digest"]
-
     def identity(self, stage: Stage) -> tuple[str, str, dict[str, str]]:
         """The stage's identity, the hash of its settings and its inputs' digests (from the manifest)."""
-        inputs = {reference: self._input_digest(reference) for reference in stage.inputs}
-        config_sha256 = sha256_json(stage.settings)
-        return sha256_json({"config": config_sha256, "inputs": inputs}), config_sha256, inputs
+        return stage_identity(stage, self.manifest.stages)
 
     def _outputs_exist(self, stage: Stage) -> bool:
         return all((self.workdir / output.path).exists() for output in stage.outputs.values())
@@ -129,7 +137,7 @@ class PipelineRunner:
 
     def _context(self, resume_run: bool) -> StageContext:
         return StageContext(self.workdir, resume_run,
-                            {name: record.get("state", "pending") for name, record in self.manifest.stages.items()})
+                            {name: record.get("state", StageState.PENDING) for name, record in self.manifest.stages.items()})
 
     def _title(self, stage: Stage) -> str:
         return f"[{stage.group}/7] {stage.name:<{self.width}}"
@@ -137,25 +145,26 @@ class PipelineRunner:
     def _say(self, stage: Stage, message: str) -> None:
         self.log(f"{self._title(stage)}  {message}")
 
-    def run_stage(self, stage: Stage, order: int) -> str:
+    def run_stage(self, stage: Stage, order: int) -> StageAction:
         """Run, resume or skip one stage (the `order`-th); return the action taken."""
         record = self.manifest.stage(stage.name)
         record.update(order=order, group=stage.group, description=stage.description, log=f"logs/{stage.name}.log")
         if stage.applies is not None and not stage.applies(self._context(False)):
-            self.manifest.update_stage(stage.name, state="not_applicable", outputs={}, action=NOT_APPLICABLE)
-            self._say(stage, NOT_APPLICABLE)
-            return NOT_APPLICABLE
+            self.manifest.update_stage(stage.name, state=StageState.NOT_APPLICABLE, outputs={},
+                                       action=StageAction.NOT_APPLICABLE)
+            self._say(stage, "not applicable")
+            return StageAction.NOT_APPLICABLE
         identity, config_sha256, inputs = self.identity(stage)
-        if (record.get("state") == "done" and record.get("identity") == identity and self._outputs_exist(stage)
+        if (record.get("state") == StageState.DONE and record.get("identity") == identity and self._outputs_exist(stage)
                 and not self._forced(stage)):
-            self.manifest.update_stage(stage.name, action="skipped")
+            self.manifest.update_stage(stage.name, action=StageAction.SKIPPED)
             self._say(stage, "unchanged, skipped")
-            return "skipped"
+            return StageAction.SKIPPED
         resume_run = self._prepare_run_directory(stage, record, identity)
-        action = "resumed" if resume_run else "ran"
+        action = StageAction.RESUMED if resume_run else StageAction.RAN
         commands = stage.commands(self._context(resume_run))
         self.manifest.update_stage(
-            stage.name, state="running", action=action, identity=identity, config_sha256=config_sha256,
+            stage.name, state=StageState.RUNNING, action=action, identity=identity, config_sha256=config_sha256,
             inputs=inputs, outputs={}, commands=[command.display() for command in commands], started=now(),
             ended=None, seconds=None, error=None, attempts=record.get("attempts", 0) + 1)
         began = time.monotonic()
@@ -169,7 +178,7 @@ class PipelineRunner:
                          **output_record(output.kind, self.workdir / output.path)}
                    for key, output in stage.outputs.items()}
         seconds = round(time.monotonic() - began, 2)
-        self.manifest.update_stage(stage.name, state="done", outputs=outputs, ended=now(), seconds=seconds, pid=None)
+        self.manifest.update_stage(stage.name, state=StageState.DONE, outputs=outputs, ended=now(), seconds=seconds, pid=None)
         peak = self.manifest.stages[stage.name]["peak_rss_bytes"]
         self._say(stage, f"done in {format_duration(seconds)}"
                          f"{' (' + progress_text(last_view) + ')' if last_view is not None else ''}, "
@@ -184,7 +193,7 @@ class PipelineRunner:
         if not run_dir.is_dir() or not any(run_dir.iterdir()):
             return False
         forced, same = self._forced(stage), record.get("identity") == identity
-        if same and not forced and self.resume and record.get("state") in ("running", "failed"):
+        if same and not forced and self.resume and record.get("state") in (StageState.RUNNING, StageState.FAILED):
             return True
         reason = ("--force" if forced else "its config or inputs changed" if not same
                   else "without --resume a failed stage starts again")
@@ -206,7 +215,8 @@ class PipelineRunner:
                 code, usage = wait_with_usage(process, lambda: show(follower.poll()))
             except BaseException:
                 _stop(process)
-                self.manifest.update_stage(stage.name, state="failed", ended=now(), error="interrupted", pid=None)
+                self.manifest.update_stage(stage.name, state=StageState.FAILED, ended=now(), error="interrupted",
+                                           pid=None)
                 log.write(f"== {now()} interrupted\n")
                 raise
             log.write(f"== {now()} exit code {code}\n")
@@ -217,7 +227,7 @@ class PipelineRunner:
             last = _last_line(log_path)
             message = (f"stage {stage.name} failed (exit code {code}): {last}; "
                        f"full log: {log_path}")
-            self.manifest.update_stage(stage.name, state="failed", ended=now(), error=last, pid=None)
+            self.manifest.update_stage(stage.name, state=StageState.FAILED, ended=now(), error=last, pid=None)
             raise StageFailed(message, 2 if code == 2 else 1)
         return follower.poll()
 
@@ -318,15 +328,15 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
     try:
         with WorkdirLock(workdir, log=log):
             manifest = Manifest.load(workdir)
-            interrupted = [name for name, record in manifest.stages.items() if record.get("state") == "running"]
+            interrupted = [name for name, record in manifest.stages.items() if record.get("state") == StageState.RUNNING]
             if interrupted and not resume:
                 raise UserInputError(
                     f"stage {interrupted[0]} in {workdir} was interrupted "
                     f"(started {manifest.stages[interrupted[0]].get('started')}); "
                     "pass --resume to continue from it (training stages from their last checkpoint)")
             for run in manifest.content["runs"]:
-                if run.get("result") == "running":          # its process is gone: we hold the lock
-                    run["result"] = "killed"
+                if run.get("result") == RunResult.RUNNING:   # its process is gone: we hold the lock
+                    run["result"] = RunResult.KILLED
             _write_configs(workdir, config, resolved)
             for name in [name for name in manifest.stages if name not in {stage.name for stage in stages}]:
                 log(f"stage {name} is no longer in the pipeline; its record is dropped (outputs are kept)")
@@ -337,7 +347,7 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
                           "config_sha256": sha256_json(config_to_dict(config))},
                 environment=environment())
             manifest.content["runs"].append({"started": now(), "resume": resume, "force": list(force),
-                                             "result": "running", "actions": {}})
+                                             "result": RunResult.RUNNING, "actions": {}})
             manifest.save()
             runner = PipelineRunner(workdir, stages, manifest, config, resume, force, log, console)
             log(f"pipeline {manifest.content['pipeline']['name']} in {workdir}: {len(stages)} stages")
@@ -346,9 +356,10 @@ def run_pipeline(config_file: str | Path, config: PipelineConfig, workdir: str |
                 for position, stage in enumerate(stages):
                     manifest.current_run["actions"][stage.name] = runner.run_stage(stage, position)
             except BaseException as error:
-                _end_run(manifest, "failed" if isinstance(error, StageFailed) else "interrupted", began, order)
+                _end_run(manifest, RunResult.FAILED if isinstance(error, StageFailed) else RunResult.INTERRUPTED, began,
+                         order)
                 raise
-            summary = _end_run(manifest, "ok", began, order)
+            summary = _end_run(manifest, RunResult.OK, began, order)
             return RunSummary(workdir, dict(manifest.current_run["actions"]), workdir / SCORECARD_HTML,
                               summary["wall_seconds"], summary["peak_rss_bytes"])
     finally:

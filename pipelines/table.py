@@ -42,6 +42,7 @@ from evaluation.compare import (MINIMUM_DRAWS, block_bootstrap_indices, block_le
                                 crps_per_init, forecast_layout, interval, target_name, win_rate)
 from evaluation.io import open_forecast
 from gencast_rmmd.errors import UserInputError
+from pipelines.states import StageState
 
 TEACHER, REFERENCE, BASELINES = "teacher", "reference", ("persistence", "climatology")
 ORDERING = ("mmd", "mmd_tuned", "rmmd_offline", "rmmd")      # each expected to beat the one before
@@ -127,7 +128,7 @@ def planned_rows(workdir: Path, pipeline: dict, manifest: dict, rows: list[str] 
         plans[label] = (RowPlan(label, "seed", match["base"], int(match["seed"])) if match
                         else RowPlan(label, "teacher_sampler" if label.startswith("teacher_") else "student"))
     simulated = (pipeline.get("data") or {}).get("simulate") and (pipeline.get("reference") or {}).get("enabled", True)
-    if stages.get(f"forecast.{REFERENCE}", {}).get("state") != "not_applicable" and (simulated or REFERENCE in present):
+    if stages.get(f"forecast.{REFERENCE}", {}).get("state") != StageState.NOT_APPLICABLE and (simulated or REFERENCE in present):
         plans[REFERENCE] = RowPlan(REFERENCE, "reference")
     climatology = (pipeline.get("baselines") or {}).get("climatology", True)
     plans.update({label: RowPlan(label, "baseline") for label in BASELINES
@@ -167,7 +168,7 @@ def _header(workdir: Path, manifest: dict, truth_url: str, region: str) -> dict:
                                                                  "ema_params_sha256")},
             "validation_inits": len(validation.get("inits") or validation.get("validation_inits") or []) or None,
             "wall_seconds": float(sum(stage.get("seconds") or 0.0 for stage in stages)),
-            "stages_done": sum(stage.get("state") == "done" for stage in stages), "stages": len(stages),
+            "stages_done": sum(stage.get("state") == StageState.DONE for stage in stages), "stages": len(stages),
             "truth": truth_url, "region": region,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 

@@ -119,6 +119,7 @@ def test_the_landing_page_judges_against_climatology_with_units_and_shows_the_ma
     lead), and a stage table whose states are the manifest's after the run ended (the scorecard stage wrote
     the page while it was running); the recorded digest leaves that refreshed section out."""
     from pipelines.report_run import BEGIN, END, page_digest
+    from pipelines.states import shown
 
     workdir = tiny_run[0]
     page = (workdir / "scorecard" / "index.html").read_text()
@@ -135,9 +136,9 @@ def test_the_landing_page_judges_against_climatology_with_units_and_shows_the_ma
         heading = page[:page.index(table)].rsplit("<h2>", 1)[-1]
         assert re.search(r"\((%|ms|s)\)", header + heading.split("</h2>")[0]), header
     section = page[page.index(BEGIN):page.index(END)]
-    shown = dict(re.findall(r"<tr><td>([\w.]+)</td><td>[^<]*</td><td>(\w+)</td>", section))
-    states = {name: record["state"] for name, record in manifest(workdir)["stages"].items()}
-    assert shown == states and shown["scorecard"] == "done"
+    on_page = dict(re.findall(r"<tr><td>([\w.]+)</td><td>[^<]*</td><td>([\w/ ]+)</td>", section))
+    states = {name: shown(record["state"]) for name, record in manifest(workdir)["stages"].items()}
+    assert on_page == states and on_page["scorecard"] == "done"
     assert "wall time" in section and "peak memory" in section
     recorded = manifest(workdir)["stages"]["scorecard"]["outputs"]["html"]["digest"]
     assert recorded == page_digest(workdir / "scorecard" / "index.html")
@@ -203,12 +204,32 @@ def test_status_prints_the_stage_table(tiny_run, run_cli):
     assert run_cli("pipeline", "status", workdir.parent / "nothing").code == 2
 
 
+def test_plan_says_what_a_run_would_do_without_doing_it(tiny_run, pipeline_args, run_cli):
+    """`pipeline plan`: every stage skipped after the run; a changed distiller setting reruns that stage, its
+    dependents wait on its output, the rest skip; the work directory is not touched."""
+    workdir = tiny_run[0]
+    before = (workdir / "manifest.json").read_bytes()
+    same = run_cli("pipeline", "plan", TINY, "--workdir", workdir, *pipeline_args)
+    assert same.code == 0, same.err
+    verdicts = dict(re.findall(r"^(\S+)\s+(skip|resume|run|after|not applicable)\s", same.out, re.MULTILINE))
+    assert set(verdicts.values()) == {"skip", "not applicable"} and verdicts["scorecard"] == "skip"
+    changed = run_cli("pipeline", "plan", TINY, "--workdir", workdir, *pipeline_args,
+                      "--set", "distill.tiny.overrides.train.steps=3")
+    assert changed.code == 0, changed.err
+    lines = {name: verdict for name, verdict, _ in
+             re.findall(r"^(\S+)\s+(\w[\w ]*?)\s{2,}(.*)$", changed.out, re.MULTILINE)}
+    assert lines["distill.tiny"] == "run" and "its settings changed" in changed.out
+    assert lines["forecast.tiny"] == "after" and lines["scorecard"] == "after"
+    assert lines["teacher"] == lines["forecast.teacher"] == "skip"
+    assert (workdir / "manifest.json").read_bytes() == before and not (workdir / ".lock").exists()
+
+
 def test_rerun_with_nothing_changed_skips_every_stage(tiny_run, pipeline_args):
     workdir = tiny_run[0]
     code, out, err, seconds = run_pipeline("--workdir", workdir, *pipeline_args)
     assert code == 0, err[-2000:]
     actions = manifest(workdir)["runs"][-1]["actions"]
-    assert set(actions.values()) == {"skipped", "not applicable"}
+    assert set(actions.values()) == {"skipped", "not_applicable"}
     assert seconds < 30
     assert Path(out.strip().splitlines()[-1]).is_file()
     # The summary of a run that skipped everything keeps each stage's figures from the run that made it.
@@ -229,7 +250,7 @@ def test_changed_distill_config_reruns_only_distill_and_what_follows(tiny_run, p
     actions = manifest(workdir)["runs"][-1]["actions"]
     ran = {name for name, action in actions.items() if action == "ran"}
     assert ran == set(DISTILL_AND_AFTER)
-    assert {actions[name] for name in actions if name not in ran} <= {"skipped", "not applicable"}
+    assert {actions[name] for name in actions if name not in ran} <= {"skipped", "not_applicable"}
     assert digests(workdir)["distill.tiny"] != digests(tiny_run[0])["distill.tiny"]
     assert digests(workdir)["teacher"] == digests(tiny_run[0])["teacher"]
 
@@ -384,4 +405,4 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
 
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
     assert code == 0, err[-2000:]
-    assert set(manifest(workdir)["runs"][-1]["actions"].values()) == {"skipped", "not applicable"}
+    assert set(manifest(workdir)["runs"][-1]["actions"].values()) == {"skipped", "not_applicable"}
