@@ -12,6 +12,7 @@ failed or interrupted one):
     {"pipeline", "config_file", "git_commit", "started", "ended", "result": ok|failed|interrupted,
      "wall_seconds", "peak_rss_bytes", "cpu_seconds",
      "machine": {"host", "platform", "python", "cpu_model", "cpu_count", "usable_cpus", "memory_bytes"},
+     "headlines": [the landing page's headlines, when the scorecard stage has written them],
      "stages": [{"name", "action": ran|resumed|skipped|not_applicable|not_reached (`pipelines.states`),
                  "seconds", "peak_rss_bytes", "cpu_seconds", "ended"}]}
 
@@ -22,6 +23,7 @@ this file, with its date and machine.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -36,6 +38,7 @@ from gencast_rmmd.io_utils import write_json_atomic
 from pipelines.states import StageAction
 
 RUN_SUMMARY_FILE = "run_summary.json"
+HEADLINES_FILE = "scorecard/headlines.json"
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,14 @@ def run_summary(content: dict, wall_seconds: float, order: list[str]) -> dict:
 
 
 def write_run_summary(workdir: Path, content: dict, wall_seconds: float, order: list[str]) -> dict:
-    """Write `DIR/run_summary.json` for the latest run (atomically); return it."""
+    """Write `DIR/run_summary.json` for the latest run (atomically); return it.
+
+    With the landing page's headlines in `DIR/scorecard/headlines.json` (the `scorecard` stage writes them),
+    the summary quotes them too, so what the run cost and what it showed are in one file.
+    """
     summary = run_summary(content, wall_seconds, order)
+    headlines = workdir / HEADLINES_FILE
+    if headlines.is_file():
+        summary["headlines"] = json.loads(headlines.read_text())["headlines"]
     write_json_atomic(workdir / RUN_SUMMARY_FILE, summary)
     return summary

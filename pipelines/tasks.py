@@ -294,8 +294,10 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
             _run_product_command(["scorecard", *(a for label in others for a in ("--scores", f"scores/{label}.nc")),
                                   "--baseline", f"scores/{baseline}.nc", "--out", str(out / f"vs_{baseline}"),
                                   *region_option])
-    for line in write_report(Path("."), out / "index.html", region, students, samplers, forecast, truth):
+    headlines = write_report(Path("."), out / "index.html", region, students, samplers, forecast, truth)
+    for line in headlines:
         _say(line)
+    write_json_atomic(out / "headlines.json", {"headlines": headlines})     # quoted by run_summary.json
     _say(f"wrote {out / 'index.html'}")
 
 

@@ -8,6 +8,7 @@ work on copies of its work directory so that only the stages under test run.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -190,6 +191,8 @@ def test_the_run_summary_holds_wall_time_peak_memory_and_the_machine(tiny_run):
     assert max(stage["peak_rss_bytes"] for stage in ran) > 300e6                # JAX training is not small
     machine = summary["machine"]
     assert machine["host"] == socket.gethostname() and machine["memory_bytes"] == memory
+    page = (workdir / "scorecard" / "index.html").read_text()                # what the run showed, quoted
+    assert summary["headlines"] == [html.unescape(line) for line in re.findall(r"<li><b>(.*?)</b></li>", page)]
     assert 1 <= machine["usable_cpus"] <= machine["cpu_count"] and machine["cpu_model"]
 
 

@@ -606,3 +606,18 @@ def test_landing_page_sentences_name_leads_as_ranges_and_verdicts_from_intervals
         "rmmd: fair CRPS +1.00 % against the teacher (no interval: 1 init(s): the bootstrap over inits needs at "
         "least 2), lower on 1 of 2 targets (variable × level × lead, 50 %); 4.00x the teacher's speed per 12 h "
         "step (8 denoiser calls against 39)")
+
+
+def test_the_run_summary_quotes_the_landing_page_headlines(tmp_path):
+    """`run_summary.json` holds what the run cost and, once the scorecard stage wrote them, what it showed."""
+    from pipelines.run_summary import HEADLINES_FILE, write_run_summary
+
+    content = {"pipeline": {"name": "x"}, "environment": {}, "stages": {},
+               "runs": [{"started": "2026-01-01T00:00:00", "ended": "2026-01-01T00:01:00", "result": "ok",
+                         "actions": {}}]}
+    assert "headlines" not in write_run_summary(tmp_path, content, 60.0, [])
+    lines = ["rmmd: fair CRPS +1.61 % against the teacher", "teacher beats climatology at every lead"]
+    (tmp_path / HEADLINES_FILE).parent.mkdir()
+    (tmp_path / HEADLINES_FILE).write_text(json.dumps({"headlines": lines}))
+    summary = write_run_summary(tmp_path, content, 60.0, [])
+    assert summary["headlines"] == lines == json.loads((tmp_path / "run_summary.json").read_text())["headlines"]
