@@ -147,10 +147,10 @@ def test_a_store_on_another_grid_is_refused_by_forecast_and_distill(run_cli, imp
     message = one_line_refusal(run_cli("forecast", "--checkpoint", imported_run, "--data", other,
                                        "--init", "2001-01-05T00:00", "--steps", "1", "--members", "2",
                                        "--out", tmp_path / "f.nc"))
-    assert "25x48 grid" in message and not (tmp_path / "f.nc").exists()
+    assert "48x25 grid (longitude x latitude)" in message and not (tmp_path / "f.nc").exists()
     message = one_line_refusal(run_cli("distill", "--config", REPO / "configs" / "distill" / "tiny.yaml",
                                        "--teacher", imported_run, "--data", other, "--out", tmp_path / "student"))
-    assert "25x48 grid" in message
+    assert "48x25 grid (longitude x latitude)" in message
 
 
 def gencast_pipeline(tmp_path: Path, checkpoint: Path = CHECKPOINT, gencast_options: dict | None = None,
