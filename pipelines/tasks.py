@@ -278,7 +278,8 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
                = None,
                region: Annotated[str, typer.Option("--region")] = "global") -> None:
     """`gencast-rmmd scorecard` against the teacher (students and teacher samplers), climatology and
-    persistence (every other forecast), then the landing page."""
+    persistence (every other forecast), then the landing page and its headlines (`headlines.json`)."""
+    from gencast_rmmd.io_utils import write_json_atomic
     from pipelines.report import write_report
 
     students, samplers = list(student or []), list(teacher_sampler or [])
