@@ -28,13 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.config import load_config
+from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.data.stats import compute_stats, load_stats
+from gencast_rmmd.diffusion.model_space import first_step
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.teacher.config import TeacherConfig
-from gencast_rmmd.teacher.task import first_step
-from gencast_rmmd.teacher.train import batch_stream, teacher_task
+from gencast_rmmd.teacher.train import teacher_task
 
 REPO = Path(__file__).resolve().parent.parent
 

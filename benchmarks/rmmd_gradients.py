@@ -31,13 +31,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.distill.base import prepare, repeat_members
 from gencast_rmmd.distill.config import load_distill_config
 from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.distill.rewarded import policy_state
 from gencast_rmmd.distill.run import _context, _environment, load_source
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

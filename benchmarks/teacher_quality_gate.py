@@ -2,21 +2,18 @@
 
 Usage:
     python benchmarks/teacher_quality_gate.py [--workdir runs/pipelines/teacher_gate]
-        [--pipeline configs/pipelines/teacher_gate.yaml] [--rules configs/eval/teacher_gate.yaml]
-        [--results results/teacher] [--set key=value ...]
+        [--pipeline configs/pipelines/teacher_gate.yaml] [--results results/teacher] [--set key=value ...]
 
 1. `gencast-rmmd pipeline run PIPELINE --workdir WORKDIR --resume` (with `--set`s): simulate the demo store,
    train the demo teacher, forecast 20 test inits x 8 members x 10 steps, the baselines and the perfect-model
-   reference, scores and scorecards. Rerun the same command after an interruption.
-2. The measured training time: the teacher stage's `seconds` in WORKDIR/manifest.json, written to
-   WORKDIR/timings.json as `train_s` only when the stage trained in one attempt (a resumed stage records its
-   last leg alone); otherwise it is left out and `trained_within_30_min` fails rather than assume it.
-3. `gencast-rmmd gate --rules RULES --scores WORKDIR/scores --timings WORKDIR/timings.json
-   --out RESULTS/quality_gate.json` (and quality_gate.md).
-4. The record in RESULTS: the two scorecard PNGs (against climatology and persistence), the resolved
-   configs the pipeline ran with (configs/), and provenance.json (this command, the pipeline config, the
-   code's git commit, the teacher's step and parameter sha256).
-Exit status: the gate's (0 passed, 3 failed), or 1 when a command failed.
+   reference, scores and scorecards, and the pipeline's `gate` stage: the rules of its `gate.rules`
+   (configs/eval/teacher_gate.yaml) with the teacher stage's measured training time. Rerun the same command
+   after an interruption.
+2. The record in RESULTS: the gate's verdict (quality_gate.json, quality_gate.md), the two scorecard PNGs
+   (against climatology and persistence), the resolved configs the pipeline ran with (configs/), and
+   provenance.json (this command, the pipeline config, the code's git commit, the teacher's step and
+   parameter sha256).
+Exit status: the pipeline's (0 passed, 3 the gate failed), or 1 when a stage failed otherwise.
 """
 
 from __future__ import annotations
@@ -40,14 +37,10 @@ def gencast(*args: object, capture: bool = False) -> subprocess.CompletedProcess
                           stdout=subprocess.PIPE if capture else None)
 
 
-def measured_timings(workdir: Path) -> dict[str, float]:
-    """{"train_s": the teacher stage's seconds} when it trained in one attempt, else {} (not measured)."""
-    stage = json.loads((workdir / "manifest.json").read_text())["stages"]["teacher"]
-    return {"train_s": stage["seconds"]} if stage.get("attempts") == 1 and stage.get("seconds") else {}
-
-
 def record(workdir: Path, results: Path, pipeline: str, command: list[str]) -> None:
-    """Scorecard PNGs, the resolved configs and provenance.json from WORKDIR into RESULTS."""
+    """The verdict, scorecard PNGs, the resolved configs and provenance.json from WORKDIR into RESULTS."""
+    for suffix in ("json", "md"):
+        shutil.copyfile(workdir / "gate" / f"verdict.{suffix}", results / f"quality_gate.{suffix}")
     for name in SCORECARDS:
         shutil.copyfile(workdir / "scorecard" / name / "scorecard.png", results / f"scorecard_{name}.png")
     shutil.copytree(workdir / "configs", results / "configs", dirs_exist_ok=True)
@@ -63,20 +56,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/pipelines/teacher_gate"))
     parser.add_argument("--pipeline", default="configs/pipelines/teacher_gate.yaml")
-    parser.add_argument("--rules", default="configs/eval/teacher_gate.yaml")
     parser.add_argument("--results", type=Path, default=Path("results/teacher"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="pipeline key=value")
     args = parser.parse_args()
     work, results = args.workdir, args.results
     sets = [item for override in args.overrides for item in ("--set", override)]
-    if gencast("pipeline", "run", args.pipeline, "--workdir", work, "--resume", *sets).returncode:
+    verdict = gencast("pipeline", "run", args.pipeline, "--workdir", work, "--resume", *sets).returncode
+    if verdict not in (0, 3) or not (work / "gate" / "verdict.json").is_file():
         return 1
-    write_json_atomic(work / "timings.json", measured_timings(work))
     results.mkdir(parents=True, exist_ok=True)
-    verdict = gencast("gate", "--rules", args.rules, "--scores", work / "scores", "--timings", work / "timings.json",
-                      "--out", results / "quality_gate.json").returncode
-    if verdict not in (0, 3):
-        return 1
     record(work, results, args.pipeline, [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     return verdict
 

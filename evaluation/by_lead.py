@@ -67,9 +67,11 @@ class LeadChanges:
 
 def per_init_tables(paths: Mapping[str, str], truth: xr.Dataset, targets: Sequence[str], region: str = "global",
                     lead_hours: Sequence[int] | None = None) -> dict[str, PerInitCrps]:
-    """Per-init fair CRPS [init, lead] of `targets` for every forecast (label -> path), all on the same inits.
+    """Per-init fair CRPS [init, lead] of exactly `targets` for every forecast (label -> path), on the same inits.
 
-    Raises `UserInputError` when a forecast lacks a target or has other inits than the first.
+    A forecast's other targets (e.g. the simulator's reference holds every level where the store has two)
+    are left out, so every table has the same keys. Raises `UserInputError` when a forecast lacks a target
+    or has other inits than the first.
     """
     variables = sorted({target.split("@")[0] for target in targets})
     tables = {}
@@ -79,7 +81,8 @@ def per_init_tables(paths: Mapping[str, str], truth: xr.Dataset, targets: Sequen
         if missing:
             raise UserInputError(f"{path} has no {missing[0]}; forecast the same variables and levels as the "
                                  "other forecasts")
-        tables[label] = table
+        tables[label] = PerInitCrps({target: table[target] for target in targets}, table.init_times,
+                                    table.lead_hours)
     first = next(iter(tables.values()))
     for label, table in tables.items():
         if not np.array_equal(table.init_times, first.init_times) or table.lead_hours != first.lead_hours:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.errors import GATE_FAILED_EXIT, UserInputError
 
 baseline_app = typer.Typer(help="Forecasts from the truth alone (persistence, climatology), in the forecast layout.",
                            no_args_is_help=True)
@@ -244,8 +244,6 @@ def compare(
         write_json_atomic(json_out, result)
         print(f"wrote {json_out}")
 
-
-GATE_FAILED_EXIT = 3   # `gate`: the rules were checked and a required one failed (2: bad input, 1: internal)
 
 
 def gate(

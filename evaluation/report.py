@@ -20,7 +20,7 @@ import pandas as pd
 from evaluation.regions import canonical_region
 from evaluation.scorecard import (ScoreSet, Timing, compare, comparison_table, headline, lead_label, load_scores,
                                   load_timing, row_label, speedup_table, unique_labels)
-from evaluation.scorecard_figure import COLORMAP, PANEL_METRICS, clip_percent, plot_scorecard, text_colour
+from evaluation.scorecard_figure import COLORMAP, PANEL_METRICS, plot_scorecard, text_colour
 from gencast_rmmd.io_utils import atomic_path
 
 SCORECARD_FILES = ("scorecard.png", "index.html", "summary.md")

@@ -24,7 +24,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from evaluation import metrics

@@ -18,7 +18,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gencast_rmmd.data.variables import WB2_LEVELS_13
 from gencast_rmmd.errors import UserInputError, validation_message
 from gencast_rmmd.io_utils import read_yaml_mapping
 
@@ -28,6 +27,9 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+# The 13 pressure levels of WeatherBench2 / GenCast, in hPa (here, below the data layer, as the data schema's default).
+WB2_LEVELS_13: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
 
 # --------------------------------------------------------------------------- data
 

@@ -13,6 +13,10 @@ answer them without importing JAX.
 from __future__ import annotations
 
 
+# Exit codes of every command: 0 ok, 1 internal error, 2 bad input (one line), 3 a quality gate failed.
+GATE_FAILED_EXIT = 3   # `gate` (and a pipeline's `gate` stage): the rules were checked and a required one failed
+
+
 class UserInputError(Exception):
     """Bad input that the user can fix; the message names the problem and the remedy."""
 

@@ -42,6 +42,7 @@ from gencast_rmmd.training.config import DistributedConfig
 from pipelines.grid import Grid
 
 STATS_FILE = "stats/stats.nc"          # written by stage `stats`, relative to the work directory
+GATE_FILE = "configs/gate.yaml"        # the resolved `gate.rules`, beside the other resolved configs
 RESERVED_LABELS = ("teacher", "reference", "persistence", "climatology", "inits")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -248,6 +249,18 @@ class ScorecardSection(StrictModel):
     region: str = "global"
 
 
+class GateSection(StrictModel):
+    """A quality gate on the run's scores (`evaluation.gates`), stage `gate`, the last one.
+
+    `rules`: a rules file (configs/eval/*.yaml), found as the other config files are; its rules name scores
+    files by label (teacher, persistence, climatology, reference, a row). The verdict is gate/verdict.json and
+    gate/verdict.md; a failed required rule fails the stage, after the landing page is written, and the run
+    exits 3. `at_most` rules read `train_s`: the teacher stage's seconds when it trained in one attempt.
+    """
+
+    rules: str
+
+
 class TableSection(StrictModel):
     """The generated comparison table of every test row against the teacher (`pipelines.table`), stage `table`.
 
@@ -291,6 +304,7 @@ class PipelineConfig(StrictModel):
     speed: SpeedSection = SpeedSection()
     scorecard: ScorecardSection = ScorecardSection()
     table: TableSection = TableSection()
+    gate: GateSection | None = None
     distributed: PipelineDistributed = PipelineDistributed()
     runtime: RuntimeSection = RuntimeSection()
 

@@ -243,14 +243,15 @@ def write_report(workdir: Path, out: Path, region: str = "global", students: lis
     if students is None:
         students = [name.split(".", 1)[1] for name, _ in manifest.ordered_stages()
                     if name.startswith("distill.") and name.count(".") == 1]
-    labels = [label for label in forecasts or [path.stem for path in sorted((workdir / "forecasts").iterdir())]
-              if forecast_path(workdir, label) is not None]
+    found = {label: forecast_path(workdir, label)
+             for label in forecasts or [path.stem for path in sorted((workdir / "forecasts").iterdir())]}
+    labels = [label for label, path in found.items() if path is not None]
     if TEACHER not in labels:
         raise UserInputError(f"no teacher forecast in {workdir / 'forecasts'}; run the forecast stages first")
     rows = [label for label in [*students, *samplers] if label in labels]
     order = [TEACHER, *rows, REFERENCE, CLIMATOLOGY, PERSISTENCE]
     labels = sorted(labels, key=lambda label: order.index(label) if label in order else len(order))
-    paths = {label: str(forecast_path(workdir, label)) for label in labels}
+    paths = {label: str(found[label]) for label in labels}
     truth_store = open_dataset(truth)
     tables = per_init_tables(paths, truth_store, shared_targets(paths, truth_store), region)
     indices, sample = bootstrap(tables, draws, seed, member_counts(paths))

@@ -28,7 +28,7 @@ from gencast_rmmd.config import (REPO_ROOT, DataConfig, DataFileConfig, StrictMo
                                  load_config, validate_config)
 from gencast_rmmd.diffusion.config import SamplerConfig
 from gencast_rmmd.errors import UserInputError
-from pipelines.config import STATS_FILE, PipelineConfig, distill_order
+from pipelines.config import GATE_FILE, STATS_FILE, PipelineConfig, distill_order
 from pipelines.grid import BaseConfig, Row, expand_row, selection_config
 
 
@@ -128,6 +128,7 @@ class ResolvedConfigs:
     teacher_samplers: dict[str, Row] = field(default_factory=dict)
     teacher_weights: Path | None = None  # a weights package installed instead of training (`teacher.weights`)
     teacher_gencast: ResolvedGenCast | None = None  # a GenCast checkpoint imported instead (`teacher.gencast`)
+    gate: Any = None                  # GateRules of `gate.rules`, written to DIR/configs/gate.yaml
 
     @property
     def rows(self) -> list[Row]:
@@ -136,6 +137,8 @@ class ResolvedConfigs:
     def files(self) -> dict[str, dict]:
         """File name (in DIR/configs/) -> content: data, teacher, every candidate and fixed-config seed row."""
         files = {"data.yaml": {"data": config_to_dict(self.data)}, "teacher.yaml": config_to_dict(self.teacher)}
+        if self.gate is not None:
+            files[GATE_FILE.removeprefix("configs/")] = self.gate.model_dump(mode="json", exclude_defaults=True)
         for row in self.rows:
             files.update({row.config_name(label): config_to_dict(config)
                           for label, config in row.label_configs.items()})
@@ -241,5 +244,10 @@ def resolve(config: PipelineConfig, pipeline_file: str | Path) -> ResolvedConfig
         teacher = load_config(find_config_file(config.teacher.config, pipeline_file), TeacherConfig,
                               [*flatten_overrides(config.teacher.overrides), *shared, f"stats={STATS_FILE}"])
     weights = None if config.teacher.weights is None else find_weights(config.teacher.weights, pipeline_file)
+    gate = None
+    if config.gate is not None:
+        from evaluation.gates import load_rules
+
+        gate = load_rules(find_config_file(config.gate.rules, pipeline_file))
     return ResolvedConfigs(data, teacher, _distill_rows(config, pipeline_file, shared[1]),
-                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights, gencast)
+                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights, gencast, gate)

@@ -37,7 +37,7 @@ from typing import Callable
 import yaml
 
 from gencast_rmmd.config import config_to_dict
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.errors import GATE_FAILED_EXIT, UserInputError
 from gencast_rmmd.io_utils import atomic_path
 from gencast_rmmd.progress_record import PROGRESS_FILE_ENV
 from pipelines.config import PipelineConfig
@@ -228,7 +228,7 @@ class PipelineRunner:
             message = (f"stage {stage.name} failed (exit code {code}): {last}; "
                        f"full log: {log_path}")
             self.manifest.update_stage(stage.name, state=StageState.FAILED, ended=now(), error=last, pid=None)
-            raise StageFailed(message, 2 if code == 2 else 1)
+            raise StageFailed(message, code if code in (2, GATE_FAILED_EXIT) else 1)
         return follower.poll()
 
 

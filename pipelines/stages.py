@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from gencast_rmmd.config import config_to_dict
 from pipelines.candidates import TEACHER, chosen_inputs, chosen_model, model_description, row_stages, seed_model
-from pipelines.config import STATS_FILE, PipelineConfig
+from pipelines.config import GATE_FILE, STATS_FILE, PipelineConfig
 from pipelines.digests import model_settings
 from pipelines.forecasts import DATA_FILE, FORECAST_SUFFIXES, Split, forecast_stage, inits_stage
 from pipelines.graph import Command, Output, Stage, StageContext, TrainingSetup, task  # noqa: F401
@@ -211,7 +211,22 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
             spec["settings"], tuple(spec["inputs"]),
             {name: Output(kind, path) for name, (kind, path) in spec["outputs"].items()},
             lambda _: [Command(tuple(spec["command"]))]))
+    if resolved.gate is not None:
+        trained = resolved.teacher_weights is None and resolved.teacher_gencast is None
+        stages.append(_gate_stage(resolved.gate, labels, trained))
     return stages
+
+
+def _gate_stage(rules, labels: list[str], trained: bool) -> Stage:
+    """`gate`: the quality gate's rules on the scores files (`gencast-rmmd gate`), after everything else."""
+    named = {rules.candidate, *(getattr(rule, key, None) for rule in rules.rules for key in ("candidate", "baseline"))}
+    scored = [label for label in labels if label in named]
+    return Stage(
+        "gate", 7, f"quality gate: {rules.title} ({len(rules.rules)} rules on {', '.join(scored) or 'no scores'})",
+        {"rules": rules.model_dump(mode="json")}, (*(f"evaluate.{label}.scores" for label in scored), "teacher.run"),
+        {"verdict": Output("file", "gate/verdict.json"), "markdown": Output("file", "gate/verdict.md")},
+        lambda _: [task("gate", "--rules", GATE_FILE, "--scores", "scores", "--out", "gate/verdict.json",
+                        *(("--train-stage", "teacher") if trained else ()))])
 
 
 def _speed_stage(config: PipelineConfig, resolved: ResolvedConfigs) -> Stage:

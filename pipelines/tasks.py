@@ -1,5 +1,5 @@
 """Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|select|devices|speed|
-scorecards|table`.
+scorecards|table|gate`.
 
 Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not.
 
@@ -18,9 +18,11 @@ Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not
   climatology and against persistence (every other forecast), then the
   landing page `scorecard/index.html` (`pipelines.report`);
 - `table`: the RMMD table of a work directory, `table.json` and `table.md`
-  (`pipelines.table`; its inputs: `pipelines.table.table_stage_spec`).
+  (`pipelines.table`; its inputs: `pipelines.table.table_stage_spec`);
+- `gate`: the product's `gate` on the run's scores with the teacher's measured training time
+  (`gate/timings.json`), writing `gate/verdict.{json,md}`.
 
-Exit codes as the product's: 0 ok, 2 bad input (one line), 1 internal error.
+Exit codes as the product's: 0 ok, 2 bad input (one line), 1 internal error, 3 a gate failed.
 """
 
 from __future__ import annotations
@@ -41,14 +43,23 @@ def _say(message: str) -> None:
 
 
 def _run_product_command(args: list[str]) -> None:
-    """Run `gencast-rmmd ARGS` in this process, echoing it like a shell would; stop with its exit code if it fails."""
+    """Run `gencast-rmmd ARGS` (a `data` or evaluation command) in this process, echoing it like a shell would.
+
+    The commands are mounted on an app of their own, not imported from `gencast_rmmd.cli` (which mounts
+    `pipelines`): the layer rule's pipelines -> commands. Errors propagate to the task's own entry point,
+    `gencast-rmmd pipeline task ...`, which maps them to its exit code as any command's.
+    """
     import shlex
 
-    from gencast_rmmd.cli import main
+    from evaluation import cli as evaluation_cli
+    from gencast_rmmd.commands import data as data_commands
 
+    product = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    product.add_typer(data_commands.app, name="data")
+    evaluation_cli.register(product)
     _say(f"$ gencast-rmmd {shlex.join(args)}")
-    code = main(args)
-    if code:
+    code = product(args=args, prog_name="gencast-rmmd", standalone_mode=False)
+    if isinstance(code, int) and code:
         raise typer.Exit(code)
 
 
@@ -300,6 +311,39 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
         _say(line)
     write_json_atomic(out / "headlines.json", {"headlines": headlines})     # quoted by run_summary.json
     _say(f"wrote {out / 'index.html'}")
+
+
+def measured_timings(manifest_file: Path, train_stage: str | None) -> dict[str, float]:
+    """{"train_s": the training stage's seconds} when it trained in one attempt, else {} (not measured).
+
+    A resumed stage records its last leg alone, and an installed or imported teacher (no `train_stage`)
+    did not train: then `at_most` rules on `train_s` fail rather than assume a time.
+    """
+    import json
+
+    if train_stage is None:
+        return {}
+    stage = json.loads(manifest_file.read_text()).get("stages", {}).get(train_stage, {})
+    return {"train_s": float(stage["seconds"])} if stage.get("attempts") == 1 and stage.get("seconds") else {}
+
+
+@app.command("gate")
+def gate(rules: Annotated[Path, typer.Option("--rules", help="Resolved rules file (DIR/configs/gate.yaml).")],
+         scores: Annotated[Path, typer.Option("--scores", help="The scores directory (DIR/scores).")],
+         out: Annotated[Path, typer.Option("--out", help="Verdict JSON (gate/verdict.json; .md beside it).")],
+         manifest: Annotated[Path, typer.Option("--manifest", help="The run's manifest (train_s).")] = Path(
+             "manifest.json"),
+         train_stage: Annotated[Optional[str], typer.Option("--train-stage", help="The stage that trained the "
+                                                            "teacher (none: installed or imported).")] = None
+         ) -> None:
+    """The product's `gate` on the run's scores, with the teacher's measured training time; exit 3 if it fails."""
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    timings = out.parent / "timings.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(timings, measured_timings(manifest, train_stage))
+    _run_product_command(["gate", "--rules", str(rules), "--scores", str(scores), "--timings", str(timings),
+                          "--out", str(out)])
 
 
 @app.command("table")

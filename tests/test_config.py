@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from gencast_rmmd.config import DataFileConfig, apply_overrides, load_config
-from gencast_rmmd.data.variables import VARIABLES, WB2_LEVELS_13
+from gencast_rmmd.config import WB2_LEVELS_13, DataFileConfig, apply_overrides, load_config
+from gencast_rmmd.data.variables import VARIABLES
 from gencast_rmmd.errors import UserInputError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "data"

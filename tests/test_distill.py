@@ -444,6 +444,14 @@ def test_distill_config_rejects_inconsistent_sections():
             validate_config(raw, DistillConfig, "x.yaml")
 
 
+def test_the_policy_keys_select_one_typed_policy_and_offline_wins():
+    from gencast_rmmd.distill.config import DistillSection, Policy
+    assert DistillSection().policy is Policy.STOPPED_CHAIN
+    assert DistillSection(policy_noise="continuous").policy is Policy.RENOISED
+    assert DistillSection(offline=True, policy_noise="continuous").policy is Policy.OFFLINE
+    assert DistillSection(offline=True).policy == "offline"      # a StrEnum: logs and configs read it as text
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -29,7 +29,7 @@ def forecasts(tmp_path_factory, wb2_dataset):
         write_forecast(_forecast(wb2_dataset, seed=seed), paths[name])
     a = _forecast(wb2_dataset, seed=1)
     variants = {"two_inits": a.isel(time=[0, 1]), "one_init": a.isel(time=[0]),
-                "two_leads": a.isel(prediction_timedelta=[0, 1]), "no_sst": a.drop_vars("sea_surface_temperature")}
+                "two_leads": a.isel(prediction_timedelta=[0, 1]), "no_sst": a.drop_vars("sea_surface_temperature"), "one_level": a.sel(level=[500])}
     for name, variant in variants.items():
         paths[name] = folder / f"{name}.nc"
         write_forecast(variant, paths[name])
@@ -183,6 +183,22 @@ def test_compare_cli_prints_changes_intervals_and_writes_json(tmp_path, forecast
     expected = 100 * (at_24h["a"].mean() / at_24h["baseline"].mean() - 1)
     assert f"CRPS {expected:+.2f} %" in cell.out and "of 1 (target, lead) cells" in cell.out
     assert "blocks of 1 init (≥ 1 days)" in cell.out
+
+
+def test_by_lead_tables_hold_only_the_shared_targets_when_a_forecast_has_more_levels(forecasts, wb2_store):
+    """A forecast with fewer levels (the store's two, where the simulator's reference holds all 13) scores
+    against one with more on the levels they share: every table has the same keys and the changes compute.
+    Before, the fuller forecast's table kept its extra levels and `lead_changes` failed with a KeyError."""
+    from evaluation.by_lead import lead_changes, per_init_tables, shared_targets
+
+    truth = open_dataset(str(wb2_store))
+    paths = {"baseline": str(forecasts["baseline"]), "one_level": str(forecasts["one_level"])}
+    targets = shared_targets(paths, truth)
+    assert sorted(targets) == ["2m_temperature", "sea_surface_temperature", "temperature@500"]
+    tables = per_init_tables(paths, truth, targets)
+    assert list(tables["baseline"]) == list(tables["one_level"]) == targets
+    changes = lead_changes(tables, "one_level", None)["baseline"]     # the fuller forecast against the other
+    assert changes.targets == 3 and len(changes.change_pct) == 3
 
 
 def test_by_lead_changes_are_compare_s_figures_lead_by_lead(forecasts, wb2_store):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from gencast_rmmd.io_utils import atomic_path, remove_dead_temporaries, write_json_atomic
 

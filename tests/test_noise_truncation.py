@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from conftest import REPO
-from gencast_rmmd.distill.sampler import StudentSamplerConfig
+from gencast_rmmd.diffusion.student_sampler import StudentSamplerConfig
 from gencast_rmmd.forecast.build import predictor_from_payload
 from gencast_rmmd.training import load_checkpoint
 

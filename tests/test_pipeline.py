@@ -352,6 +352,52 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run_and_the_lock_refuses_a
     assert not (workdir / ".lock").exists()
 
 
+GATE_RULES = """
+title: tiny gate
+candidate: teacher
+rules:
+  - {name: ssr_finite, kind: within, metric: spread_skill_ratio, low: 0.0, high: 1000.0}
+  - {name: trained_within_a_day, kind: at_most, timing: train_s, limit_s: 86400}
+"""
+
+
+def test_a_gate_stage_checks_the_scores_last_and_a_failed_rule_exits_3_after_the_page(tiny_run, pipeline_args,
+                                                                                        tmp_path):
+    """`gate.rules` adds the stage `gate` (only it runs on a finished work directory); its verdict, the teacher's
+    measured training time; a failed required rule exits 3 with the landing page in place; a bad rules file is
+    one line, exit 2, before any stage."""
+    workdir = tmp_path / "gated"
+    shutil.copytree(tiny_run[0], workdir)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GATE_RULES)
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, "--set", f"gate.rules={rules}")
+    assert code == 0, err[-2000:]
+    actions = manifest(workdir)["runs"][-1]["actions"]
+    assert actions["gate"] == "ran" and {a for name, a in actions.items() if name != "gate"} <= {"skipped",
+                                                                                                 "not_applicable"}
+    verdict = json.loads((workdir / "gate" / "verdict.json").read_text())
+    assert verdict["passed"] and [rule["name"] for rule in verdict["rules"]] == ["ssr_finite", "trained_within_a_day"]
+    timings = json.loads((workdir / "gate" / "timings.json").read_text())
+    assert timings == {"train_s": manifest(workdir)["stages"]["teacher"]["seconds"]}
+    assert (workdir / "gate" / "verdict.md").is_file() and (workdir / "configs" / "gate.yaml").is_file()
+
+    rules.write_text(GATE_RULES + "  - {name: beats_persistence_by_a_million, kind: beats, baseline: persistence, "
+                                  "below: 0.000001}\n")
+    page = (workdir / "scorecard" / "index.html").read_bytes()
+    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, "--set", f"gate.rules={rules}")
+    assert code == 3, err[-2000:]
+    assert "stage gate failed (exit code 3)" in err and str(workdir / "logs" / "gate.log") in err
+    assert not json.loads((workdir / "gate" / "verdict.json").read_text())["passed"]
+    assert (workdir / "scorecard" / "index.html").is_file() and manifest(workdir)["stages"]["gate"]["state"] == "failed"
+    assert page                                                   # the page the earlier stages wrote stays
+
+    before = (workdir / "manifest.json").read_bytes()
+    rules.write_text("title: t\ncandidate: teacher\nrules:\n  - {name: x, kind: better_than, baseline: y}\n")
+    code, out, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, "--set", f"gate.rules={rules}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "rules" in err, err
+    assert (workdir / "manifest.json").read_bytes() == before
+
+
 def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
     result = run_cli("pipeline", "run", TINY, "--workdir", tmp_path / "w", "--data", tmp_path / "missing.zarr",
                      "--set", "data.simulate=false")

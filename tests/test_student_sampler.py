@@ -10,9 +10,9 @@ import pytest
 from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.diffusion.noise import iid_noise
 from gencast_rmmd.distill.config import StudentSamplerConfig
-from gencast_rmmd.distill.sampler import StudentSampler, eta_step, run_steps, student_noise_levels
+from gencast_rmmd.diffusion.student_sampler import StudentSampler, eta_step, run_steps, student_noise_levels
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import SAMPLER_BUILDERS
+from gencast_rmmd.diffusion.registry import SAMPLER_BUILDERS
 
 SHAPE = (2, 4, 8, 3)
 

@@ -36,7 +36,8 @@ def test_training_learns_and_checkpoints(tiny_run, wb2_store):
     from gencast_rmmd.data.source import DataSource
     from gencast_rmmd.data.stats import load_stats
     from gencast_rmmd.teacher.config import TeacherConfig
-    from gencast_rmmd.teacher.train import batch_stream, teacher_task
+    from gencast_rmmd.data.batches import batch_stream
+    from gencast_rmmd.teacher.train import teacher_task
     from gencast_rmmd.training import load_checkpoint
     from gencast_rmmd.training.state import root_keys
 

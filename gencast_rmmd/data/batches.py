@@ -163,3 +163,17 @@ def make_iterator(source: DataSource, split: str = "train", start_step: int = 0,
     return BatchIterator(source, source.windows(split), batch_size or loader.batch_size, loader.seed,
                          shuffle=loader.shuffle and split == "train", start_step=start_step,
                          prefetch=loader.prefetch, cache_in_memory=loader.cache_in_memory)
+
+
+def batch_stream(source: DataSource, split: str, batch_size: int):
+    """`batches(start_step)` for the training loop: plain `Batch` pytrees from the data iterator."""
+
+    def batches(start_step: int):
+        iterator = make_iterator(source, split, start_step=start_step, batch_size=batch_size)
+        try:
+            for labeled in iterator:
+                yield labeled.batch
+        finally:
+            iterator.close()
+
+    return batches

@@ -18,7 +18,7 @@ import xarray as xr
 
 from gencast_rmmd.config import DataConfig, SplitName
 from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.data.schema import DERIVABLE, SchemaReport, check_dataset
+from gencast_rmmd.data.schema import SchemaReport, check_dataset
 from gencast_rmmd.data.stores import describe_location, open_dataset
 from gencast_rmmd.data.windows import WindowIndex, build_windows, split_time_range, subsample_times
 from gencast_rmmd.errors import UserInputError

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The 13 pressure levels of WeatherBench2 / GenCast, in hPa.
-WB2_LEVELS_13: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
-
 
 @dataclass(frozen=True)
 class VariableInfo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 
 
 class Conditioning(NamedTuple):
@@ -43,3 +44,11 @@ class Sampler(Protocol):
     def __call__(self, denoiser: Denoiser, conditioning: Conditioning, key: jax.Array,
                  target_shape: tuple[int, ...]) -> jax.Array:
         """Returns a sample of shape `target_shape` ([B, lat, lon, C])."""
+
+
+def per_example(values: jax.Array, like: jax.Array) -> jax.Array:
+    """Per-example values [B] (or a scalar) broadcast against [B, lat, lon, C]; floats in `like`'s dtype."""
+    values = jnp.asarray(values)
+    if jnp.issubdtype(values.dtype, jnp.floating):
+        values = values.astype(like.dtype)
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))

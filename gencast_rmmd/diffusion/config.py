@@ -92,3 +92,28 @@ class LossConfig(StrictModel):
         if negative:
             raise ValueError(f"variable_weights must be >= 0; negative for: {', '.join(negative)}")
         return self
+
+
+MAX_STUDENT_STEPS = 8
+
+
+class StudentSamplerConfig(StrictModel):
+    """The K-step student sampler (docs/DESIGN.md §5): grid s_0 > ... > s_{K-1}, then 0, and the eta-step.
+
+    s_i = (s_max^(1/rho) + i/(K-1) (s_min^(1/rho) - s_max^(1/rho)))^rho; `rho: .inf`
+    gives the log-uniform grid (uniform in log-SNR). eta = 0 is deterministic
+    (DDIM), eta = 1 the exact DDPM posterior; the paper's best is eta = 0.5, rho = 100.
+    """
+
+    steps: int = Field(8, ge=1, le=MAX_STUDENT_STEPS)   # K = denoiser calls per 12 h step
+    rho: float = Field(100.0, gt=0.0)
+    eta: float = Field(0.5, ge=0.0, le=1.0)
+    max_noise_level: float = Field(80.0, gt=0.0)
+    min_noise_level: float = Field(0.03, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "StudentSamplerConfig":
+        if self.min_noise_level >= self.max_noise_level:
+            raise ValueError(f"min_noise_level {self.min_noise_level} must be below "
+                             f"max_noise_level {self.max_noise_level}")
+        return self

@@ -65,6 +65,22 @@ def channel_loss_weights(layout: ChannelLayout, variable_weights: Mapping[str, f
     return weights.astype(np.float32)
 
 
+def area_mean(values: jax.Array, latitude_weights: np.ndarray, valid: jax.Array,
+              times: jax.Array | None = None) -> jax.Array:
+    """The weighted norm's spatial part [B, C]: sum_{j,i} a_j m_bjic v_bjic / sum_{j,i} a_j m_bjic (0 without valid points).
+
+    values, valid (and `times`) [B, lat, lon, C], `latitude_weights` a [lat].
+    With `times` u the mean is of v u, the pointwise product of an inner
+    product, formed as (a m v) u. The one area-weighted masked mean of the
+    denoising loss, the moment terms and the reward; the channel weights w_c
+    are applied by the caller (`@ w`).
+    """
+    area = jnp.asarray(latitude_weights, values.dtype)[None, :, None, None] * valid
+    total = jnp.sum(area, axis=(1, 2))
+    weighted = area * values if times is None else area * values * times
+    return jnp.sum(weighted, axis=(1, 2)) / jnp.where(total > 0, total, 1.0)
+
+
 def weighted_denoising_error(denoised: jax.Array, clean_targets: jax.Array, noise_levels: jax.Array,
                              latitude_weights: jax.Array, valid: jax.Array) -> jax.Array:
     """Per-channel loss [C] before channel weights: mean_b lambda(sigma_b) * area-weighted masked MSE_bc.
@@ -75,9 +91,7 @@ def weighted_denoising_error(denoised: jax.Array, clean_targets: jax.Array, nois
     the gradient into NaN.
     """
     squared = jnp.where(valid, jnp.square(denoised - clean_targets), 0.0)
-    area = jnp.asarray(latitude_weights, squared.dtype)[None, :, None, None] * valid
-    total_area = jnp.sum(area, axis=(1, 2))
-    mse = jnp.sum(area * squared, axis=(1, 2)) / jnp.where(total_area > 0, total_area, 1.0)
+    mse = area_mean(squared, latitude_weights, valid)
     return jnp.mean(loss_weight(noise_levels)[:, None] * mse, axis=0)
 
 

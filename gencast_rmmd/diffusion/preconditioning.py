@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from gencast_rmmd.diffusion.base import Conditioning
+from gencast_rmmd.diffusion.base import Conditioning, per_example
 
 # F(scaled_noisy_targets [B, lat, lon, C], noise_level [B], conditioning) -> [B, lat, lon, C]
 RawNetwork = Callable[[jax.Array, jax.Array, Conditioning], jax.Array]
@@ -44,12 +44,6 @@ def loss_weight(noise_level: jax.Array) -> jax.Array:
     return (jnp.square(noise_level) + 1.0) / jnp.square(noise_level)
 
 
-def _per_example(noise_level: jax.Array, like: jax.Array) -> jax.Array:
-    """Noise levels [B] (or a scalar) broadcast against [B, lat, lon, C]."""
-    noise_level = jnp.asarray(noise_level, dtype=like.dtype)
-    return noise_level.reshape(noise_level.shape + (1,) * (like.ndim - noise_level.ndim))
-
-
 @dataclass(frozen=True)
 class PreconditionedDenoiser:
     """A `Denoiser` built from a raw network F: D(x; sigma) = c_skip x + c_out F(c_in x; sigma, cond).
@@ -65,6 +59,6 @@ class PreconditionedDenoiser:
     def __call__(self, noisy_targets: jax.Array, noise_level: jax.Array,
                  conditioning: Conditioning) -> jax.Array:
         noise_level = jnp.broadcast_to(jnp.asarray(noise_level, noisy_targets.dtype), noisy_targets.shape[:1])
-        sigma = _per_example(noise_level, noisy_targets)
+        sigma = per_example(noise_level, noisy_targets)
         raw = self.network(c_in(sigma) * noisy_targets, noise_level, conditioning)
         return c_skip(sigma) * noisy_targets + c_out(sigma) * raw.astype(noisy_targets.dtype)

@@ -34,14 +34,14 @@ from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Conditioning, Denoiser
 from gencast_rmmd.diffusion.config import LossConfig
-from gencast_rmmd.diffusion.loss import channel_loss_weights
+from gencast_rmmd.diffusion.loss import area_mean, channel_loss_weights
+from gencast_rmmd.diffusion.model_space import first_step
 from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
+from gencast_rmmd.diffusion.student_sampler import StudentSampler, student_noise_levels
 from gencast_rmmd.distill.config import DistillConfig
 from gencast_rmmd.distill.reward import reward_channel_scale, weighted_fair_crps
-from gencast_rmmd.distill.sampler import StudentSampler, student_noise_levels
 from gencast_rmmd.models.denoiser import DenoiserNetwork
-from gencast_rmmd.teacher.task import first_step
 from gencast_rmmd.training import TrainableState, TrainTask, UpdateRule
 
 PyTree = Any
@@ -136,10 +136,7 @@ class DistillContext:
 
     def weighted_inner(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
         """<a, b>_W per example [B] (see the module docstring)."""
-        area = jnp.asarray(self.latitude_weights, a.dtype)[None, :, None, None] * valid
-        total = jnp.sum(area, axis=(1, 2))
-        per_channel = jnp.sum(area * a * b, axis=(1, 2)) / jnp.where(total > 0, total, 1.0)
-        return per_channel @ jnp.asarray(self.channel_weights, a.dtype)
+        return area_mean(a, self.latitude_weights, valid, times=b) @ jnp.asarray(self.channel_weights, a.dtype)
 
     def weighted_crps(self, samples: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
         """Mean over conditions of the weighted fair CRPS; samples [M, B, ...] (reward units)."""
@@ -166,11 +163,6 @@ def repeat_members(prepared: Prepared, members: int) -> Prepared:
 def by_member(rows: jax.Array, members: int) -> jax.Array:
     """[B M, ...] condition-major rows -> [M, B, ...] (the layout `weighted_fair_crps` takes)."""
     return jnp.swapaxes(rows.reshape(rows.shape[0] // members, members, *rows.shape[1:]), 0, 1)
-
-
-def per_example(values: jax.Array, like: jax.Array) -> jax.Array:
-    """[B] broadcast against [B, lat, lon, C]."""
-    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
 def validation_crps(context: DistillContext, student_params: PyTree, key: jax.Array,

@@ -16,38 +16,15 @@ under `RUN/lambda_<value>/` and a Pareto table in `RUN/`.
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from gencast_rmmd.config import StrictModel, load_config
+from gencast_rmmd.diffusion.config import MAX_STUDENT_STEPS, StudentSamplerConfig
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
-
-MAX_STUDENT_STEPS = 8
-
-
-class StudentSamplerConfig(StrictModel):
-    """The K-step student sampler (docs/DESIGN.md §5): grid s_0 > ... > s_{K-1}, then 0, and the eta-step.
-
-    s_i = (s_max^(1/rho) + i/(K-1) (s_min^(1/rho) - s_max^(1/rho)))^rho; `rho: .inf`
-    gives the log-uniform grid (uniform in log-SNR). eta = 0 is deterministic
-    (DDIM), eta = 1 the exact DDPM posterior; the paper's best is eta = 0.5, rho = 100.
-    """
-
-    steps: int = Field(8, ge=1, le=MAX_STUDENT_STEPS)   # K = denoiser calls per 12 h step
-    rho: float = Field(100.0, gt=0.0)
-    eta: float = Field(0.5, ge=0.0, le=1.0)
-    max_noise_level: float = Field(80.0, gt=0.0)
-    min_noise_level: float = Field(0.03, gt=0.0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "StudentSamplerConfig":
-        if self.min_noise_level >= self.max_noise_level:
-            raise ValueError(f"min_noise_level {self.min_noise_level} must be below "
-                             f"max_noise_level {self.max_noise_level}")
-        return self
-
 
 class DmdConfig(StrictModel):
     """The `distill.dmd:` section: what only DMD (`method: dmd`, `distill/dmd.py`) reads.
@@ -79,6 +56,14 @@ class DmdConfig(StrictModel):
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(f"quantiles {list(self.quantiles)} must satisfy 0 <= low < high <= 1")
         return self
+
+
+class Policy(StrEnum):
+    """Where a phase-2 method's states x_t come from (`DistillSection.policy`, from `offline` and `policy_noise`)."""
+
+    OFFLINE = "offline"                # forward-diffused data x_0 + s_t eps (`offline: true`)
+    STOPPED_CHAIN = "stopped_chain"    # the student's chain stopped at a drawn grid step (`policy_noise: grid`)
+    RENOISED = "renoised"              # the finished chain's sample re-noised to a continuous s_t (`continuous`)
 
 
 # Sections only one family of methods reads: left out of every other method's config dump (checkpoints,
@@ -198,6 +183,13 @@ class DistillSection(StrictModel):
             if self.method not in methods:
                 data.pop(section, None)
         return data
+
+    @property
+    def policy(self) -> Policy:
+        """The phase-2 state policy these keys select (`offline` wins over `policy_noise`)."""
+        if self.offline:
+            return Policy.OFFLINE
+        return Policy.STOPPED_CHAIN if self.policy_noise == "grid" else Policy.RENOISED
 
     @property
     def is_sweep(self) -> bool:

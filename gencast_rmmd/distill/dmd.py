@@ -85,9 +85,10 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.data.batches import Batch
+from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import loss_weight
 from gencast_rmmd.diffusion.schedules import rho_quantile
-from gencast_rmmd.distill.base import DistillContext, Prepared, per_example
+from gencast_rmmd.distill.base import DistillContext, Prepared
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_fit, aux_optimizer
 from gencast_rmmd.distill.rewarded import OnPolicyTask, PolicyDraw, PolicyState, anchor_penalty, draw_policy
 from gencast_rmmd.training import TrainableState, UpdateRule

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.diffusion.preconditioning import loss_weight
+from gencast_rmmd.diffusion.student_sampler import bind, eta_step, run_steps
 from gencast_rmmd.distill.base import StudentFineTune, by_member, prepare, repeat_members
-from gencast_rmmd.distill.sampler import bind, eta_step, run_steps
 
 
 class DraftK(StudentFineTune):

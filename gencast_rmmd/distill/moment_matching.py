@@ -37,9 +37,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
-from gencast_rmmd.distill.base import DistillContext, frozen_trees, per_example, prepare, validation_crps
-from gencast_rmmd.distill.sampler import eta_step, student_quantile
+from gencast_rmmd.diffusion.student_sampler import eta_step, student_quantile
+from gencast_rmmd.distill.base import DistillContext, frozen_trees, prepare, validation_crps
 from gencast_rmmd.training import TrainableState, UpdateRule
 
 

@@ -29,12 +29,12 @@ from typing import Callable
 import jax
 import numpy as np
 
+from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.diffusion.base import Sampler
+from gencast_rmmd.diffusion.registry import SAMPLER_BUILDERS
 from gencast_rmmd.distill.base import DistillContext, by_member, prepare, repeat_members
-from gencast_rmmd.forecast.build import SAMPLER_BUILDERS
 from gencast_rmmd.io_utils import atomic_path, write_json_atomic
-from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training import load_checkpoint
 from gencast_rmmd.training.checkpoint import read_meta
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.data.normalization import Normalizer
+from gencast_rmmd.diffusion.loss import area_mean
 
 
 def fair_crps(samples: jax.Array, target: jax.Array) -> jax.Array:
@@ -63,10 +64,7 @@ def weighted_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, 
     target = jnp.where(valid, target, 0.0)
     samples = jnp.where(valid[None], samples, 0.0)
     crps = jnp.where(valid, fair_crps(samples, target), 0.0)
-    area = jnp.asarray(latitude_weights, crps.dtype)[None, :, None, None] * valid
-    total_area = jnp.sum(area, axis=(1, 2))
-    per_channel = jnp.sum(area * crps, axis=(1, 2)) / jnp.where(total_area > 0, total_area, 1.0)
-    return per_channel @ jnp.asarray(channel_weights, crps.dtype)
+    return area_mean(crps, latitude_weights, valid) @ jnp.asarray(channel_weights, crps.dtype)
 
 
 def reward_channel_scale(normalizer: Normalizer, units: str) -> np.ndarray:

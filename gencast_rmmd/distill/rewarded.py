@@ -75,12 +75,14 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.data.batches import Batch
+from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
-from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, per_example, \
-    prepare, repeat_members
+from gencast_rmmd.diffusion.student_sampler import bind, run_steps
+from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, prepare, \
+    repeat_members
+from gencast_rmmd.distill.config import Policy
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_optimizer, aux_regression, draw_levels, \
     moment_state, moment_surrogate
-from gencast_rmmd.distill.sampler import bind, run_steps
 from gencast_rmmd.training import TrainableState, UpdateRule
 
 
@@ -115,13 +117,14 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
         start = jnp.float32(levels[0]) * context.noise(start_key, clean.shape)
         return run_steps(denoise, start, levels, distill.student.eta, context.noise, steps_key, stop_index)
 
-    if distill.offline:
-        state = renoise(clean, distill.training_noise)
-    elif distill.policy_noise == "grid":
-        index = jnp.repeat(jax.random.randint(level_key, (conditions,), 0, len(levels)), members)
-        state = NoisyState(chain(index), jnp.asarray(levels)[index])
-    else:
-        state = renoise(denoise(chain(None), jnp.float32(levels[-1])), "continuous")
+    match distill.policy:
+        case Policy.OFFLINE:
+            state = renoise(clean, distill.training_noise)
+        case Policy.STOPPED_CHAIN:
+            index = jnp.repeat(jax.random.randint(level_key, (conditions,), 0, len(levels)), members)
+            state = NoisyState(chain(index), jnp.asarray(levels)[index])
+        case Policy.RENOISED:
+            state = renoise(denoise(chain(None), jnp.float32(levels[-1])), "continuous")
     return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated)
 
 

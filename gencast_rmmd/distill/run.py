@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from gencast_rmmd.config import config_to_dict
-from gencast_rmmd.data.grid import check_same_grid
+from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
@@ -43,13 +43,9 @@ from gencast_rmmd.distill.config import DistillConfig
 from gencast_rmmd.distill.pareto import pareto_is_current, write_pareto
 from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import sampler_payload
-from gencast_rmmd.forecast.run import data_config_of
-from gencast_rmmd.models.builder import network_for_grid
-from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.denoiser import DenoiserNetwork
-from gencast_rmmd.teacher.train import batch_stream
 from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
+from gencast_rmmd.training.card import ModelCard, read_card, sampler_payload
 from gencast_rmmd.training.checkpoint import fall_back_to_verified, read_meta
 from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
@@ -58,9 +54,9 @@ STUDENT_SAMPLER = "student_kstep"
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSource:
-    """What `--teacher` provides: its payload, the anchors and provenance records."""
+    """What `--teacher` provides: its model card, the anchors and provenance records."""
 
-    payload: dict
+    card: ModelCard
     anchors: Anchors
     teacher_checkpoint: dict        # provenance of the teacher
     phase1_checkpoint: dict | None  # provenance of the phase-1 student, when the source is one
@@ -74,18 +70,19 @@ def _record(loaded, kind: str) -> dict:
 def load_source(path: str | Path) -> TeacherSource:
     """Read `--teacher`: a teacher (EMA params) or a phase-1 `mmd` student (raw student and aux params)."""
     loaded = load_checkpoint(path)
-    payload = loaded.meta.get("task") or {}
-    kind = payload.get("kind")
-    if kind == "teacher":
-        teacher = loaded.ema_params[payload.get("params_group", "denoiser")]
-        return TeacherSource(payload, Anchors(teacher, teacher, teacher),
-                             {**_record(loaded, "teacher"), "sampler": payload["sampler"]}, None)
-    if kind == "student" and payload.get("method") == "mmd":
+    try:
+        card = read_card(loaded.meta, str(loaded.path))
+    except UserInputError as error:
+        raise UserInputError(f"--teacher: {error}") from None
+    if card.kind == "teacher":
+        teacher = card.params(loaded.ema_params)
+        return TeacherSource(card, Anchors(teacher, teacher, teacher),
+                             {**_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}, None)
+    if card.method == "mmd":
         anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-        return TeacherSource(payload, anchors, payload["teacher_checkpoint"], _record(loaded, "student"))
-    described = f"a {kind} checkpoint of method {payload.get('method')}" if kind else "not a gencast-rmmd model"
-    raise UserInputError(f"--teacher {path} is {described}; give a teacher checkpoint or run, or a phase-1 "
-                         "(method mmd) student run")
+        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], _record(loaded, "student"))
+    raise UserInputError(f"--teacher {path} is a student checkpoint of method {card.method}; give a teacher "
+                         "checkpoint or run, or a phase-1 (method mmd) student run")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -102,30 +99,24 @@ class _Environment:
 
 
 def _environment(source: TeacherSource, data: str | None) -> _Environment:
-    payload = source.payload
-    data_source = DataSource.open(data_config_of(payload, data))
-    latitude = np.asarray(payload["grid"]["latitude"], np.float64)
-    longitude = np.asarray(payload["grid"]["longitude"], np.float64)
-    check_same_grid((data_source.latitude, data_source.longitude), (latitude, longitude),
-                    data_source.report.location, "the teacher")
-    layout = ChannelLayout.from_dict(payload["layout"])
-    network = network_for_grid(ModelConfig(**payload["model"]), latitude, longitude, layout.n_target_channels)
-    return _Environment(source, data_source, Normalizer.from_dict(payload["normalizer"]), layout, latitude,
-                        longitude, network)
+    card = source.card
+    latitude, longitude = card.grid.axes
+    return _Environment(source, card.open_data(data, "the teacher"), card.normalization, card.channel_layout,
+                        latitude, longitude, card.network())
 
 
 def student_payload(config: DistillConfig, environment: _Environment, phase1_checkpoint: dict | None) -> dict:
-    """The student checkpoint payload: rebuildable by `predictor_from_payload`, with provenance."""
+    """The student's model card (as written to its checkpoints): rebuildable by `forecast.build.load_model`."""
     source = environment.source
-    teacher_payload = source.payload
+    teacher = source.card
     payload = {
         "kind": "student", "method": config.distill.method, "params_group": "student",
         "config": {"seed": config.seed, "data": config_to_dict(environment.data.config),
-                   "model": teacher_payload["model"], "loss": teacher_payload["config"]["loss"],
+                   "model": teacher.model, "loss": teacher.config["loss"],
                    "distill": config_to_dict(config.distill), "train": config_to_dict(config.train),
                    "distributed": config_to_dict(config.distributed)},
-        "model": teacher_payload["model"], "layout": teacher_payload["layout"],
-        "normalizer": teacher_payload["normalizer"], "grid": teacher_payload["grid"],
+        "model": teacher.model, "layout": teacher.layout,
+        "normalizer": teacher.normalizer, "grid": teacher.grid.model_dump(mode="json"),
         "sampler": sampler_payload(STUDENT_SAMPLER, config.distill.student, config.distill.student.steps),
         "data_source": environment.data.report.location,
         "teacher_checkpoint": source.teacher_checkpoint,

@@ -1,7 +1,7 @@
 """Forecasts from a checkpoint: rebuild the model, roll it out, write the forecast file.
 
-- `build`: `predictor_from_payload`, the `Predictor` a checkpoint's self-describing record rebuilds, and
-  `SAMPLER_BUILDERS`, the samplers a checkpoint may name (`sampler_payload` writes the entry);
+- `build`: `load_model`, a checkpoint's model card (`training.card`) read, its store opened with the grid
+  check, its `Predictor` rebuilt (samplers by name from `diffusion.registry.SAMPLER_BUILDERS`);
 - `predictor`: `Predictor`, one 12 h step in physical units (normalise, sample with any `Sampler`,
   un-normalise, NaNs restored);
 - `rollout`: `rollout`, the autoregressive ensemble rollout, one jitted step for every (member, init);

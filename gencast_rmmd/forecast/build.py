@@ -1,69 +1,84 @@
-"""Rebuild a `Predictor` from a checkpoint's self-describing payload.
+"""Rebuild a model from its checkpoint's card: `load_model`, the one way every reader does it.
 
-Every checkpoint (teacher or student) stores, under `meta["task"]`, the model
-config, the channel layout, the normalisation constants, the grid and the
-sampler (name + config). Samplers are looked up in `SAMPLER_BUILDERS`, one
-mapping in one place: a new sampler kind adds its builder there.
+Every checkpoint (teacher or student) carries a model card under
+`meta["task"]` (`training.card.ModelCard`: model config, channel layout,
+normalisation constants, grid with its noise spec, sampler name and config,
+data config). `load_model(path)` reads it (migrating older cards), opens the
+store with the grid check, rebuilds the network and the sampler
+(`gencast_rmmd.diffusion.registry.SAMPLER_BUILDERS`, one mapping in one place)
+and returns a ready `Predictor` with the parameters it samples with.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
-from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.data.normalization import Normalizer
-from gencast_rmmd.diffusion.base import Sampler
-from gencast_rmmd.diffusion.config import SamplerConfig
-from gencast_rmmd.diffusion.noise import SphericalNoise
-from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
+from gencast_rmmd.config import apply_overrides
+from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.diffusion.registry import SAMPLER_BUILDERS
 from gencast_rmmd.errors import UserInputError, validation_message
 from gencast_rmmd.forecast.predictor import Predictor
-from gencast_rmmd.models.builder import network_for_grid
-from gencast_rmmd.models.config import ModelConfig
+from gencast_rmmd.training import Checkpoint, load_checkpoint
+from gencast_rmmd.training.card import ModelCard, read_card
 
 
-def _dpm_solver(config: dict, latitude: np.ndarray, longitude: np.ndarray, noise: dict | None = None) -> Sampler:
-    return DPMSolverPlusPlus2S(SamplerConfig(**config), SphericalNoise.from_spec(latitude, longitude, noise))
-
-
-def _student_sampler(config: dict, latitude: np.ndarray, longitude: np.ndarray, noise: dict | None = None) -> Sampler:
-    from gencast_rmmd.distill.sampler import build_student_sampler
-    return build_student_sampler(config, latitude, longitude, noise)
-
-
-# (sampler config, latitudes, longitudes, noise spec (`SphericalNoise.spec`; None = GenCast's)) -> Sampler
-SamplerBuilder = Callable[..., Sampler]
-SAMPLER_BUILDERS: dict[str, SamplerBuilder] = {
-    "dpm_solver_pp_2s": _dpm_solver,
-    "student_kstep": _student_sampler,
-}
-
-
-def sampler_payload(name: str, config, nfe_per_step: int) -> dict:
-    """The checkpoint entry describing a sampler."""
-    return {"name": name, "config": config.model_dump(mode="json"), "nfe_per_step": int(nfe_per_step)}
+def predictor_from_card(card: ModelCard) -> Predictor:
+    """The `Predictor` a card describes (network, sampler, normalisation)."""
+    name = card.sampler.name
+    if name not in SAMPLER_BUILDERS:
+        raise UserInputError(f"the checkpoint's sampler {name!r} is not one this gencast-rmmd builds "
+                             f"({', '.join(SAMPLER_BUILDERS)}); upgrade gencast-rmmd")
+    latitude, longitude = card.grid.axes
+    try:
+        sampler = SAMPLER_BUILDERS[name](card.sampler.config, latitude, longitude, card.grid.noise)
+    except ValidationError as error:
+        raise UserInputError(validation_message(f"sampler {name}", error)) from None
+    return Predictor(card.network(), sampler, card.normalization)
 
 
 def predictor_from_payload(payload: dict) -> Predictor:
-    """The `Predictor` a checkpoint describes (network, sampler, normalisation)."""
-    try:
-        layout = ChannelLayout.from_dict(payload["layout"])
-        latitude = np.asarray(payload["grid"]["latitude"], dtype=np.float64)
-        longitude = np.asarray(payload["grid"]["longitude"], dtype=np.float64)
-        model = ModelConfig(**payload["model"])
-        sampler_entry = payload["sampler"]
-        builder = SAMPLER_BUILDERS[sampler_entry["name"]]
-        normalizer = Normalizer.from_dict(payload["normalizer"])
-    except KeyError as missing:
-        raise UserInputError(f"the checkpoint does not describe its model completely (no {missing}); "
-                             "it was not written by gencast-rmmd train or distill") from None
-    try:
-        # checkpoints without a noise spec used GenCast's noise for the grid
-        sampler = builder(sampler_entry["config"], latitude, longitude, payload["grid"].get("noise"))
-    except ValidationError as error:
-        raise UserInputError(validation_message(f"sampler {sampler_entry['name']}", error)) from None
-    network = network_for_grid(model, latitude, longitude, layout.n_target_channels)
-    return Predictor(network, sampler, normalizer)
+    """The `Predictor` of a card still held as a dict (`meta["task"]`)."""
+    return predictor_from_card(read_card({"task": payload}))
+
+
+def with_sampler_overrides(card: ModelCard, overrides: list[str] | tuple[str, ...]) -> ModelCard:
+    """`card` with `key=value` overrides of its sampler's config (validated when the sampler is built)."""
+    if not overrides:
+        return card
+    for override in overrides:
+        if "=" not in override or "." in override.split("=", 1)[0]:
+            raise UserInputError(f"--sampler {override!r}: expected key=value of the checkpoint's sampler config, "
+                                 f"one of {', '.join(sorted(card.sampler.config))}")
+    config = apply_overrides(card.sampler.config, list(overrides))
+    return card.model_copy(update={"sampler": card.sampler.model_copy(update={"config": config})})
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A checkpoint ready to sample: its card, the parameters used, the predictor and the opened store."""
+
+    checkpoint: Checkpoint
+    card: ModelCard
+    params: Any
+    predictor: Predictor
+    source: DataSource
+
+
+def load_model(path: str | Path, data: str | None = None, sampler_overrides: list[str] | tuple[str, ...] = (),
+               use_ema: bool = True) -> LoadedModel:
+    """Read a checkpoint (or a run's latest), rebuild its predictor and open its store (`data`: another one).
+
+    The store's grid must be the card's (checked before anything compiles); `sampler_overrides`
+    (`key=value`) change the sampler for this use only; `use_ema` picks the EMA parameters when the
+    checkpoint has them.
+    """
+    loaded = load_checkpoint(path)
+    card = with_sampler_overrides(read_card(loaded.meta, str(loaded.path)), sampler_overrides)
+    predictor = predictor_from_card(card)
+    source = card.open_data(data)
+    groups = loaded.ema_params if use_ema and loaded.ema_params is not None else loaded.params
+    return LoadedModel(loaded, card, card.params(groups), predictor, source)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Conditioning, Denoiser, Sampler
+from gencast_rmmd.diffusion import model_space
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.models.denoiser import DenoiserNetwork
 
@@ -35,8 +36,7 @@ class Predictor:
 
     def conditioning(self, inputs: jax.Array, forcings: jax.Array, static: jax.Array) -> Conditioning:
         """Normalised conditioning from physical inputs [B, lat, lon, F*C_in], forcings, static."""
-        return Conditioning(self.normalizer.normalize_inputs(inputs), forcings,
-                            self.normalizer.normalize_static(static))
+        return model_space.conditioning(self.normalizer, inputs, forcings, static)
 
     def sample(self, params, inputs: jax.Array, forcings: jax.Array, static: jax.Array,
                key: jax.Array) -> jax.Array:

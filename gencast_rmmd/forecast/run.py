@@ -10,15 +10,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from gencast_rmmd.config import DataConfig, apply_overrides
-from gencast_rmmd.data.grid import check_same_grid
-from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import predictor_from_payload
+from gencast_rmmd.forecast.build import load_model
 from gencast_rmmd.forecast.rollout import DEFAULT_BATCH_SIZE, RolloutTiming, rollout
 from gencast_rmmd.forecast.writer import ForecastWriter
 from gencast_rmmd.progress_record import ProgressRecord
-from gencast_rmmd.training import load_checkpoint
 
 
 def parse_inits(values: list[str]) -> pd.DatetimeIndex:
@@ -35,27 +31,6 @@ def parse_inits(values: list[str]) -> pd.DatetimeIndex:
     return inits
 
 
-def data_config_of(payload: dict, data: str | None) -> DataConfig:
-    """The checkpoint's data config, pointed at `data` when given."""
-    config = dict(payload["config"]["data"])
-    if data is not None:
-        config["path"] = data
-    return DataConfig(**config)
-
-
-def with_sampler_overrides(payload: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """`payload` with `key=value` overrides of its sampler's config (validated when the sampler is built)."""
-    if not overrides:
-        return payload
-    for override in overrides:
-        if "=" not in override or "." in override.split("=", 1)[0]:
-            raise UserInputError(f"--sampler {override!r}: expected key=value of the checkpoint's sampler config, "
-                                 f"one of {', '.join(sorted(payload['sampler']['config']))}")
-    sampler = dict(payload["sampler"])
-    sampler["config"] = apply_overrides(sampler["config"], list(overrides))
-    return {**payload, "sampler": sampler}
-
-
 def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, members: int, out: str | os.PathLike,
                  data: str | None = None, seed: int = 0, use_ema: bool = True,
                  log: Callable[[str], None] = print, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -66,22 +41,16 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
     forecast only, e.g. `noise_inflation=1.0` or `churn=0`; the file records the config used.
     """
     init_times = parse_inits(init)
-    loaded = load_checkpoint(checkpoint)
-    payload = with_sampler_overrides(loaded.meta["task"], sampler_overrides)
-    predictor = predictor_from_payload(payload)
-    source = DataSource.open(data_config_of(payload, data))
-    check_same_grid((source.latitude, source.longitude), (payload["grid"]["latitude"], payload["grid"]["longitude"]),
-                    source.report.location, "the checkpoint")   # before compiling
-    params = (loaded.ema_params if use_ema and loaded.ema_params is not None else loaded.params)
-    params = params[payload.get("params_group", "denoiser")]
+    model = load_model(checkpoint, data, sampler_overrides, use_ema)   # the grid checked before compiling
+    loaded, card, predictor, source, params = model.checkpoint, model.card, model.predictor, model.source, model.params
     attrs = {
         "source": "gencast-rmmd forecast",
         "checkpoint": str(Path(loaded.path).resolve()),
         "checkpoint_step": loaded.step,
         "params_sha256": loaded.meta.get("params_sha256", ""),
-        "model_kind": payload.get("kind", "teacher"),
-        "sampler": payload["sampler"]["name"],
-        "sampler_config": str(payload["sampler"]["config"]),
+        "model_kind": card.kind,
+        "sampler": card.sampler.name,
+        "sampler_config": str(card.sampler.config),
         "nfe_per_step": int(predictor.sampler.nfe_per_step),
         "ensemble_seed": seed,
         "parameters": "ema" if use_ema else "raw",
@@ -89,7 +58,7 @@ def run_forecast(checkpoint: str | os.PathLike, init: list[str], steps: int, mem
     }
     leads = pd.to_timedelta(np.arange(1, steps + 1) * source.config.step_hours, unit="h")
     log(f"forecasting {len(init_times)} init(s), {steps} steps, {members} members with "
-        f"{payload['sampler']['name']} ({predictor.sampler.nfe_per_step} denoiser calls per step)")
+        f"{card.sampler.name} ({predictor.sampler.nfe_per_step} denoiser calls per step)")
     with ForecastWriter(out, init_times=init_times, leads=leads, members=members, layout=source.layout,
                         latitude=source.latitude, longitude=source.longitude, attrs=attrs) as writer:
         record = ProgressRecord("forecast", str(out), steps, detail=f"{len(init_times)} init(s) x {members} members")

@@ -19,12 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.data.forcings import forcing_channels
-from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import predictor_from_payload
+from gencast_rmmd.forecast.build import load_model
 from gencast_rmmd.forecast.rollout import initial_inputs, make_step_function, member_keys
-from gencast_rmmd.forecast.run import data_config_of, with_sampler_overrides
-from gencast_rmmd.training import load_checkpoint
 
 
 class CompiledStep:
@@ -36,12 +33,9 @@ class CompiledStep:
 
     def __init__(self, checkpoint: str | Path, data: str | None, members: int, inits: int,
                  sampler_overrides: list[str] | tuple[str, ...] = ()):
-        loaded = load_checkpoint(checkpoint)
-        payload = with_sampler_overrides(loaded.meta["task"], sampler_overrides)
-        predictor = predictor_from_payload(payload)
-        params = loaded.ema_params[payload.get("params_group", "denoiser")]
+        model = load_model(checkpoint, data, sampler_overrides)        # EMA parameters; the grid checked
+        predictor, params, source = model.predictor, model.params, model.source
         self.nfe_per_step = int(predictor.sampler.nfe_per_step)
-        source = DataSource.open(data_config_of(payload, data))
         init_times = source.windows("test").init_times[:inits]
         if len(init_times) < inits:
             raise UserInputError(f"the test split of {source.report.location} has fewer than {inits} inits")

@@ -14,19 +14,32 @@ from gencast_rmmd.geometry import build_graphs, khop_band_layout, khop_block_lay
 from gencast_rmmd.geometry.graphcast_graphs import build_graphcast_graphs
 from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.denoiser import DenoiserNetwork, build_network
+from gencast_rmmd.models.transformer import AttentionLayout, BandedAttention, BlockSparseAttention, DenseAttention
 
 
-def attention_structure(config: ModelConfig, graphs) -> dict:
-    """The processor's k-hop attention as constants: {'mask'}, banded windows or block-sparse arrays."""
+def _dense(graphs, k_hop: int, block_size: int) -> DenseAttention:
+    return DenseAttention(khop_mask(graphs, k_hop))
+
+
+def _banded(graphs, k_hop: int, block_size: int) -> BandedAttention:
+    bands = khop_band_layout(graphs, k_hop, block_size)
+    return BandedAttention(bands.windows, bands.masks)
+
+
+def _block_sparse(graphs, k_hop: int, block_size: int) -> BlockSparseAttention:
+    layout = khop_block_layout(graphs, k_hop, block_size)
+    return BlockSparseAttention(layout.key_blocks, layout.block_masks, layout.block_size,
+                                layout.n_blocks * layout.block_size)
+
+
+# `model.processor.attention` -> (graphs, k_hop, block_size) -> the layout's constants
+ATTENTION_LAYOUTS = {"dense": _dense, "banded": _banded, "block_sparse": _block_sparse}
+
+
+def attention_structure(config: ModelConfig, graphs) -> AttentionLayout:
+    """The processor's k-hop attention on these graphs, as `config.processor.attention` names it."""
     processor = config.processor
-    if processor.attention == "dense":
-        return {"mask": khop_mask(graphs, processor.k_hop)}
-    if processor.attention == "banded":
-        bands = khop_band_layout(graphs, processor.k_hop, processor.block_size)
-        return {"windows": bands.windows, "window_masks": bands.masks}
-    layout = khop_block_layout(graphs, processor.k_hop, processor.block_size)
-    return {"key_blocks": layout.key_blocks, "block_masks": layout.block_masks,
-            "block_size": layout.block_size, "padded_nodes": layout.n_blocks * layout.block_size}
+    return ATTENTION_LAYOUTS[processor.attention](graphs, processor.k_hop, processor.block_size)
 
 
 # `model.graphs` -> (latitude, longitude, refinement, radius_fraction) -> MeshGraphs

@@ -26,13 +26,13 @@ from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.models.config import ModelConfig
 from gencast_rmmd.models.graph_net import InteractionNetwork
 from gencast_rmmd.models.layers import ConditionedMLP, NoiseLevelEncoder
-from gencast_rmmd.models.transformer import MeshTransformer
+from gencast_rmmd.models.transformer import AttentionLayout, MeshTransformer
 
 
 class GraphDenoiserCore(hk.Module):
     """Encoder -> processor -> decoder on one example: [G, F_in] grid features -> [G, C_out]."""
 
-    def __init__(self, config: ModelConfig, graphs, attention: dict, n_outputs: int, name: str = "denoiser"):
+    def __init__(self, config: ModelConfig, graphs, attention: AttentionLayout, n_outputs: int, name: str = "denoiser"):
         super().__init__(name=name)
         self._config, self._graphs, self._attention, self._n_outputs = config, graphs, attention, n_outputs
 
@@ -86,7 +86,7 @@ class DenoiserNetwork:
         return self.transformed.apply(params, scaled_noisy, noise_level, conditioning)
 
 
-def build_network(config: ModelConfig, graphs, attention: dict, n_outputs: int) -> DenoiserNetwork:
+def build_network(config: ModelConfig, graphs, attention: AttentionLayout, n_outputs: int) -> DenoiserNetwork:
     """Haiku-transform the denoiser for fixed graphs (numpy constants) and attention structure."""
 
     def forward(scaled_noisy: jax.Array, noise_level: jax.Array, conditioning: Conditioning) -> jax.Array:

@@ -13,6 +13,8 @@ three compute the same function.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,47 @@ def block_sparse_attention(queries: jax.Array, keys: jax.Array, values: jax.Arra
     return out.reshape(n, heads, width)
 
 
+@dataclass(frozen=True, eq=False)
+class DenseAttention:
+    """Every query against every key, k-hop mask [N, N] bool (small meshes)."""
+
+    mask: np.ndarray
+
+    def attend(self, queries: jax.Array, keys: jax.Array, values: jax.Array) -> jax.Array:
+        return dense_masked_attention(queries, keys, values, self.mask)
+
+
+@dataclass(frozen=True, eq=False)
+class BandedAttention:
+    """One contiguous key window per query block: windows [nb] starts, window_masks [nb, b, w] (small meshes)."""
+
+    windows: np.ndarray
+    window_masks: np.ndarray
+
+    def attend(self, queries: jax.Array, keys: jax.Array, values: jax.Array) -> jax.Array:
+        return banded_attention(queries, keys, values, self.windows, self.window_masks)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSparseAttention:
+    """Key blocks per query block over the banded node order, nodes padded to `padded_nodes` (big meshes)."""
+
+    key_blocks: np.ndarray
+    block_masks: np.ndarray
+    block_size: int
+    padded_nodes: int
+
+    def attend(self, queries: jax.Array, keys: jax.Array, values: jax.Array) -> jax.Array:
+        n = queries.shape[0]
+        padding = ((0, self.padded_nodes - n), (0, 0), (0, 0))
+        return block_sparse_attention(jnp.pad(queries, padding), jnp.pad(keys, padding), jnp.pad(values, padding),
+                                      self.key_blocks, self.block_masks, self.block_size)[:n]
+
+
+# The processor's k-hop attention as constants; all three compute the same function.
+AttentionLayout = DenseAttention | BandedAttention | BlockSparseAttention
+
+
 class KHopAttention(hk.Module):
     """Multi-head self-attention restricted to the k-hop neighbourhood; output projection starts at 0."""
 
@@ -72,23 +115,14 @@ class KHopAttention(hk.Module):
         super().__init__(name=name)
         self._heads = num_heads
 
-    def __call__(self, x: jax.Array, attention: dict) -> jax.Array:
+    def __call__(self, x: jax.Array, attention: AttentionLayout) -> jax.Array:
         n, width = x.shape
         head_width = width // self._heads
 
         def project(name: str) -> jax.Array:
             return hk.Linear(width, with_bias=False, name=name)(x).reshape(n, self._heads, head_width)
 
-        queries, keys, values = project("query"), project("key"), project("value")
-        if "mask" in attention:
-            out = dense_masked_attention(queries, keys, values, attention["mask"])
-        elif "windows" in attention:
-            out = banded_attention(queries, keys, values, attention["windows"], attention["window_masks"])
-        else:
-            padding = ((0, attention["padded_nodes"] - n), (0, 0), (0, 0))
-            out = block_sparse_attention(jnp.pad(queries, padding), jnp.pad(keys, padding), jnp.pad(values, padding),
-                                         attention["key_blocks"], attention["block_masks"],
-                                         attention["block_size"])[:n]
+        out = attention.attend(project("query"), project("key"), project("value"))
         return hk.Linear(width, w_init=hk.initializers.Constant(0.0), name="output")(out.reshape(n, width))
 
 
@@ -99,7 +133,7 @@ class TransformerBlock(hk.Module):
         super().__init__(name=name)
         self._heads, self._ffw = num_heads, ffw_hidden
 
-    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
+    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: AttentionLayout) -> jax.Array:
         width = latents.shape[-1]
         normed = ConditionedLayerNorm(name="attention_norm")(latents, conditioning)
         latents = latents + KHopAttention(self._heads, name="attention")(normed, attention)
@@ -119,7 +153,7 @@ class MeshTransformer(hk.Module):
         super().__init__(name=name)
         self._layers, self._heads, self._ffw, self._final_norm = num_layers, num_heads, ffw_hidden, final_norm
 
-    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: dict) -> jax.Array:
+    def __call__(self, latents: jax.Array, conditioning: jax.Array, attention: AttentionLayout) -> jax.Array:
         for layer in range(self._layers):
             latents = TransformerBlock(self._heads, self._ffw, name=f"layer_{layer}")(latents, conditioning, attention)
         if self._final_norm:

@@ -22,7 +22,6 @@ from gencast_rmmd.data.stores import describe_location, file_fingerprint
 from gencast_rmmd.diffusion.config import LossConfig
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import sampler_payload
 from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.gencast_checkpoint import (GenCastCheckpoint, check_grid, model_config, noise_config,
                                                      read_gencast_checkpoint, sampler_config)
@@ -30,6 +29,7 @@ from gencast_rmmd.teacher.gencast_import import import_gencast
 from gencast_rmmd.teacher.gencast_stats import stats_locations
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training import params_sha256
+from gencast_rmmd.training.card import sampler_payload
 
 # GenCast's per-variable loss weights (graphcast gencast.py; 1 for the others), kept so the teacher can be
 # fine-tuned and distilled with its own weighting.

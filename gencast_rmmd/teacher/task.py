@@ -29,22 +29,13 @@ from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.data.grid import latitude_cell_weights
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
-from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.diffusion.loss import channel_loss_weights, denoising_loss
+from gencast_rmmd.diffusion.model_space import first_step
 from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.models.denoiser import DenoiserNetwork
 from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.training import TrainableState, UpdateRule
-
-
-def first_step(batch: Batch, normalizer: Normalizer) -> tuple[jax.Array, Conditioning, jax.Array]:
-    """(normalised targets x0 [B, lat, lon, C], conditioning, validity mask) of a batch's first target step."""
-    targets = batch.targets[:, 0]
-    last = normalizer.last_frame(batch.inputs)
-    conditioning = Conditioning(normalizer.normalize_inputs(batch.inputs), batch.forcings[:, 0],
-                                normalizer.normalize_static(batch.static))
-    return normalizer.normalize_targets(targets, last), conditioning, jnp.isfinite(targets)
 
 
 def perturb_inputs(batch: Batch, normalizer: Normalizer, noise: SphericalNoise, key: jax.Array,

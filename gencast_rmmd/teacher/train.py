@@ -8,18 +8,18 @@ from typing import Callable
 import numpy as np
 
 from gencast_rmmd.config import config_to_dict
-from gencast_rmmd.data.batches import make_iterator
+from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.data.stats import compute_stats, load_stats, save_stats
 from gencast_rmmd.diffusion.noise import SphericalNoise, resolvable_wavenumber
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.forecast.build import sampler_payload
 from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.task import TeacherTask
 from gencast_rmmd.training import TrainResult, initialize_distributed, train
+from gencast_rmmd.training.card import sampler_payload
 from gencast_rmmd.training.checkpoint import fall_back_to_verified
 from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
@@ -36,20 +36,6 @@ def run_statistics(source: DataSource, config: TeacherConfig, run_dir: Path):
     stats = compute_stats(source, "train")
     save_stats(stats, own)
     return stats
-
-
-def batch_stream(source: DataSource, split: str, batch_size: int):
-    """`batches(start_step)` for the training loop: plain `Batch` pytrees from the data iterator."""
-
-    def batches(start_step: int):
-        iterator = make_iterator(source, split, start_step=start_step, batch_size=batch_size)
-        try:
-            for labeled in iterator:
-                yield labeled.batch
-        finally:
-            iterator.close()
-
-    return batches
 
 
 def grid_payload(source: DataSource, noise: SphericalNoise) -> dict:

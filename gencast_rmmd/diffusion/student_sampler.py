@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gencast_rmmd.diffusion.base import Conditioning, Denoiser
+from gencast_rmmd.diffusion.base import Conditioning, Denoiser, per_example
+from gencast_rmmd.diffusion.config import StudentSamplerConfig
 from gencast_rmmd.diffusion.noise import NoiseFn, SphericalNoise
-from gencast_rmmd.distill.config import StudentSamplerConfig
+from gencast_rmmd.diffusion.schedules import rho_quantile
 
 # D(x; s) with the conditioning bound: (x [B, lat, lon, C], s [B] or scalar) -> x0_hat [B, lat, lon, C].
 BoundDenoiser = Callable[[jax.Array, jax.Array], jax.Array]
@@ -40,7 +41,7 @@ def student_quantile(u, config: StudentSamplerConfig):
     low, high = config.min_noise_level, config.max_noise_level
     if np.isinf(config.rho):
         return low * (high / low) ** u
-    return (low ** (1.0 / config.rho) + u * (high ** (1.0 / config.rho) - low ** (1.0 / config.rho))) ** config.rho
+    return rho_quantile(u, low, high, config.rho)
 
 
 def student_noise_levels(config: StudentSamplerConfig) -> np.ndarray:
@@ -50,11 +51,6 @@ def student_noise_levels(config: StudentSamplerConfig) -> np.ndarray:
     return np.append(student_quantile(u.astype(np.float64), config), 0.0)
 
 
-def _per_example(level: jax.Array, like: jax.Array) -> jax.Array:
-    level = jnp.asarray(level, like.dtype)
-    return level.reshape(level.shape + (1,) * (like.ndim - level.ndim))
-
-
 def eta_step(x_t: jax.Array, denoised: jax.Array, noise_level: jax.Array, next_noise_level: jax.Array,
              eta: float, fresh_noise: jax.Array | None) -> jax.Array:
     """x_s = x0_hat + sqrt(s_s^2 - gamma^2) eps_hat + gamma z, gamma = eta s_s sqrt(1 - s_s^2/s_t^2).
@@ -62,7 +58,7 @@ def eta_step(x_t: jax.Array, denoised: jax.Array, noise_level: jax.Array, next_n
     `noise_level` s_t > 0 and `next_noise_level` s_s <= s_t are scalars or [B];
     `fresh_noise` z is unit-variance noise shaped like x_t (None only for eta = 0).
     """
-    s_t, s_s = _per_example(noise_level, x_t), _per_example(next_noise_level, x_t)
+    s_t, s_s = per_example(noise_level, x_t), per_example(next_noise_level, x_t)
     eps_hat = (x_t - denoised) / s_t
     gamma = eta * s_s * jnp.sqrt(jnp.maximum(1.0 - jnp.square(s_s / s_t), 0.0))
     x_s = denoised + jnp.sqrt(jnp.maximum(jnp.square(s_s) - jnp.square(gamma), 0.0)) * eps_hat
@@ -101,7 +97,7 @@ def run_steps(denoise: BoundDenoiser, x: jax.Array, levels: np.ndarray, eta: flo
         fresh = noise(step_key, state.shape).astype(state.dtype) if eta > 0.0 else None
         state = eta_step(state, denoise(state, level), level, next_level, eta, fresh)
         if stop_index is not None:
-            kept = jnp.where(_per_example(stop_index == index + 1, state), state, kept)
+            kept = jnp.where(per_example(stop_index == index + 1, state), state, kept)
         return (state, kept), None
 
     (state, kept), _ = jax.lax.scan(step, (x, x), (jnp.arange(count), levels[:-1], levels[1:], keys))
