@@ -72,7 +72,7 @@ from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.forecast.predictor import Predictor
 from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.models.config import ModelConfig
-from gencast_rmmd.teacher.gencast_checkpoint import read_gencast_checkpoint
+from gencast_rmmd.teacher.gencast_checkpoint import perturbed_params, read_gencast_checkpoint
 from gencast_rmmd.teacher.gencast_import import import_gencast
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,15 +112,6 @@ def architecture(size: str) -> denoiser.DenoiserArchitectureConfig:
     return denoiser.DenoiserArchitectureConfig(sparse_transformer_config=transformer, mesh_size=mesh,
                                                latent_size=latent, hidden_layers=hidden,
                                                radius_query_fraction_edge_length=0.6)
-
-
-def perturbed(params: dict, rng: np.random.Generator) -> dict:
-    """tools/make_gencast_fixture.py's init perturbation: no zero-initialised path stays zero."""
-    def one(leaf):
-        leaf = np.asarray(leaf, np.float32)
-        scale = 0.25 / np.sqrt(leaf.shape[0]) if leaf.ndim == 2 else 0.05
-        return (leaf + scale * rng.standard_normal(leaf.shape)).astype(np.float32)
-    return jax.tree_util.tree_map(one, params)
 
 
 def fixture_data():
@@ -206,7 +197,7 @@ class Theirs:
         self.data, self.meta, self.stats = data, meta, stats
         norm = self.normalised(1)
         params, state = denoise.init(jax.random.PRNGKey(0), norm[0], norm[1], np.full((1,), SIGMA, np.float32), norm[2])
-        self.params, self.state = perturbed(params, rng), state
+        self.params, self.state = perturbed_params(params, rng), state
         self.arch, self.template = arch, template
         self.forward = jax.jit(lambda p, i, x, s, f: denoise.apply(p, self.state, None, i, x, s, f)[0])
 

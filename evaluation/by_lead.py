@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from evaluation.compare import (PerInitCrps, block_bootstrap_indices, block_length, change_pct_by_lead,
-                                crps_per_init, forecast_layout, interval)
-from evaluation.io import open_forecast
+from evaluation.compare import (ForecastLayout, PerInitCrps, block_bootstrap_indices, block_length,
+                                change_pct_by_lead, crps_per_init, interval)
 from gencast_rmmd.errors import UserInputError
 
 BETTER, LEVEL, WORSE = "better", "level", "worse"
@@ -91,20 +90,10 @@ def per_init_tables(paths: Mapping[str, str], truth: xr.Dataset, targets: Sequen
     return tables
 
 
-def member_counts(paths: Mapping[str, str]) -> dict[str, int]:
-    """Ensemble members per forecast (1 for a forecast without a `number` dim, e.g. persistence)."""
-    counts = {}
-    for label, path in paths.items():
-        with open_forecast(path) as forecast:
-            counts[label] = int(forecast.sizes.get("number", 1))
-    return counts
-
-
-def shared_targets(paths: Mapping[str, str], truth: xr.Dataset) -> list[str]:
-    """The targets every forecast has and the truth scores, in the first forecast's order."""
-    layouts = [forecast_layout(path) for path in paths.values()]
-    common = set.intersection(*(set(layout.targets) for layout in layouts))
-    return [target for target in layouts[0].targets
+def shared_targets(layouts: Mapping[str, ForecastLayout], truth: xr.Dataset) -> list[str]:
+    """The targets every forecast has (`forecast_layout` of each) and the truth scores, in the first's order."""
+    common = set.intersection(*(set(layout.targets) for layout in layouts.values()))
+    return [target for target in next(iter(layouts.values())).targets
             if target in common and target.split("@")[0] in truth.data_vars]
 
 

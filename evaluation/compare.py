@@ -71,12 +71,13 @@ class PerInitCrps(Mapping):
 
 @dataclass(frozen=True)
 class ForecastLayout:
-    """What a forecast holds, read without loading data: sorted init times, lead hours, targets."""
+    """What a forecast holds, read without loading data: sorted init times, lead hours, targets, members."""
 
     path: str
     init_times: np.ndarray
     lead_hours: list[int]
     targets: list[str]
+    members: int = 1          # ensemble members (`number`); 1 for a deterministic forecast, e.g. persistence
 
 
 def _check_exists(path: str) -> None:
@@ -95,7 +96,8 @@ def forecast_layout(path: str) -> ForecastLayout:
     targets = [target_name(name, level) for name, variable in forecast.data_vars.items()
                for level in (forecast["level"].values if "level" in variable.dims else [None])]
     leads = forecast[LEAD_DIM].values / np.timedelta64(1, "h")
-    return ForecastLayout(path, np.sort(forecast["time"].values), [int(round(lead)) for lead in leads], targets)
+    return ForecastLayout(path, np.sort(forecast["time"].values), [int(round(lead)) for lead in leads], targets,
+                          int(forecast.sizes.get("number", 1)))
 
 
 def _check_leads(path: str, available: Sequence[int], wanted: Sequence[int]) -> None:

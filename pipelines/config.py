@@ -198,6 +198,9 @@ class ForecastSection(StrictModel):
     seed: int = 0
     inits: InitsSection = InitsSection()
     format: Literal["netcdf", "zarr"] = "netcdf"  # every forecast file: LABEL.nc, or LABEL.zarr (zarr v2 stores)
+    # processes per forecast, test and validation (`gencast-rmmd forecast --jobs`): the same file, sooner on
+    # several cores; not part of any stage's identity
+    jobs: int = Field(1, ge=1)
 
 
 class ValidationSection(StrictModel):

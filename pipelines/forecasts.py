@@ -49,6 +49,7 @@ class Split:
     members: int
     seed: int
     format: str = "netcdf"          # `forecast.format`: netcdf or zarr
+    jobs: int = 1                   # `forecast.jobs`: processes per forecast (the same file; not in the settings)
 
     @property
     def inputs(self) -> tuple[str, str]:
@@ -100,4 +101,4 @@ def forecast_stage(split: Split, label: str, description: str, inputs: tuple[str
         lambda context: [Command((
             "forecast", *model(context).arguments(), "--data", split.store, *split.init_arguments(context),
             "--steps", str(split.steps), "--members", str(split.members), "--seed", str(split.seed),
-            "--out", split.out(label)))])
+            *(("--jobs", str(split.jobs)) if split.jobs > 1 else ()), "--out", split.out(label)))])

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.by_lead import (BETTER, LEVEL, WORSE, LeadChanges, Sample, bootstrap, lead_changes, member_counts,
-                                per_init_tables, shared_targets)
+from evaluation.by_lead import (BETTER, LEVEL, WORSE, LeadChanges, Sample, bootstrap, lead_changes, per_init_tables,
+                                shared_targets)
+from evaluation.compare import forecast_layout
 from gencast_rmmd.data.stores import open_dataset
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.io_utils import atomic_path
 from pipelines.manifest import Manifest
-from pipelines.report_run import run_section
+from pipelines.report_run import html_table, run_section
 from pipelines.table import forecast_path
 
 TEACHER, CLIMATOLOGY, PERSISTENCE, REFERENCE = "teacher", "climatology", "persistence", "reference"
@@ -127,14 +128,11 @@ def _cell(changes: LeadChanges, lead: int | None) -> tuple[str, str]:
 def by_lead_table(changes: dict[str, LeadChanges], sample: Sample, describe: dict[str, str]) -> str:
     """Rows: forecasts; columns: leads and all leads; cells: change in %, its interval, targets won."""
     header = ["forecast", "members", *(lead_name(hours) for hours in sample.lead_hours), "all leads"]
-    rows = []
-    for label, row in changes.items():
-        cells = [_cell(row, lead) for lead in [*range(len(sample.lead_hours)), None]]
-        rows.append(f"<tr><td title='{html.escape(describe.get(label, ''))}'>{html.escape(label)}</td>"
-                    f"<td>{sample.members.get(label, '')}</td>"
-                    + "".join(f"<td class='{css}'>{text}</td>" for text, css in cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    rows = [[(html.escape(label), {"title": describe.get(label, "")}), str(sample.members.get(label, "")),
+             *((text, {"class": css}) for text, css in (_cell(row, lead)
+                                                         for lead in [*range(len(sample.lead_hours)), None]))]
+            for label, row in changes.items()]
+    return html_table(header, rows)
 
 
 def _speed_section(speed: dict | None) -> str:
@@ -142,13 +140,11 @@ def _speed_section(speed: dict | None) -> str:
         return ""
     models = dict(sorted(speed["models"].items(), key=lambda item: item[0] != TEACHER))   # teacher first
     teacher = models.get(TEACHER)
-    rows = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{entry['seconds_per_step'] * 1000:.1f}</td>"
-        f"<td>{entry['nfe_per_step']}</td><td>"
-        + (f"{teacher['seconds_per_step'] / entry['seconds_per_step']:.2f}x" if teacher else "–") + "</td></tr>"
-        for label, entry in models.items())
-    return ("<h2>Speed</h2><table><tr><th>model</th><th>wall time per 12 h step (ms)</th>"
-            f"<th>denoiser calls per step</th><th>speedup against the teacher (wall)</th></tr>{rows}</table>"
+    rows = [[html.escape(label), f"{entry['seconds_per_step'] * 1000:.1f}", str(entry["nfe_per_step"]),
+             f"{teacher['seconds_per_step'] / entry['seconds_per_step']:.2f}x" if teacher else "–"]
+            for label, entry in models.items()]
+    header = ["model", "wall time per 12 h step (ms)", "denoiser calls per step", "speedup against the teacher (wall)"]
+    return ("<h2>Speed</h2>" + html_table(header, rows) +
             f"<p>Median of {speed['repeats']} steps of {speed['members']} members × {speed['inits']} init(s) on "
             f"{speed['device_count']} {html.escape(speed['device'])} device(s), after compilation, "
             "in one process (the ratios are comparable; the absolute times depend on the machine).</p>")
@@ -160,19 +156,16 @@ def _selection_section(workdir: Path) -> str:
     for path in sorted((workdir / "selection").glob("*.json")):
         selection = json.loads(path.read_text())
         chosen = selection["chosen"]["index"]
-        rows = "".join(
-            f"<tr><td>{html.escape(entry['label'])}</td>"
-            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in entry['values'].items()))}</td>"
-            f"<td>{entry['crps_change_pct']:+.2f}</td><td>{entry['win_rate']:.0%}</td>"
-            f"<td class='{'better' if entry['index'] == chosen else ''}'>"
-            f"{'chosen' if entry['index'] == chosen else ''}</td></tr>" for entry in selection["candidates"])
+        rows = [[html.escape(entry["label"]), html.escape(", ".join(f"{k}={v}" for k, v in entry["values"].items())),
+                 f"{entry['crps_change_pct']:+.2f}", f"{entry['win_rate']:.0%}",
+                 ("chosen", {"class": "better"}) if entry["index"] == chosen else ("", {"class": ""})]
+                for entry in selection["candidates"]]
         base = selection.get("base")
         on_base = (f"<p>Candidates: <code>{html.escape(base['config'])}</code> (chosen earlier) with "
                    f"{html.escape(', '.join(base['overrides']) or 'no overrides')} and their values.</p>"
                    if base else "")
-        parts.append(f"<h3>{html.escape(selection['name'])}</h3>{on_base}<table><tr><th>candidate</th>"
-                     "<th>values</th><th>fair CRPS change against the teacher (%)</th><th>targets won (%)</th>"
-                     f"<th></th></tr>{rows}</table>")
+        parts.append(f"<h3>{html.escape(selection['name'])}</h3>{on_base}" + html_table(
+            ["candidate", "values", "fair CRPS change against the teacher (%)", "targets won (%)", ""], rows))
     if selection is None:
         return ""
     return ("<h2>Chosen on validation</h2><p>Each grid row's candidates, scored on "
@@ -253,8 +246,9 @@ def write_report(workdir: Path, out: Path, region: str = "global", students: lis
     labels = sorted(labels, key=lambda label: order.index(label) if label in order else len(order))
     paths = {label: str(found[label]) for label in labels}
     truth_store = open_dataset(truth)
-    tables = per_init_tables(paths, truth_store, shared_targets(paths, truth_store), region)
-    indices, sample = bootstrap(tables, draws, seed, member_counts(paths))
+    layouts = {label: forecast_layout(path) for label, path in paths.items()}     # each forecast opened once here
+    tables = per_init_tables(paths, truth_store, shared_targets(layouts, truth_store), region)
+    indices, sample = bootstrap(tables, draws, seed, {label: layout.members for label, layout in layouts.items()})
     speed_file = workdir / "scorecard" / "speed.json"
     speed = json.loads(speed_file.read_text()) if speed_file.is_file() else None
     describe = _describe(workdir, students, list(samplers))

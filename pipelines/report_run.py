@@ -25,10 +25,22 @@ BEGIN, END = "<!-- run section: rewritten from manifest.json when a run ends -->
 _SECTION = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
 
 
-def _cells(rows: list[list[str]], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table class='stages'><tr>{head}</tr>{body}</table>"
+Cell = str | tuple[str, dict[str, str]]
+
+
+def html_table(header: list[str], rows: list[list[Cell]], css: str | None = None) -> str:
+    """Every table of the landing page: `header` titles (escaped here), rows of cells.
+
+    A cell is HTML text, or (HTML text, {attribute: value}) for its `class` or `title` (values escaped).
+    """
+    def cell(value: Cell) -> str:
+        text, attributes = (value, {}) if isinstance(value, str) else value
+        return "<td" + "".join(f" {name}='{html.escape(str(v))}'" for name, v in attributes.items()) + f">{text}</td>"
+
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in header)
+    body = "".join("<tr>" + "".join(cell(value) for value in row) + "</tr>" for row in rows)
+    attribute = f" class='{css}'" if css else ""
+    return f"<table{attribute}><tr>{head}</tr>{body}</table>"
 
 
 def _summary_paragraph(workdir: Path) -> str:
@@ -57,7 +69,7 @@ def run_section(workdir: Path) -> str:
                      f"<a href='../{html.escape(record.get('log', ''))}'>log</a>"])
     return "\n".join([
         BEGIN, "<h2>Stages</h2>",
-        _cells(rows, ["stage", "what it does", "state", "this run", "duration (s)", "log"]),
+        html_table(["stage", "what it does", "state", "this run", "duration (s)", "log"], rows, "stages"),
         _summary_paragraph(workdir),
         "<p>Outputs: <code>teacher/</code> and <code>students/NAME/</code> (checkpoints), "
         "<code>forecasts/</code> (ensembles, CF NetCDF or zarr), <code>scores/*.nc</code>; every stage's exact "

@@ -66,7 +66,7 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
         validation = Split("validation", "validation.forecast", "validation/forecasts", "validation.inits",
                            "validation/inits.json", 4, store, section.inits,
                            section.steps or config.forecast.steps, section.members or config.forecast.members,
-                           section.seed, config.forecast.format)
+                           section.seed, config.forecast.format, config.forecast.jobs)
     stages += row_stages(resolved, setup, validation, config.validation.region if config.validation else "global")
     stages += _forecast_stages(config, resolved)
     stages += _evaluation_stages(config, resolved, [stage.name.split(".", 1)[1] for stage in stages
@@ -122,7 +122,7 @@ def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[
     """Group 5: the test inits, then the teacher, every row (chosen config, extra seeds) and the baselines."""
     store, forecast = resolved.data.path, config.forecast
     test = Split("test", "forecast", "forecasts", "forecast.inits", "forecasts/inits.json", 5, store, forecast.inits,
-                 forecast.steps, forecast.members, forecast.seed, forecast.format)
+                 forecast.steps, forecast.members, forecast.seed, forecast.format, forecast.jobs)
     stages = [inits_stage(test, resolved.data.input_frames),
               forecast_stage(test, "teacher", "the teacher", ("teacher.run",), lambda _: TEACHER)]
     for row in resolved.rows:

@@ -190,10 +190,11 @@ def test_by_lead_tables_hold_only_the_shared_targets_when_a_forecast_has_more_le
     against one with more on the levels they share: every table has the same keys and the changes compute.
     Before, the fuller forecast's table kept its extra levels and `lead_changes` failed with a KeyError."""
     from evaluation.by_lead import lead_changes, per_init_tables, shared_targets
+    from evaluation.compare import forecast_layout
 
     truth = open_dataset(str(wb2_store))
     paths = {"baseline": str(forecasts["baseline"]), "one_level": str(forecasts["one_level"])}
-    targets = shared_targets(paths, truth)
+    targets = shared_targets({label: forecast_layout(path) for label, path in paths.items()}, truth)
     assert sorted(targets) == ["2m_temperature", "sea_surface_temperature", "temperature@500"]
     tables = per_init_tables(paths, truth, targets)
     assert list(tables["baseline"]) == list(tables["one_level"]) == targets
@@ -205,16 +206,18 @@ def test_by_lead_changes_are_compare_s_figures_lead_by_lead(forecasts, wb2_store
     """The landing page's figures (`evaluation.by_lead`): over all leads exactly `compare_forecasts`'s point,
     interval (the same draws) and wins; each lead the change of that lead's column with the same resampled
     inits; too few inits for a block give no interval and say why; mismatched forecasts are refused."""
-    from evaluation.by_lead import (BETTER, LEVEL, WORSE, LeadChanges, bootstrap, lead_changes, member_counts,
-                                    per_init_tables, shared_targets)
-    from evaluation.compare import change_pct_by_lead, compare_forecasts
+    from evaluation.by_lead import BETTER, LEVEL, WORSE, LeadChanges, bootstrap, lead_changes, per_init_tables, \
+        shared_targets
+    from evaluation.compare import change_pct_by_lead, compare_forecasts, forecast_layout
 
     truth = open_dataset(str(wb2_store))
     paths = {name: str(forecasts[name]) for name in ("baseline", "a", "b")}
-    targets = shared_targets({**paths, "no_sst": str(forecasts["no_sst"])}, truth)
+    layouts = {label: forecast_layout(path) for label, path in {**paths, "no_sst": str(forecasts["no_sst"])}.items()}
+    targets = shared_targets(layouts, truth)
     assert targets == ["2m_temperature", "temperature@500", "temperature@850"]        # every forecast has them
-    tables = per_init_tables(paths, truth, shared_targets(paths, truth))
-    indices, sample = bootstrap(tables, 500, 0, member_counts(paths))
+    del layouts["no_sst"]
+    tables = per_init_tables(paths, truth, shared_targets(layouts, truth))
+    indices, sample = bootstrap(tables, 500, 0, {label: layout.members for label, layout in layouts.items()})
     assert sample.block_inits == 2 and sample.no_interval is None and sample.lead_hours == [12, 24, 48]
     assert sample.members == {"baseline": 6, "a": 6, "b": 6} and len(sample.targets) == 4
     changes = lead_changes(tables, "baseline", indices)

@@ -335,6 +335,14 @@ def test_forecast_format_zarr_makes_every_forecast_stage_write_and_read_a_zarr_s
         assert zarr[name].settings["format"] == "zarr" and "format" not in netcdf[name].settings
     assert "--forecast forecasts/teacher.zarr " in zarr["evaluate.teacher"].commands(context)[-1].display()
     assert "--forecast forecasts/teacher.nc " in netcdf["evaluate.teacher"].commands(context)[-1].display()
+    # `forecast.jobs`: every model's forecast runs in N processes; the file is the same, so no identity changes.
+    jobs = _stages(overrides=("forecast.jobs=3",))
+    models = [name for name in forecast_stages if netcdf[name].commands(context)[-1].args[0] == "forecast"]
+    assert {"forecast.teacher", "validation.forecast.teacher"} <= set(models)
+    for name in models:
+        assert "--jobs 3 " in jobs[name].commands(context)[-1].display()
+        assert "--jobs" not in netcdf[name].commands(context)[-1].display()
+        assert jobs[name].settings == netcdf[name].settings
 
 
 BASE_ENTRIES = (

@@ -48,6 +48,8 @@ import xarray
 from graphcast import checkpoint, data_utils, denoiser, gencast, graphcast, normalization, rollout
 from graphcast import samplers_utils, xarray_jax
 
+from gencast_rmmd.teacher.gencast_checkpoint import perturbed_params
+
 LEVELS = (500, 850)
 TARGETS = ("2m_temperature", "total_precipitation_12hr", "temperature", "geopotential")
 FORCINGS = graphcast.GENERATED_FORCING_VARS
@@ -168,15 +170,6 @@ def architecture(mesh_size: int, k_hop: int) -> denoiser.DenoiserArchitectureCon
                                                radius_query_fraction_edge_length=0.6)
 
 
-def perturbed(params: dict, rng: np.random.Generator) -> dict:
-    """Every weight + N(0, 0.25/sqrt(fan_in)), every bias + N(0, 0.05): no zero-initialised path stays zero."""
-    def one(leaf):
-        leaf = np.asarray(leaf, np.float32)
-        scale = 0.25 / np.sqrt(leaf.shape[0]) if leaf.ndim == 2 else 0.05
-        return (leaf + scale * rng.standard_normal(leaf.shape)).astype(np.float32)
-    return jax.tree_util.tree_map(one, params)
-
-
 def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dict:
     latitude, longitude, mesh_size, k_hop = CASES[name]
     rng = np.random.default_rng([7, mesh_size, len(latitude)])
@@ -228,7 +221,7 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
         return gen._preconditioned_denoiser(norm_inputs, noisy, sigma, norm_forcings), raw
 
     params, state = denoise.init(jax.random.PRNGKey(0), clean, noise_levels[:1])
-    params = perturbed(params, rng)
+    params = perturbed_params(params, rng)
     result = {"denoise/noise_levels": noise_levels}
     for index, sigma in enumerate(noise_levels):
         noisy = clean + np.float32(sigma) * seeded(1001 + index)

@@ -218,3 +218,21 @@ def check_layout(checkpoint: GenCastCheckpoint, layout: ChannelLayout) -> None:
 def _parse_duration(text: str) -> np.timedelta64:
     import pandas as pd
     return np.timedelta64(pd.Timedelta(text).to_timedelta64(), "h")
+
+
+def perturbed_params(params, rng: np.random.Generator):
+    """Every weight matrix + N(0, (0.25/sqrt(fan_in))^2), every other leaf + N(0, 0.05^2), as float32.
+
+    For the parity fixtures against graphcast's GenCast and their benchmark
+    (tools/make_gencast_fixture.py, benchmarks/bench_vs_graphcast.py): no
+    zero-initialised path (output projections, biases) stays zero, so a
+    comparison exercises every parameter. Leaves in `tree_map` order: one seed,
+    one result.
+    """
+    import jax
+
+    def one(leaf):
+        leaf = np.asarray(leaf, np.float32)
+        scale = 0.25 / np.sqrt(leaf.shape[0]) if leaf.ndim == 2 else 0.05
+        return (leaf + scale * rng.standard_normal(leaf.shape)).astype(np.float32)
+    return jax.tree_util.tree_map(one, params)
