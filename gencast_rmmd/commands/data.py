@@ -1,4 +1,4 @@
-"""`gencast-rmmd data ...`: simulate, check and stats."""
+"""`gencast-rmmd data ...`: simulate, check, stats and regrid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from gencast_rmmd.commands.common import ConfigOption, DataOption, SetOption, co
 from gencast_rmmd.commands.simulate import simulate as simulate_command
 from gencast_rmmd.io_utils import check_output_path
 
-app = typer.Typer(help="Data: simulate the embedded dataset, check a store's schema, compute statistics.",
+app = typer.Typer(help="Data: simulate the embedded dataset, check a store's schema, compute statistics, "
+                       "regrid a store.",
                   no_args_is_help=True)
 
 app.command("simulate")(simulate_command)
@@ -91,3 +92,34 @@ def stats(out: Annotated[Path, typer.Option("--out", help="Output NetCDF file.")
     result = compute_stats(source, "train", progress=True)
     save_stats(result, out)
     console.print(f"wrote {out} ({len(result.data_vars)} variables, {result.attrs['time_count']} model steps)")
+
+
+@app.command("regrid")
+def regrid(out: Annotated[Path, typer.Option("--out", help="Output zarr store (DIR.zarr).")],
+           data: Annotated[str, typer.Option("--data", help="Source store path or URL (local, file://, gs://).")],
+           resolution: Annotated[float, typer.Option(
+               "--resolution", help="Target spacing in degrees, a grid with poles: 1.0 is GenCast 1p0's "
+                                    "181 x 360.")] = 1.0,
+           config: ConfigOption = None, overrides: SetOption = None,
+           min_valid_fraction: Annotated[float, typer.Option(
+               "--min-valid-fraction", min=0.0, max=1.0,
+               help="A target cell whose valid source area (non-NaN, e.g. sea temperature over sea) is below "
+                    "this fraction of its area is NaN.")] = 0.5) -> None:
+    """Regrid a store conservatively to a regular grid with poles (e.g. ERA5 0.25 degree -> 1 degree).
+
+    Area integrals are kept: each target cell is the area-weighted mean of the source cells it overlaps
+    (gencast_rmmd/data/regrid.py). With --config only that data config's variables and levels are written;
+    every time is. The store is written beside --out and renamed when complete.
+    """
+    from gencast_rmmd.data.regrid import write_regridded
+
+    check_output_path(out, directory=True)
+    variables = levels = None
+    if config is not None:
+        data_config = load_data_config(config, overrides, data).data
+        variables = [*data_config.variables.time_varying, *data_config.variables.static]
+        levels = list(data_config.levels)
+    result = write_regridded(data, out, resolution, variables, levels, min_valid_fraction)
+    console.print(f"wrote {out}: {len(result.data_vars)} variables on {result.sizes['latitude']} x "
+                  f"{result.sizes['longitude']} ({resolution:g} degree with poles), "
+                  f"{result.sizes.get('time', 0)} times")

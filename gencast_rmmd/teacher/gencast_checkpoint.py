@@ -136,7 +136,7 @@ def check_grid(checkpoint: GenCastCheckpoint, location: str, longitude: np.ndarr
     spacing = 360.0 / len(longitude)
     if trained is not None and not np.isclose(spacing, trained, rtol=1e-3):
         raise UserInputError(f"{where} is on a {spacing:g}-degree grid; the GenCast checkpoint was trained at "
-                             f"{trained:g} degree: regrid the store (conservatively) to {trained:g} degree, or "
+                             f"{trained:g} degree: regrid the store (gencast-rmmd data regrid --resolution {trained:g}), or "
                              "pass --allow-other-grid to run the weights on this grid anyway")
 
 

@@ -178,7 +178,8 @@ def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, sta
         shipped, found = np.asarray(payload["grid"][axis]), np.asarray(getattr(source, axis))
         if shipped.shape != found.shape or not np.allclose(shipped, found, atol=1e-6):
             raise UserInputError(f"the data {config.data.path} are on a {len(found)}-point {axis} grid, not the "
-                                 f"{len(shipped)}-point grid the weights were trained on; regrid the data")
+                                 f"{len(shipped)}-point grid the weights were trained on; regrid the data "
+                                 "(gencast-rmmd data regrid)")
     stats = stats or config.stats
     if stats:
         gap = _statistics_gap(payload["normalizer"], Normalizer.from_stats(load_stats(stats), source.layout).to_dict())
