@@ -71,3 +71,12 @@ def test_a_sampler_this_version_does_not_build_is_one_line_before_any_network_is
     card = read_card({"task": {**CARD, "sampler": {"name": "euler_99", "config": {}, "nfe_per_step": 99}}})
     with pytest.raises(UserInputError, match="sampler 'euler_99' is not one this gencast-rmmd builds"):
         predictor_from_card(card)
+
+
+def test_a_writer_s_card_is_checked_before_it_is_saved():
+    """Every writer passes its record through `checked_card`: a malformed one is an internal error (exit 1)."""
+    from gencast_rmmd.training.card import checked_card
+
+    assert checked_card(CARD) is CARD
+    with pytest.raises(ValueError, match="the model card being written: sampler: Field required"):
+        checked_card({key: value for key, value in CARD.items() if key != "sampler"})

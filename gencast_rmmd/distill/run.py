@@ -45,7 +45,7 @@ from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.models.denoiser import DenoiserNetwork
 from gencast_rmmd.training import TrainResult, initialize_distributed, latest_checkpoint, load_checkpoint, train
-from gencast_rmmd.training.card import ModelCard, read_card, sampler_payload
+from gencast_rmmd.training.card import ModelCard, checked_card, read_card, sampler_payload
 from gencast_rmmd.training.checkpoint import fall_back_to_verified, read_meta
 from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
@@ -123,7 +123,7 @@ def student_payload(config: DistillConfig, environment: _Environment, phase1_che
     }
     if phase1_checkpoint is not None:
         payload["phase1_checkpoint"] = phase1_checkpoint
-    return payload
+    return checked_card(payload)
 
 
 def run_settings(config: DistillConfig, environment: _Environment) -> dict:

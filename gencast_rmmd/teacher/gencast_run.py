@@ -29,7 +29,7 @@ from gencast_rmmd.teacher.gencast_import import import_gencast
 from gencast_rmmd.teacher.gencast_stats import stats_locations
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training import params_sha256
-from gencast_rmmd.training.card import sampler_payload
+from gencast_rmmd.training.card import checked_card, sampler_payload
 
 # GenCast's per-variable loss weights (graphcast gencast.py; 1 for the others), kept so the teacher can be
 # fine-tuned and distilled with its own weighting.
@@ -79,13 +79,13 @@ def write_imported_teacher(location: str, stats_dir: str | os.PathLike, data: Da
     config = imported_teacher_config(gencast, data, str(out / "stats.nc"))
     noise = diffusion_noise(config, source)
     sampler = DPMSolverPlusPlus2S(config.sampler, noise)
-    payload = {
+    payload = checked_card({
         "kind": "teacher", "config": config_to_dict(config), "model": config_to_dict(config.model),
         "layout": source.layout.to_dict(), "normalizer": imported.normalizer.to_dict(),
         "grid": grid_payload(source, noise),
         "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
         "data_source": source.report.location,
-    }
+    })
     params = {GROUP: imported.params}
     digest = params_sha256(params)
     out.mkdir(parents=True, exist_ok=True)

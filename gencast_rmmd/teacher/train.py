@@ -19,7 +19,7 @@ from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.teacher.config import TeacherConfig
 from gencast_rmmd.teacher.task import TeacherTask
 from gencast_rmmd.training import TrainResult, initialize_distributed, train
-from gencast_rmmd.training.card import sampler_payload
+from gencast_rmmd.training.card import checked_card, sampler_payload
 from gencast_rmmd.training.checkpoint import fall_back_to_verified
 from gencast_rmmd.training.run_config import check_resume_config, check_run_dir, run_config
 
@@ -60,7 +60,7 @@ def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normaliz
     network = network_for_grid(config.model, source.latitude, source.longitude, source.layout.n_target_channels)
     noise = diffusion_noise(config, source)
     sampler = DPMSolverPlusPlus2S(config.sampler, noise)
-    payload = {
+    payload = checked_card({
         "kind": "teacher",
         "config": config_to_dict(config),
         "model": config_to_dict(config.model),
@@ -69,7 +69,7 @@ def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normaliz
         "grid": grid_payload(source, noise),
         "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
         "data_source": source.report.location,
-    }
+    })
     return TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
                        np.asarray(source.longitude), payload, noise)
 

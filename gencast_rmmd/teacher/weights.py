@@ -35,6 +35,7 @@ from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.io_utils import atomic_path
 from gencast_rmmd.training import checkpoint as checkpoints
+from gencast_rmmd.training.card import checked_card
 from gencast_rmmd.training.tree_io import flatten_with_segments, nested_dicts, params_sha256
 
 FORMAT = "gencast_rmmd.weights/1"
@@ -201,7 +202,8 @@ def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, sta
     state = {"params": {GROUP: params}, "ema_params": {GROUP: params}}
     out.mkdir(parents=True, exist_ok=True)
     written = checkpoints.save_checkpoint(out, state, {
-        "step": step, "seed": info["source"].get("seed"), "train": info["source"].get("train"), "task": payload,
+        "step": step, "seed": info["source"].get("seed"), "train": info["source"].get("train"),
+        "task": checked_card(payload),
         "params_sha256": info["params_sha256"], "ema_params_sha256": info["params_sha256"],
         "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"],
                            "source": info["source"]},

@@ -131,6 +131,15 @@ def read_card(meta: dict, path: str = "the checkpoint") -> ModelCard:
         raise UserInputError(validation_message(f"{path}: model card", error)) from None
 
 
+def checked_card(payload: dict) -> dict:
+    """`payload` as written, after checking it is a card `read_card` accepts (a writer's bug is internal: exit 1)."""
+    try:
+        ModelCard.model_validate(payload)
+    except ValidationError as error:
+        raise ValueError(validation_message("the model card being written", error)) from None
+    return payload
+
+
 def sampler_payload(name: str, config: BaseModel, nfe_per_step: int) -> dict:
     """The card's sampler entry: its registered name (`diffusion.registry.SAMPLER_BUILDERS`), config, calls."""
     return {"name": name, "config": config.model_dump(mode="json"), "nfe_per_step": int(nfe_per_step)}
