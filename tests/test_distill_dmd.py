@@ -65,6 +65,29 @@ class CountingNetwork(ToyNetwork):
         return super().apply(params, x, sigma, conditioning)
 
 
+def check_fake_score_task(task, state, anchors: Anchors, anchor_weight: float, student_repeats: int) -> None:
+    """What every fake-score method (DMD, GNDM) is: groups student and aux, the fake score starting at the
+    teacher; frozen teacher (and the phase-1 student with an anchor); rules [aux x 3, student x repeats]."""
+    assert sorted(state.params) == ["aux", "student"]
+    assert sorted(state.frozen) == (["student_phase1", "teacher"] if anchor_weight else ["teacher"])
+    assert jax.tree.all(jax.tree.map(np.array_equal, state.params["aux"], anchors.teacher)), "fake starts at real"
+    fake_rule, student_rule = task.update_rules()
+    assert (fake_rule.name, fake_rule.groups, fake_rule.repeats) == ("aux", ("aux",), 3)
+    assert (student_rule.name, student_rule.groups, student_rule.repeats) == ("student", ("student",),
+                                                                              student_repeats)
+
+
+def check_rule_gradients(task, params, frozen, key, inputs) -> None:
+    """Each rule's loss has gradient in its own groups only (no other group, no frozen tree), through ONE
+    differentiated network call."""
+    for rule in task.update_rules():
+        gradient = _gradients(rule, params, frozen, key, inputs)
+        for name, tree in gradient.items():
+            assert _nonzero(tree) == (name in rule.groups), (rule.name, name)
+        assert differentiated_calls(lambda p, rule=rule: rule.loss({**params, **p}, frozen, key, inputs),
+                                    {group: params[group] for group in rule.groups}) == 1
+
+
 @pytest.mark.parametrize("anchor_weight", [0.4, 0.0])
 def test_dmd_groups_rules_and_gradient_paths(anchor_weight):
     """The student gets gradient from the DMD term and from the reward, through ONE differentiated student call;
@@ -72,21 +95,10 @@ def test_dmd_groups_rules_and_gradient_paths(anchor_weight):
     anchors = Anchors(teacher=_toy(1.0), student=_toy(1.1), aux=_toy(0.7))
     task = dmd_task(anchors=anchors, reward_weight=0.7, anchor_weight=anchor_weight)
     state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(11)
-    assert sorted(state.params) == ["aux", "student"]
-    assert sorted(state.frozen) == (["student_phase1", "teacher"] if anchor_weight else ["teacher"])
-    assert jax.tree.all(jax.tree.map(np.array_equal, state.params["aux"], anchors.teacher)), "fake starts at real"
-    fake_rule, student_rule = task.update_rules()
-    assert (fake_rule.name, fake_rule.groups, fake_rule.repeats) == ("aux", ("aux",), 3)
-    assert (student_rule.name, student_rule.groups, student_rule.repeats) == ("student", ("student",), 1)
-
+    check_fake_score_task(task, state, anchors, anchor_weight, student_repeats=1)
     params = {"student": _toy(1.1), "aux": _toy(0.9, b=0.15)}       # a fake score that differs from the teacher
     inputs = rule_inputs(task, params, state.frozen, key, batch)
-    for rule in (fake_rule, student_rule):
-        gradient = _gradients(rule, params, state.frozen, key, inputs)
-        for name, tree in gradient.items():
-            assert _nonzero(tree) == (name in rule.groups), (rule.name, name)
-        assert differentiated_calls(lambda p, rule=rule: rule.loss({**params, **p}, state.frozen, key, inputs),
-                                    {group: params[group] for group in rule.groups}) == 1
+    check_rule_gradients(task, params, state.frozen, key, inputs)
 
     # Each term alone moves the student: DMD (reward and anchor off) and the reward (fake = real: DMD term zero).
     dmd_only = dmd_task(anchors=anchors, reward_weight=0.0, anchor_weight=0.0)
@@ -156,6 +168,20 @@ def test_the_student_gradient_is_the_normalised_score_difference_in_the_weighted
     assert float(jnp.abs(gradient[0, :3, :, 1]).max()) == 0.0, "no gradient where the truth is missing"
 
 
+def fake_rule_only(task):
+    """(fake rule, optimizers, initial state, jitted train step) of the real loop with the fake rule alone."""
+    fake_rule = task.update_rules()[0]
+    config = TrainConfig(steps=50, learning_rate=0.05, warmup_steps=0, weight_decay=0.0)
+    optimizers = make_optimizers([fake_rule], config)
+    state = init_train_state(task.init(None, None), [fake_rule], optimizers)
+    return fake_rule, optimizers, state, jax.jit(make_train_step([fake_rule], optimizers, 0.9, task.step_inputs))
+
+
+def bitwise_same(a, b) -> bool:
+    """Two trees with the same leaves, bit for bit."""
+    return jax.tree.all(jax.tree.map(lambda x, y: np.asarray(x).tobytes() == np.asarray(y).tobytes(), a, b))
+
+
 def test_the_fake_score_follows_a_fixed_student_through_the_loop():
     """Two time scales in the real train step: only the fake rule (3 repeats per step), a student moved away from
     the teacher and held fixed. After a few steps the fake score's denoising loss on the student's samples (fixed
@@ -164,11 +190,7 @@ def test_the_fake_score_follows_a_fixed_student_through_the_loop():
     by hand with keys fold_in(rule_key, r)."""
     task = dmd_task(fake_updates=3, reward_weight=0.0, anchor_weight=0.0,
                     anchors=Anchors(teacher=_toy(1.0), student=_toy(1.3, b=0.2), aux=_toy(1.0)))
-    fake_rule = task.update_rules()[0]
-    config = TrainConfig(steps=50, learning_rate=0.05, warmup_steps=0, weight_decay=0.0)
-    optimizers = make_optimizers([fake_rule], config)
-    state = init_train_state(task.init(None, None), [fake_rule], optimizers)
-    step = jax.jit(make_train_step([fake_rule], optimizers, 0.9, task.step_inputs))
+    fake_rule, optimizers, state, step = fake_rule_only(task)
     batch, root = toy_batch(), jax.random.PRNGKey(7)
     evaluation_keys = [jax.random.PRNGKey(100 + k) for k in range(4)]
 
@@ -194,10 +216,8 @@ def test_the_fake_score_follows_a_fixed_student_through_the_loop():
     for _ in range(9):
         state, metrics = step(state, batch, root)
     fit_after, gap_after = measured(state.params)
-    same = lambda a, b: jax.tree.all(jax.tree.map(  # noqa: E731
-        lambda x, y: np.asarray(x).tobytes() == np.asarray(y).tobytes(), a, b))
-    assert same(state.params["student"], start.params["student"]) and same(state.frozen, start.frozen)
-    assert not same(state.params["aux"], start.params["aux"])
+    assert bitwise_same(state.params["student"], start.params["student"])
+    assert bitwise_same(state.frozen, start.frozen) and not bitwise_same(state.params["aux"], start.params["aux"])
     assert int(metrics["skipped"]) == 0
     assert gap_before == 0.0 and gap_after > 1e-3, gap_after
     assert fit_after < 0.9 * fit_before, (fit_before, fit_after)
@@ -220,21 +240,48 @@ def test_dmd_config_is_validated_and_the_shipped_ones_load():
     from gencast_rmmd.config import config_to_dict
     assert "dmd" in config_to_dict(shipped)["distill"] and "dmd" not in config_to_dict(rmmd)["distill"]
     assert "dmd" not in config_to_dict(shipped.phase1())["distill"]
-    with pytest.raises(UserInputError, match="distill.dmd is read only by method dmd, not rmmd"):
+    with pytest.raises(UserInputError, match="distill.dmd is read only by method dmd or gndm, not rmmd"):
         validate_config({"distill": {"method": "rmmd", "dmd": {"fake_updates": 3}}}, DistillConfig, "x.yaml")
 
 
 # --------------------------------------------------------------------------- end to end
 
 
+def tiny_distill(tmp_path_factory, config, teacher_run, wb2_store):  # noqa: F811
+    """`gencast-rmmd distill --config CONFIG` from the tiny teacher into a fresh folder; the run's path."""
+    from gencast_rmmd.cli import main
+    run = tmp_path_factory.mktemp(f"distill_{config.stem}") / config.stem
+    assert main(["distill", "--config", str(config), "--teacher", str(teacher_run), "--data", str(wb2_store),
+                 "--out", str(run)]) == 0
+    return run
+
+
+def check_fake_score_run(run_cli, run, method, teacher_run, wb2_store, tmp_path):  # noqa: F811
+    """A tiny fake-score run (DMD, GNDM): a 3-step checkpoint of `method` with groups student and aux and the
+    anchor's frozen trees; the fake score trained away from the teacher it started at, the teacher frozen, the
+    student moved from phase 1; its checkpoint forecasts with K = 4 calls."""
+    from gencast_rmmd.training import load_checkpoint
+    final = load_checkpoint(run)
+    assert final.meta["task"]["method"] == method and final.step == 3
+    assert sorted(final.params) == ["aux", "student"] and sorted(final.frozen) == ["student_phase1", "teacher"]
+    teacher = load_checkpoint(teacher_run).ema_params["denoiser"]
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
+    assert same(final.frozen["teacher"], teacher) and not same(final.params["aux"], teacher)
+    assert not same(final.params["student"], final.frozen["student_phase1"])
+
+    out = tmp_path / f"{method}.nc"
+    result = run_cli("forecast", "--checkpoint", run, "--data", wb2_store, "--init", "2001-01-08T00",
+                     "--steps", "2", "--members", "2", "--out", out)
+    assert result.code == 0, result.err
+    forecast = xr.open_dataset(out)
+    assert forecast.attrs["nfe_per_step"] == 4 and forecast.attrs["sampler"] == "student_kstep"
+    assert np.all(np.isfinite(forecast["temperature"].values))
+
+
 @pytest.fixture(scope="module")
 def dmd_run(tmp_path_factory, wb2_store, teacher_run):  # noqa: F811
     """configs/distill/tiny_dmd.yaml from the tiny teacher: 2 MMD steps in RUN/phase1, then 3 DMD steps."""
-    from gencast_rmmd.cli import main
-    run = tmp_path_factory.mktemp("distill_dmd") / "dmd"
-    assert main(["distill", "--config", str(TINY_DMD), "--teacher", str(teacher_run), "--data", str(wb2_store),
-                 "--out", str(run)]) == 0
-    return run
+    return tiny_distill(tmp_path_factory, TINY_DMD, teacher_run, wb2_store)
 
 
 def test_dmd_cli_run_forecasts_and_resumes_bit_identically(run_cli, dmd_run, teacher_run, wb2_store,  # noqa: F811
@@ -242,23 +289,7 @@ def test_dmd_cli_run_forecasts_and_resumes_bit_identically(run_cli, dmd_run, tea
     """The tiny DMD run writes a student whose checkpoint forecasts with K = 4 calls; its fake score trained
     (it started at the teacher) while the teacher stayed frozen; interrupted after step 2 (the step-3 checkpoint
     removed) and resumed, it ends with the uninterrupted run's params, bit for bit."""
-    from gencast_rmmd.training import load_checkpoint
-    final = load_checkpoint(dmd_run)
-    assert final.meta["task"]["method"] == "dmd" and final.step == 3
-    assert sorted(final.params) == ["aux", "student"] and sorted(final.frozen) == ["student_phase1", "teacher"]
-    teacher = load_checkpoint(teacher_run).ema_params["denoiser"]
-    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
-    assert same(final.frozen["teacher"], teacher) and not same(final.params["aux"], teacher)
-    assert not same(final.params["student"], final.frozen["student_phase1"])
-
-    out = tmp_path / "dmd.nc"
-    result = run_cli("forecast", "--checkpoint", dmd_run, "--data", wb2_store, "--init", "2001-01-08T00",
-                     "--steps", "2", "--members", "2", "--out", out)
-    assert result.code == 0, result.err
-    forecast = xr.open_dataset(out)
-    assert forecast.attrs["nfe_per_step"] == 4 and forecast.attrs["sampler"] == "student_kstep"
-    assert np.all(np.isfinite(forecast["temperature"].values))
-
+    check_fake_score_run(run_cli, dmd_run, "dmd", teacher_run, wb2_store, tmp_path)
     copy = tmp_path / "interrupted"
     shutil.copytree(dmd_run, copy)
     shutil.rmtree(copy / "checkpoints" / "step_00000003")   # as if killed after the checkpoint of step 2

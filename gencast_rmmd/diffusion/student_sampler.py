@@ -51,6 +51,16 @@ def student_noise_levels(config: StudentSamplerConfig) -> np.ndarray:
     return np.append(student_quantile(u.astype(np.float64), config), 0.0)
 
 
+def eta_scales(noise_level: jax.Array, next_noise_level: jax.Array, eta: float) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(s_s^2 - gamma^2), gamma) of the eta-step s_t -> s_s: the scales of eps_hat and of the fresh noise z.
+
+    So the step's mean is x0_hat + sqrt(s_s^2 - gamma^2) (x_t - x0_hat) / s_t and its
+    noise gamma z: a Gaussian transition whenever gamma > 0 (GNDM's policy, `distill/gndm.py`).
+    """
+    gamma = eta * next_noise_level * jnp.sqrt(jnp.maximum(1.0 - jnp.square(next_noise_level / noise_level), 0.0))
+    return jnp.sqrt(jnp.maximum(jnp.square(next_noise_level) - jnp.square(gamma), 0.0)), gamma
+
+
 def eta_step(x_t: jax.Array, denoised: jax.Array, noise_level: jax.Array, next_noise_level: jax.Array,
              eta: float, fresh_noise: jax.Array | None) -> jax.Array:
     """x_s = x0_hat + sqrt(s_s^2 - gamma^2) eps_hat + gamma z, gamma = eta s_s sqrt(1 - s_s^2/s_t^2).
@@ -60,8 +70,8 @@ def eta_step(x_t: jax.Array, denoised: jax.Array, noise_level: jax.Array, next_n
     """
     s_t, s_s = per_example(noise_level, x_t), per_example(next_noise_level, x_t)
     eps_hat = (x_t - denoised) / s_t
-    gamma = eta * s_s * jnp.sqrt(jnp.maximum(1.0 - jnp.square(s_s / s_t), 0.0))
-    x_s = denoised + jnp.sqrt(jnp.maximum(jnp.square(s_s) - jnp.square(gamma), 0.0)) * eps_hat
+    kept, gamma = eta_scales(s_t, s_s, eta)
+    x_s = denoised + kept * eps_hat
     if eta > 0.0:
         if fresh_noise is None:
             raise ValueError("eta > 0 needs fresh noise")

@@ -58,6 +58,28 @@ class DmdConfig(StrictModel):
         return self
 
 
+class GndmConfig(StrictModel):
+    """The `distill.gndm:` section: what only GNDM / GNDMR (`method: gndm`, `distill/gndm.py`) reads.
+
+    - `crps_reward_weight` [w_R]: weight of the group-normalised CRPS reward
+      added to the group-normalised distribution-matching reward R_dm
+      (0: GNDM; > 0: GNDMR, the multi-reward form);
+    - `normalise_std`: divide each reward's group-centred values by the
+      group's std (GRPO's normalisation; false: centre only);
+    - `policy_updates` [E]: student updates per rollout; E > 1 reuses the
+      step's samples with importance ratios pi_theta / pi_old (PPO-clipped);
+    - `clip` [epsilon]: the ratio's clip range [1 - epsilon, 1 + epsilon].
+
+    The fake score g_psi and its noise-level law are DMD's (`distill.dmd`); the
+    rollout is the student's whole chain, so `policy_noise` is not read.
+    """
+
+    crps_reward_weight: float = Field(0.0, ge=0.0)
+    normalise_std: bool = True
+    policy_updates: int = Field(1, ge=1)
+    clip: float = Field(0.2, gt=0.0, lt=1.0)
+
+
 class Policy(StrEnum):
     """Where a phase-2 method's states x_t come from (`DistillSection.policy`, from `offline` and `policy_noise`)."""
 
@@ -68,14 +90,14 @@ class Policy(StrEnum):
 
 # Sections only one family of methods reads: left out of every other method's config dump (checkpoints,
 # manifests, run and stage hashes), so adding one never changes the recorded config of a run of another method.
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"dmd": ("dmd",)}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"dmd": ("dmd", "gndm"), "gndm": ("gndm",)}
 
 
 class DistillSection(StrictModel):
     """The `distill:` section. Symbols of docs/DESIGN.md §5 in brackets.
 
     - `method`: a key of `gencast_rmmd.distill.registry.DISTILLERS`
-      (`mmd`, `rmmd`, `draft`, `crps_only`, `dmd`);
+      (`mmd`, `rmmd`, `draft`, `crps_only`, `dmd`, `gndm`);
     - `training_noise`: how off-policy states x_t = x_0 + s_t eps pick s_t: a
       uniformly drawn `grid` level of the student, or `continuous` (u ~ U[0, 1]
       through the student's rho-quantile);
@@ -90,7 +112,7 @@ class DistillSection(StrictModel):
       `reward_units`: `climatology` (each channel's CRPS in units of its
       climatological std) or `residual` (the model's residual-normalised space);
     - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
-      means lambda for `rmmd` and `dmd` (the paper's KL proxy) and 0 for `draft`;
+      means lambda for `rmmd`, `dmd` and `gndm` (the paper's KL proxy) and 0 for `draft`;
     - `moment_weight`: the weight w of the linear moment term, in phase 1 and
       in `rmmd`: `edm` (lambda(s'), the paper's) or `balanced`
       (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
@@ -109,8 +131,11 @@ class DistillSection(StrictModel):
     - `moment_term` (`rmmd`): false drops the moment term (and the aux model):
       the ablation "reward + anchor only";
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
-    - `dmd` (`dmd`): DMD's own settings (`DmdConfig`); the fake score g_psi is
+    - `dmd` (`dmd`, `gndm`): DMD's own settings (`DmdConfig`); the fake score g_psi is
       trained as the live aux model is, at `aux_learning_rate`;
+    - `gndm` (`gndm`): GNDM's and GNDMR's own settings (`GndmConfig`); GNDM
+      does not read lambda except as the default of mu (its CRPS reward
+      weight is `gndm.crps_reward_weight`);
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
       phase-1 student and aux, so RMMD's moment term starts at zero);
@@ -134,6 +159,7 @@ class DistillSection(StrictModel):
     moment_term: bool = True
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
     dmd: DmdConfig = DmdConfig()
+    gndm: GndmConfig = GndmConfig()
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
 
@@ -163,6 +189,11 @@ class DistillSection(StrictModel):
             raise ValueError("crps_only has no distillation terms; leave anchor_weight unset")
         if not self.moment_term and self.method != "rmmd":
             raise ValueError(f"moment_term: false is an rmmd ablation; method {self.method} has no such switch")
+        if self.method == "gndm" and (self.student.eta == 0.0 or self.student.steps < 2):
+            raise ValueError(f"gndm needs a stochastic student step (student.eta > 0 and student.steps >= 2), got "
+                             f"eta {self.student.eta}, steps {self.student.steps}; raise them")
+        if self.method == "gndm" and self.offline:
+            raise ValueError("gndm's rewards are the student's own rollouts; offline: true has no policy to reward")
         if self.draft_steps > self.student.steps:
             raise ValueError(f"draft_steps ({self.draft_steps}) exceeds the student's steps ({self.student.steps})")
         return self

@@ -88,7 +88,7 @@ from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import loss_weight
 from gencast_rmmd.diffusion.schedules import rho_quantile
-from gencast_rmmd.distill.base import DistillContext, Prepared
+from gencast_rmmd.distill.base import DistillContext, Prepared, StudentFineTune
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_fit, aux_optimizer
 from gencast_rmmd.distill.rewarded import OnPolicyTask, PolicyDraw, PolicyState, anchor_penalty, draw_policy
 from gencast_rmmd.training import TrainableState, UpdateRule
@@ -121,6 +121,17 @@ def dmd_state(context: DistillContext, key: jax.Array, clean: jax.Array) -> Nois
     return NoisyState(clean + per_example(levels, clean) * context.noise(noise_key, clean.shape), levels)
 
 
+def fake_score_loss(context: DistillContext, fake_params, teacher_params, key: jax.Array, samples: jax.Array,
+                    repeated: Prepared) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_fake at x_s = sg(x) + s eps (`dmd_state`): g_psi's denoising regression on the student's samples x.
+
+    `aux_fit` with beta = `distill.dmd.pull_weight`; DMD and GNDM train their fake score with it.
+    """
+    clean = masked_samples(samples, repeated.valid)
+    return aux_fit(context, fake_params, teacher_params, dmd_state(context, key, clean), clean,
+                   repeated.conditioning, repeated.valid, context.config.distill.dmd.pull_weight)
+
+
 def dmd_surrogate(context: DistillContext, samples: jax.Array, fake: jax.Array, real: jax.Array,
                   noisy: NoisyState, valid: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(E 0.5 ||x - sg(x - g)||^2_W, diagnostics), g = (fake - real) / <|x - real|>_W per example.
@@ -144,9 +155,9 @@ def dmd_surrogate(context: DistillContext, samples: jax.Array, fake: jax.Array, 
                                             "dmd_normaliser": jnp.mean(mean_abs)}
 
 
-class DistributionMatching(OnPolicyTask):
-    """`dmd`: groups `student` and `aux` (the fake score, from the teacher); frozen `teacher` (and
-    `student_phase1` when mu > 0); rules [aux x N, student] on one shared policy draw per step."""
+class FakeScoreFineTune(StudentFineTune):
+    """A phase-2 method with a fake score: groups `student` and `aux` (g_psi, from the TEACHER's weights), frozen
+    `teacher` and, when the anchor weight mu > 0 (None: lambda), `student_phase1` (DMD and GNDM)."""
 
     def __init__(self, context: DistillContext):
         super().__init__(context)
@@ -157,6 +168,11 @@ class DistributionMatching(OnPolicyTask):
     def init(self, key: jax.Array, example_batch: Batch) -> TrainableState:
         state = super().init(key, example_batch)
         return state._replace(params={**state.params, "aux": jax.tree.map(jnp.array, self.context.anchors.teacher)})
+
+
+class DistributionMatching(FakeScoreFineTune, OnPolicyTask):
+    """`dmd`: groups `student` and `aux` (the fake score, from the teacher); frozen `teacher` (and
+    `student_phase1` when mu > 0); rules [aux x N, student] on one shared policy draw per step."""
 
     def step_inputs(self, params, frozen, key, batch: Batch) -> DmdInputs:
         """Step 1: the policy draw and the current student's samples on it (no gradient)."""
@@ -171,10 +187,8 @@ class DistributionMatching(OnPolicyTask):
 
     def fake_loss(self, params, frozen, key, inputs: DmdInputs):
         """Step 2: L_fake, the fake score's denoising regression on the step's student samples."""
-        repeated = inputs.draw.policy.repeated
-        clean = masked_samples(inputs.samples, repeated.valid)
-        return aux_fit(self.context, params["aux"], frozen["teacher"], dmd_state(self.context, key, clean), clean,
-                       repeated.conditioning, repeated.valid, self.context.config.distill.dmd.pull_weight)
+        return fake_score_loss(self.context, params["aux"], frozen["teacher"], key, inputs.samples,
+                               inputs.draw.policy.repeated)
 
     def loss(self, params, frozen, key, inputs: DmdInputs):
         """The student rule, at the step's shared policy draw."""

@@ -67,6 +67,27 @@ def weighted_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, 
     return area_mean(crps, latitude_weights, valid) @ jnp.asarray(channel_weights, crps.dtype)
 
 
+def member_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, latitude_weights: np.ndarray,
+                     channel_weights: np.ndarray) -> jax.Array:
+    """Each member's share of the weighted fair CRPS [M, B]; its mean over members is `weighted_fair_crps`.
+
+    The fair CRPS is a mean over members i of c_i = |x_i - y| - 1/(2(M-1)) sum_j |x_i - x_j|
+    (the skill of x_i less half its mean distance to the others), so -c_i is a
+    per-sample reward whose group mean is R (GNDMR's CRPS reward, `distill/gndm.py`).
+    Same weights, mask and shapes as `weighted_fair_crps`; M >= 2.
+    """
+    members = samples.shape[0]
+    if members < 2:
+        raise ValueError(f"the fair CRPS needs at least 2 samples, got {members}")
+    target = jnp.where(valid, target, 0.0)
+    samples = jnp.where(valid[None], samples, 0.0)
+    spread = jnp.sum(jnp.abs(samples[:, None] - samples[None, :]), axis=1) / (2.0 * (members - 1))
+    shares = jnp.where(valid[None], jnp.abs(samples - target[None]) - spread, 0.0)
+    flat_valid = jnp.broadcast_to(valid[None], shares.shape).reshape(-1, *shares.shape[2:])
+    per_row = area_mean(shares.reshape(-1, *shares.shape[2:]), latitude_weights, flat_valid)
+    return (per_row @ jnp.asarray(channel_weights, shares.dtype)).reshape(members, -1)
+
+
 def reward_channel_scale(normalizer: Normalizer, units: str) -> np.ndarray:
     """k_c [C] turning a residual-space CRPS into the reward's units (see the module docstring).
 
