@@ -5,7 +5,9 @@ google-deepmind/graphcast at 08cf736) holds random-initialised GenCast checkpoin
 graphcast's npz format, graphcast's statistics files, inputs, and graphcast's outputs for
 (a) the network at several noise levels, (b) one DPM-Solver++ 2S step with churn and
 (c) a 2-step rollout, on 64x32 (mesh 2 and 3) and a 7.5-degree grid with poles (mesh 2);
-(a) is checked on all three, (b) and (c) on 64x32 mesh 3 and 7.5 degrees mesh 2.
+(a) is checked on all three, (b) and (c) on 64x32 mesh 3 and 7.5 degrees mesh 2. A fourth case adds sea
+surface temperature, NaN over land, which graphcast's `NaNCleaner` fills with its minimum statistic and
+puts back in the predictions: (a), (b) and (c) on it check our filling and NaN restoration too.
 The sampler's noise is replayed: draw n of target variable k is `fixture_noise(seed, n, k)`.
 Each case's network and teacher step are compiled once (most of the file's time).
 """
@@ -32,12 +34,17 @@ from gencast_rmmd.teacher.gencast_checkpoint import read_gencast_checkpoint
 from gencast_rmmd.teacher.gencast_import import import_gencast
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gencast"
-CASES = ("grid64x32_mesh2", "grid64x32_mesh3", "grid7p5poles_mesh2")
-# The sampler's parity on two mesh sizes and two grids; its network is (a)'s, checked on all three.
-SAMPLER_CASES = ("grid64x32_mesh3", "grid7p5poles_mesh2")
+SST_CASE = "grid64x32_mesh2_sst"
+CASES = ("grid64x32_mesh2", "grid64x32_mesh3", "grid7p5poles_mesh2", SST_CASE)
+# The sampler's parity on two mesh sizes and two grids, and with NaN SST; its network is (a)'s, checked on all.
+SAMPLER_CASES = ("grid64x32_mesh3", "grid7p5poles_mesh2", SST_CASE)
 LAYOUT = ChannelLayout(surface=("2m_temperature",), atmospheric=("temperature", "geopotential"),
                        target_only=("total_precipitation_12hr",), static=("geopotential_at_surface", "land_sea_mask"),
                        levels=(500, 850), input_frames=2)
+LAYOUTS = {name: LAYOUT for name in CASES} | {
+    SST_CASE: ChannelLayout(surface=("2m_temperature", "sea_surface_temperature"), atmospheric=LAYOUT.atmospheric,
+                            target_only=LAYOUT.target_only, static=LAYOUT.static, levels=LAYOUT.levels,
+                            input_frames=2)}
 
 
 def fixture_noise(seed: int, draw: int, variable_index: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -51,8 +58,9 @@ def case(name: str):
     stored = np.load(FIXTURE / f"{name}_io.npz")
     data = {key: stored[key] for key in stored.files}
     meta = json.loads(str(data.pop("meta")))
-    imported = import_gencast(read_gencast_checkpoint(FIXTURE / f"{name}.npz"), FIXTURE / "stats", LAYOUT)
-    network = network_for_grid(imported.model, data["latitude"], data["longitude"], LAYOUT.n_target_channels)
+    layout = LAYOUTS[name]
+    imported = import_gencast(read_gencast_checkpoint(FIXTURE / f"{name}.npz"), FIXTURE / "stats", layout)
+    network = network_for_grid(imported.model, data["latitude"], data["longitude"], layout.n_target_channels)
     return imported, network, data, meta
 
 
@@ -99,21 +107,22 @@ def to_channels(fields: dict[str, np.ndarray], channels, time: int = 0) -> np.nd
     return np.stack(columns, axis=-1)
 
 
-def physical_inputs(data: dict) -> tuple[np.ndarray, np.ndarray]:
+def physical_inputs(data: dict, layout: ChannelLayout = LAYOUT) -> tuple[np.ndarray, np.ndarray]:
     """Our stacked input frames [B, lat, lon, F * C_in] and static fields [lat, lon, C_s]."""
-    fields = {name: data[f"inputs/{name}"] for name in (*LAYOUT.surface, *LAYOUT.atmospheric)}
-    inputs = np.concatenate([to_channels(fields, LAYOUT.input_channels, frame) for frame in range(2)], axis=-1)
-    static = np.stack([data[f"inputs/{name}"] for name in LAYOUT.static], axis=-1)
+    fields = {name: data[f"inputs/{name}"] for name in (*layout.surface, *layout.atmospheric)}
+    inputs = np.concatenate([to_channels(fields, layout.input_channels, frame) for frame in range(2)], axis=-1)
+    static = np.stack([data[f"inputs/{name}"] for name in layout.static], axis=-1)
     return inputs, static
 
 
-def target_noise(seed: int, draw: int, shape: tuple[int, ...], names: list[str]) -> np.ndarray:
+def target_noise(seed: int, draw: int, shape: tuple[int, ...], names: list[str],
+                 layout: ChannelLayout = LAYOUT) -> np.ndarray:
     """The replayed draw `draw` for every target channel: [B, lat, lon, C_target] in our order."""
     fields = {}
     for index, name in enumerate(names):
-        levels = (len(LAYOUT.levels),) if name in LAYOUT.atmospheric else ()
+        levels = (len(layout.levels),) if name in layout.atmospheric else ()
         fields[name] = fixture_noise(seed, draw, index, (*shape, *levels))
-    return to_channels(fields, LAYOUT.target_channels)
+    return to_channels(fields, layout.target_channels)
 
 
 def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -151,25 +160,25 @@ def test_forcings_match_graphcast(name):
 def test_denoiser_matches_graphcast(name):
     """(a) The imported network F at noise levels 0.03, 1 and 60, and D at 1, are graphcast's to rounding."""
     imported, network, data, meta = case(name)
-    names = meta["target_variables_sorted"]
-    inputs, static = physical_inputs(data)
+    names, layout = meta["target_variables_sorted"], LAYOUTS[name]
+    inputs, static = physical_inputs(data, layout)
     shape = (1, 1, len(data["latitude"]), len(data["longitude"]))
     forcings = forcing_channels(init_time(meta) + np.timedelta64(12, "h"), data["latitude"], data["longitude"])
     predictor = Predictor(network, None, imported.normalizer)
     conditioning = predictor.conditioning(jnp.asarray(inputs), jnp.asarray(forcings), jnp.asarray(static))
     raw_network = functools.partial(compiled_network(name), imported.params)
-    clean = target_noise(meta["noise_seed"], 1000, shape, names)
+    clean = target_noise(meta["noise_seed"], 1000, shape, names, layout)
     for index, sigma in enumerate(data["denoise/noise_levels"]):
-        noisy = clean + np.float32(sigma) * target_noise(meta["noise_seed"], 1001 + index, shape, names)
+        noisy = clean + np.float32(sigma) * target_noise(meta["noise_seed"], 1001 + index, shape, names, layout)
         level = jnp.full((1,), sigma, jnp.float32)
         raw = raw_network(c_in(level)[:, None, None, None] * noisy, level, conditioning)
-        theirs = to_channels({v: data[f"denoise/{index}/raw/{v}"] for v in names}, LAYOUT.target_channels)
+        theirs = to_channels({v: data[f"denoise/{index}/raw/{v}"] for v in names}, layout.target_channels)
         assert relative_error(raw, theirs) <= MAX_DENOISER_ERROR, (sigma, relative_error(raw, theirs))
         assert relative_rms_error(raw, theirs) <= RMS_DENOISER_ERROR
         if index == 1:
             # The same preconditioning `Predictor.denoiser` wraps around the network, around the jitted F.
             denoised = PreconditionedDenoiser(raw_network)(jnp.asarray(noisy), level, conditioning)
-            theirs = to_channels({v: data[f"denoise/1/denoised/{v}"] for v in names}, LAYOUT.target_channels)
+            theirs = to_channels({v: data[f"denoise/1/denoised/{v}"] for v in names}, layout.target_channels)
             assert relative_error(denoised, theirs) <= MAX_DENOISER_ERROR
             assert relative_rms_error(denoised, theirs) <= RMS_DENOISER_ERROR
 
@@ -184,7 +193,9 @@ def replayed_noise(meta: dict, key: jax.Array, draw_offset: int, shape: tuple[in
     keys = [init_key, *jax.random.split(churn_key, sampler_levels)]
     draws = [0, *(2 * i + 1 for i in range(sampler_levels))]
     names = meta["target_variables_sorted"]
-    table = jnp.stack([jnp.asarray(target_noise(meta["noise_seed"], draw_offset + d, shape, names)) for d in draws])
+    layout = LAYOUTS[meta["case"]]
+    table = jnp.stack([jnp.asarray(target_noise(meta["noise_seed"], draw_offset + d, shape, names, layout))
+                       for d in draws])
     return table, jnp.stack([jax.random.key_data(k) for k in keys])
 
 
@@ -199,30 +210,35 @@ def sample_step(name, inputs, static, forcing_time, key, draw_offset):
 
 
 def normalised_error(imported, ours, theirs, last_input) -> float:
-    """max |ours - theirs| in the model's normalised units / std of graphcast's normalised step."""
-    normalizer = imported.normalizer
+    """max |ours - theirs| in the model's normalised units / std of graphcast's normalised step.
+
+    NaN (SST over land) must sit at the same points in both; the error is taken over the others.
+    """
+    normalizer, ours = imported.normalizer, np.asarray(ours)
+    assert np.array_equal(np.isnan(ours), np.isnan(theirs)), "NaN at other points than graphcast's"
     theirs_normalised = np.asarray(normalizer.normalize_targets(theirs, last_input))
-    return float(np.max(np.abs(np.asarray(ours) - theirs) / normalizer.target_scale) / np.std(theirs_normalised))
+    difference = np.abs(ours - theirs) / normalizer.target_scale
+    return float(np.nanmax(difference) / np.std(theirs_normalised))
 
 
 @pytest.mark.parametrize("name", SAMPLER_CASES)
 def test_sampler_step_and_rollout_match_graphcast(name):
     """(b) one DPM-Solver++ 2S 12 h step with churn and (c) a 2-step rollout: graphcast's to 1e-4."""
     imported, network, data, meta = case(name)
-    names = meta["target_variables_sorted"]
-    inputs, static = physical_inputs(data)
+    names, layout = meta["target_variables_sorted"], LAYOUTS[name]
+    inputs, static = physical_inputs(data, layout)
     start = init_time(meta)
     first = sample_step(name, inputs, static, start + np.timedelta64(12, "h"), jax.random.PRNGKey(3), 0)
-    step = to_channels({v: data[f"step/{v}"] for v in names}, LAYOUT.target_channels)
+    step = to_channels({v: data[f"step/{v}"] for v in names}, layout.target_channels)
     last = imported.normalizer.last_frame(inputs)
     assert normalised_error(imported, first, step, last) <= 1e-4
 
     rollout = {v: data[f"rollout/{v}"] for v in names}
-    assert normalised_error(imported, first, to_channels(rollout, LAYOUT.target_channels, 0), last) <= 1e-4
+    assert normalised_error(imported, first, to_channels(rollout, layout.target_channels, 0), last) <= 1e-4
     second_inputs = np.asarray(Predictor(network, None, imported.normalizer).next_inputs(jnp.asarray(inputs), first))
     second = sample_step(name, second_inputs, static, start + np.timedelta64(24, "h"), jax.random.PRNGKey(4),
                          meta["noise_draws_per_step"])
-    theirs = to_channels(rollout, LAYOUT.target_channels, 1)
+    theirs = to_channels(rollout, layout.target_channels, 1)
     assert normalised_error(imported, second, theirs, imported.normalizer.last_frame(second_inputs)) <= 1e-4
 
 

@@ -12,7 +12,10 @@ checkpoints refer to (08cf736, "Bump version to 0.2") on PYTHONPATH:
         tensorstore zarr && $SCRATCH/gc_venv/bin/pip install --no-deps dinosaur-dycore xarray-tensorstore
     PYTHONPATH=$SCRATCH/gc_src $SCRATCH/gc_venv/bin/python tools/make_gencast_fixture.py tests/fixtures/gencast
 
-For each case (grid x mesh size) it writes, in graphcast's formats:
+For each case (grid x mesh size; `grid64x32_mesh2_sst` adds sea surface temperature, NaN over land,
+wrapped in graphcast's `nan_cleaning.NaNCleaner` with the minimum statistic as GenCast's demo does;
+its data are drawn after the other fields, so adding it left the other cases' files bit-identical)
+it writes, in graphcast's formats:
 - `CASE.npz`: a random-initialised GenCast checkpoint (`checkpoint.dump` of
   `gencast.CheckPoint`: keys `params:<module path>:<name>`, `task_config:...`,
   `denoiser_architecture_config:...`, `sampler_config:...`, ...). The init is
@@ -46,7 +49,7 @@ import numpy as np
 import xarray
 
 from graphcast import checkpoint, data_utils, denoiser, gencast, graphcast, normalization, rollout
-from graphcast import samplers_utils, xarray_jax
+from graphcast import nan_cleaning, samplers_utils, xarray_jax
 
 from gencast_rmmd.teacher.gencast_checkpoint import perturbed_params
 
@@ -63,13 +66,17 @@ PHYSICAL = {  # (mean, std, diffs_std) of the invented data, per variable
     "geopotential": (50000.0, 3000.0, 300.0),
     "geopotential_at_surface": (3000.0, 6000.0, None),
     "land_sea_mask": (0.3, 0.45, None),
+    "sea_surface_temperature": (290.0, 8.0, 0.5),      # NaN over land (land_sea_mask > 0.5), as in ERA5
 }
+SST = "sea_surface_temperature"
 
 CASES = {
-    # name: (latitudes, longitudes, mesh_size, attention_k_hop)
-    "grid64x32_mesh2": (np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625, 2, 4),
-    "grid64x32_mesh3": (np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625, 3, 2),
-    "grid7p5poles_mesh2": (np.linspace(-90.0, 90.0, 25), np.arange(48) * 7.5, 2, 4),
+    # name: (latitudes, longitudes, mesh_size, attention_k_hop, extra input-and-target surface variables)
+    "grid64x32_mesh2": (np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625, 2, 4, ()),
+    "grid64x32_mesh3": (np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625, 3, 2, ()),
+    "grid7p5poles_mesh2": (np.linspace(-90.0, 90.0, 25), np.arange(48) * 7.5, 2, 4, ()),
+    # sea surface temperature with NaN over land, cleaned by graphcast's NaNCleaner as GenCast's demo does
+    "grid64x32_mesh2_sst": (np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625, 2, 4, (SST,)),
 }
 
 
@@ -81,11 +88,11 @@ def fixture_noise(seed: int, draw: int, variable_index: int, shape: tuple[int, .
 class ReplayedNoise:
     """Stands in for `samplers_utils.spherical_white_noise_like`: draws counted, values from `fixture_noise`."""
 
-    def __init__(self, seed: int):
-        self.seed, self.draws = seed, 0
+    def __init__(self, seed: int, targets: tuple[str, ...] = TARGETS):
+        self.seed, self.draws, self.targets = seed, 0, targets
 
     def __call__(self, template: xarray.Dataset) -> xarray.Dataset:
-        names = sorted(TARGETS)
+        names = sorted(self.targets)
         fields = {}
         for name in template.data_vars:
             field = template[name]
@@ -126,7 +133,8 @@ def statistics() -> dict[str, xarray.Dataset]:
             "diffs_stddev_by_level": xarray.Dataset(diffs), "min_by_level": xarray.Dataset(minimum)}
 
 
-def example_dataset(latitude: np.ndarray, longitude: np.ndarray, rng: np.random.Generator) -> xarray.Dataset:
+def example_dataset(latitude: np.ndarray, longitude: np.ndarray, rng: np.random.Generator,
+                    extra: tuple[str, ...] = ()) -> xarray.Dataset:
     """Four 12-hourly frames (init - 12 h .. init + 24 h) of smooth random fields, graphcast's layout."""
     times = np.arange(-1, 3) * np.timedelta64(12, "h")
     lat_rad, lon_rad = np.deg2rad(latitude)[:, None], np.deg2rad(longitude)[None, :]
@@ -155,6 +163,12 @@ def example_dataset(latitude: np.ndarray, longitude: np.ndarray, rng: np.random.
         if name == "land_sea_mask":
             values = np.clip(values, 0.0, 1.0)
         data[name] = (("lat", "lon"), values.astype(np.float32))
+    if SST in extra:    # drawn after every other field, so the cases without it keep their data
+        mu, sd, _ = PHYSICAL[SST]
+        land = data["land_sea_mask"][1] > 0.5
+        values = (mu + sd * smooth(len(times))).astype(np.float32)
+        values[..., land] = np.nan
+        data[SST] = (("batch", "time", "lat", "lon"), values)
     coords = {"lat": latitude.astype(np.float32), "lon": longitude.astype(np.float32),
               "level": np.asarray(LEVELS, np.int32), "time": times,
               "datetime": (("batch", "time"), (INIT_TIME + times)[None])}
@@ -171,14 +185,15 @@ def architecture(mesh_size: int, k_hop: int) -> denoiser.DenoiserArchitectureCon
 
 
 def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dict:
-    latitude, longitude, mesh_size, k_hop = CASES[name]
+    latitude, longitude, mesh_size, k_hop, extra = CASES[name]
+    targets_of_case, inputs_of_case = TARGETS + extra, INPUTS + extra
     rng = np.random.default_rng([7, mesh_size, len(latitude)])
-    dataset = example_dataset(latitude, longitude, rng)
+    dataset = example_dataset(latitude, longitude, rng, extra)
     inputs, targets, forcings = data_utils.extract_inputs_targets_forcings(
-        dataset, input_variables=INPUTS, target_variables=TARGETS, forcing_variables=FORCINGS,
+        dataset, input_variables=inputs_of_case, target_variables=targets_of_case, forcing_variables=FORCINGS,
         pressure_levels=LEVELS, input_duration="24h", target_lead_times=slice("12h", "24h"))
-    task = graphcast.TaskConfig(input_variables=INPUTS, target_variables=TARGETS, forcing_variables=FORCINGS,
-                                pressure_levels=LEVELS, input_duration="24h")
+    task = graphcast.TaskConfig(input_variables=inputs_of_case, target_variables=targets_of_case,
+                                forcing_variables=FORCINGS, pressure_levels=LEVELS, input_duration="24h")
     sampler_config = gencast.SamplerConfig(num_noise_levels=5, max_noise_level=80.0, min_noise_level=0.03,
                                            stochastic_churn_rate=2.5, churn_min_noise_level=0.75)
     noise_config, noise_encoder_config = gencast.NoiseConfig(), denoiser.NoiseEncoderConfig()
@@ -190,23 +205,33 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
                                noise_encoder_config=noise_encoder_config)
 
     def wrapped():
-        return normalization.InputsAndResiduals(model(), diffs_stddev_by_level=stats["diffs_stddev_by_level"],
-                                                mean_by_level=stats["mean_by_level"],
-                                                stddev_by_level=stats["stddev_by_level"])
+        normalised = normalization.InputsAndResiduals(model(), diffs_stddev_by_level=stats["diffs_stddev_by_level"],
+                                                      mean_by_level=stats["mean_by_level"],
+                                                      stddev_by_level=stats["stddev_by_level"])
+        if SST not in extra:
+            return normalised
+        return nan_cleaning.NaNCleaner(normalised, var_to_clean=SST, fill_value=stats["min_by_level"],
+                                       reintroduce_nans=True)
+
+    def cleaned(dataset):
+        """The inputs GenCast's network sees: NaN SST filled with its minimum, as NaNCleaner does."""
+        if SST not in dataset.data_vars:
+            return dataset
+        return dataset.assign({SST: dataset[SST].fillna(stats["min_by_level"][SST])})
 
     first_inputs = inputs
     first_targets = targets.isel(time=slice(0, 1))
     first_forcings = forcings.isel(time=slice(0, 1))
-    norm_inputs = normalization.normalize(first_inputs, stats["stddev_by_level"], stats["mean_by_level"])
+    norm_inputs = normalization.normalize(cleaned(first_inputs), stats["stddev_by_level"], stats["mean_by_level"])
     norm_forcings = normalization.normalize(first_forcings, stats["stddev_by_level"], stats["mean_by_level"])
 
     # (a) the denoiser at several noise levels, on normalised data: the raw network F at every level,
     # the preconditioned D at the middle one. Clean targets and noise come from `fixture_noise`.
     noise_levels = np.asarray([0.03, 1.0, 60.0], np.float32)
-    names = sorted(TARGETS)
+    names = sorted(targets_of_case)
 
     def seeded(draw):
-        return xarray.Dataset({v: first_targets[v] * 0 + fixture_noise(NOISE_SEED, draw, names.index(v),
+        return xarray.Dataset({v: first_targets[v].fillna(0) * 0 + fixture_noise(NOISE_SEED, draw, names.index(v),
                                                                        first_targets[v].shape)
                                for v in first_targets.data_vars})
 
@@ -232,7 +257,7 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
                 result[f"denoise/{index}/denoised/{v}"] = np.asarray(xarray_jax.unwrap_data(denoised[v]))
 
     # (b) one full sampler step and (c) a 2-step rollout, with replayed noise.
-    replay = ReplayedNoise(NOISE_SEED)
+    replay = ReplayedNoise(NOISE_SEED, targets_of_case)
     samplers_utils.spherical_white_noise_like = replay
     hk.fori_loop = python_fori_loop
 
@@ -248,7 +273,7 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
     replay.draws = 0
     trajectory = rollout.chunked_prediction(predictor_fn, jax.random.PRNGKey(1), inputs, targets * np.nan,
                                             forcings, num_steps_per_chunk=1)
-    for v in TARGETS:
+    for v in targets_of_case:
         result[f"step/{v}"] = np.asarray(step[v].values)
         result[f"rollout/{v}"] = np.asarray(trajectory[v].values)
     for v in first_inputs.data_vars:
@@ -257,7 +282,7 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
         result[f"forcings/{v}"] = np.asarray(forcings[v].values)
     result["latitude"], result["longitude"] = latitude, longitude
     meta = {"case": name, "init_time": str(INIT_TIME), "noise_seed": NOISE_SEED,
-            "noise_draws_per_step": draws_per_step, "target_variables_sorted": sorted(TARGETS),
+            "noise_draws_per_step": draws_per_step, "target_variables_sorted": sorted(targets_of_case),
             "dims": {f"{group}/{v}": list(ds[v].dims)
                      for group, ds in (("inputs", first_inputs), ("step", step), ("forcings", forcings))
                      for v in ds.data_vars}}
@@ -271,9 +296,10 @@ def write_case(name: str, out_dir: str, stats: dict[str, xarray.Dataset]) -> dic
         license="CC BY-SA 4.0 (random weights, test fixture)")
     with open(os.path.join(out_dir, f"{name}.npz"), "wb") as handle:
         checkpoint.dump(handle, stored)
-    std = float(np.std(np.concatenate([result[f"step/{v}"].ravel() for v in TARGETS])))
+    std = float(np.nanstd(np.concatenate([result[f"step/{v}"].ravel() for v in targets_of_case])))
     return {"case": name, "draws_per_step": draws_per_step,
-            "raw_std": float(np.std(np.concatenate([result[f"denoise/0/raw/{v}"].ravel() for v in TARGETS]))),
+            "raw_std": float(np.std(np.concatenate([result[f"denoise/0/raw/{v}"].ravel()
+                                                    for v in targets_of_case]))),
             "step_std": std}
 
 
