@@ -43,6 +43,8 @@ METHODS = {                                   # distill.method -> what the row i
     "draft": "a DRaFT student (the CRPS reward back-propagated through its last sampling steps)",
     "dmd": "a DMD student (distribution matching distillation: the teacher's and a fake score model's "
            "denoisers compared on the student's samples, plus the fair-CRPS reward)",
+    "gndm": "a GNDM student (distribution matching recast as a per-sample reward, normalised within each "
+            "group of members and optimised by clipped policy-gradient updates; GNDMR adds the fair-CRPS reward)",
 }
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 78em; line-height: 1.35; }
