@@ -8,6 +8,13 @@ import numpy as np
 from gencast_rmmd.errors import UserInputError
 
 
+def latitude_bounds(ascending: np.ndarray) -> np.ndarray:
+    """Band bounds [n + 1] (degrees) of ascending latitude centres: [-90°, midpoints, +90°] (the bands tile the
+    sphere; on a grid with poles the polar bands are half-height)."""
+    ascending = np.asarray(ascending, dtype=np.float64)
+    return np.concatenate([[-90.0], (ascending[1:] + ascending[:-1]) / 2.0, [90.0]])
+
+
 def latitude_cell_weights(latitude: np.ndarray) -> np.ndarray:
     """Cell-area weights of a latitude grid (degrees, any order), normalised to mean 1.
 
@@ -19,9 +26,7 @@ def latitude_cell_weights(latitude: np.ndarray) -> np.ndarray:
     """
     latitude = np.asarray(latitude, dtype=np.float64)
     order = np.argsort(latitude)
-    ascending = latitude[order]
-    midpoints = (ascending[1:] + ascending[:-1]) / 2.0
-    bounds = np.deg2rad(np.concatenate([[-90.0], midpoints, [90.0]]))
+    bounds = np.deg2rad(latitude_bounds(latitude[order]))
     weights_sorted = np.sin(bounds[1:]) - np.sin(bounds[:-1])
     weights = np.empty_like(weights_sorted)
     weights[order] = weights_sorted

@@ -16,9 +16,10 @@ the weights are separable, so a field costs two small matrix products. A
 target cell whose valid source area is below `min_valid_fraction` of its area
 becomes NaN (a target cell that is mostly land has no sea temperature).
 
-Cell edges are the midpoints between centres; the outer latitude edges are
-clipped at the poles, so a grid "with poles" has half-height polar cells, and
-grids without poles (the WB2 equiangular ones) cover the sphere as well. The
+Cell edges are the midpoints between centres and the poles (`data.grid.latitude_bounds`,
+the bands the loss and the scores weight by), so a grid "with poles" has
+half-height polar cells, and grids without poles (the WB2 equiangular ones)
+cover the sphere as well. The
 global area-weighted mean of a field without NaN is the same on both grids.
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.data.grid import latitude_bounds
 from gencast_rmmd.errors import UserInputError
 
 
@@ -42,13 +44,11 @@ def regular_grid(resolution: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def latitude_edges(latitude: np.ndarray) -> np.ndarray:
-    """Band edges [n + 1] (degrees) of ascending centres: midpoints, the outer ones clipped at the poles."""
+    """Band edges [n + 1] (degrees) of ascending centres: the bands `latitude_cell_weights` weights by."""
     latitude = np.asarray(latitude, np.float64)
     if latitude.size < 2 or np.any(np.diff(latitude) <= 0):
         raise UserInputError("latitudes must be at least two, strictly ascending")
-    middle = (latitude[1:] + latitude[:-1]) / 2
-    first, last = latitude[0] - (latitude[1] - latitude[0]) / 2, latitude[-1] + (latitude[-1] - latitude[-2]) / 2
-    return np.clip(np.concatenate([[first], middle, [last]]), -90.0, 90.0)
+    return latitude_bounds(latitude)
 
 
 def longitude_edges(longitude: np.ndarray) -> np.ndarray:
