@@ -10,12 +10,18 @@ import xarray as xr
 
 from conftest import REPO
 from gencast_rmmd.diffusion.student_sampler import StudentSamplerConfig
-from gencast_rmmd.forecast.build import predictor_from_payload
+from gencast_rmmd.forecast.build import predictor_from_card
 from gencast_rmmd.training import load_checkpoint
+from gencast_rmmd.training.card import read_card
 
 TINY = REPO / "configs" / "teacher" / "tiny.yaml"
 SETS = ["--set", "data.levels=[500,850]", "--set", "train.steps=4", "--set", "train.warmup_steps=1",
         "--set", "train.checkpoint_every=4", "--set", "train.log_every=2"]
+
+
+def predictor_from(payload: dict):
+    """The predictor a checkpoint's `meta["task"]` rebuilds, read as every reader reads it (`read_card`)."""
+    return predictor_from_card(read_card({"task": payload}))
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +36,14 @@ def truncated_run(tmp_path_factory, wb2_store):
 def test_the_checkpoint_and_its_samplers_carry_the_noise_spec(truncated_run):
     payload = load_checkpoint(truncated_run).meta["task"]
     assert payload["grid"]["noise"] == {"max_wavenumber": 10, "spectral_exponent": 1.5}
-    assert predictor_from_payload(payload).sampler.noise.spec == payload["grid"]["noise"]
+    assert predictor_from(payload).sampler.noise.spec == payload["grid"]["noise"]
     student = copy.deepcopy(payload)   # a student's payload copies its teacher's grid
     student["sampler"] = {"name": "student_kstep", "config": StudentSamplerConfig(steps=2).model_dump(mode="json"),
                           "nfe_per_step": 2}
-    assert predictor_from_payload(student).sampler.noise.spec == payload["grid"]["noise"]
+    assert predictor_from(student).sampler.noise.spec == payload["grid"]["noise"]
     older = copy.deepcopy(payload)     # checkpoints from before the option: the grid's own truncation
     del older["grid"]["noise"]
-    assert predictor_from_payload(older).sampler.noise.spec == {"max_wavenumber": 31, "spectral_exponent": 0.0}
+    assert predictor_from(older).sampler.noise.spec == {"max_wavenumber": 31, "spectral_exponent": 0.0}
 
 
 def test_the_default_is_the_grids_resolvable_wavenumber(run_cli, wb2_store, tmp_path):

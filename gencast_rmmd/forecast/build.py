@@ -40,11 +40,6 @@ def predictor_from_card(card: ModelCard) -> Predictor:
     return Predictor(card.network(), sampler, card.normalization)
 
 
-def predictor_from_payload(payload: dict) -> Predictor:
-    """The `Predictor` of a card still held as a dict (`meta["task"]`)."""
-    return predictor_from_card(read_card({"task": payload}))
-
-
 def with_sampler_overrides(card: ModelCard, overrides: list[str] | tuple[str, ...]) -> ModelCard:
     """`card` with `key=value` overrides of its sampler's config (validated when the sampler is built)."""
     if not overrides:
