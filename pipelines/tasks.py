@@ -313,17 +313,17 @@ def scorecards(out: Annotated[Path, typer.Option("--out", help="Scorecard direct
     _say(f"wrote {out / 'index.html'}")
 
 
-def measured_timings(manifest_file: Path, train_stage: str | None) -> dict[str, float]:
-    """{"train_s": the training stage's seconds} when it trained in one attempt, else {} (not measured).
+def measured_timings(workdir: Path, train_stage: str | None) -> dict[str, float]:
+    """{"train_s": the training stage's seconds (its manifest record)} when it trained in one attempt, else {}.
 
     A resumed stage records its last leg alone, and an installed or imported teacher (no `train_stage`)
     did not train: then `at_most` rules on `train_s` fail rather than assume a time.
     """
-    import json
+    from pipelines.manifest import Manifest
 
     if train_stage is None:
         return {}
-    stage = json.loads(manifest_file.read_text()).get("stages", {}).get(train_stage, {})
+    stage = Manifest.load(workdir).stages.get(train_stage, {})
     return {"train_s": float(stage["seconds"])} if stage.get("attempts") == 1 and stage.get("seconds") else {}
 
 
@@ -331,17 +331,18 @@ def measured_timings(manifest_file: Path, train_stage: str | None) -> dict[str, 
 def gate(rules: Annotated[Path, typer.Option("--rules", help="Resolved rules file (DIR/configs/gate.yaml).")],
          scores: Annotated[Path, typer.Option("--scores", help="The scores directory (DIR/scores).")],
          out: Annotated[Path, typer.Option("--out", help="Verdict JSON (gate/verdict.json; .md beside it).")],
-         manifest: Annotated[Path, typer.Option("--manifest", help="The run's manifest (train_s).")] = Path(
-             "manifest.json"),
          train_stage: Annotated[Optional[str], typer.Option("--train-stage", help="The stage that trained the "
                                                             "teacher (none: installed or imported).")] = None
          ) -> None:
-    """The product's `gate` on the run's scores, with the teacher's measured training time; exit 3 if it fails."""
+    """The product's `gate` on the run's scores, with the teacher's measured training time; exit 3 if it fails.
+
+    Run in the work directory, as every stage is: its manifest gives the training time.
+    """
     from gencast_rmmd.io_utils import write_json_atomic
 
     timings = out.parent / "timings.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(timings, measured_timings(manifest, train_stage))
+    write_json_atomic(timings, measured_timings(Path("."), train_stage))
     _run_product_command(["gate", "--rules", str(rules), "--scores", str(scores), "--timings", str(timings),
                           "--out", str(out)])
 
