@@ -12,7 +12,7 @@ A CRPS that crosses climatology's says *that* a forecast lost its skill; these d
   state); an ensemble whose members leave the attractor grows it lead after lead;
 - spread and error power per band of zonal wavenumber (`spread_error_by_band`), in the mid-latitudes of
   both hemispheres: spread S_b = Σ_{k∈b} Σ_m P_k(X_m − X̄) / (M − 1), error E_b = Σ_{k∈b} P_k(X̄ − Y),
-  P_k the one-sided zonal power of `spectrum.zonal_power` averaged over rows with cell-area weights and
+  P_k the one-sided zonal power of `data.grid.zonal_power` averaged over rows with cell-area weights and
   over inits. Summed over every band, S is the unbiased ensemble variance and E the ensemble-mean squared
   error over those rows (Parseval), so a band where S exceeds E is a scale where the model samples
   variability that the truth does not have.

@@ -22,7 +22,7 @@ import xarray as xr
 
 from evaluation.compare import target_name
 from evaluation.io import LEAD_DIM, align_truth, open_forecast
-from gencast_rmmd.data.grid import latitude_cell_weights
+from gencast_rmmd.data.grid import latitude_cell_weights, zonal_power
 from gencast_rmmd.data.stores import open_dataset
 from gencast_rmmd.errors import UserInputError
 
@@ -35,18 +35,6 @@ SPECTRUM_LEADS: tuple[int, ...] = (24, 120)   # hours
 def band_label(band: tuple[int, int]) -> str:
     """A band's name, `wn A-B`."""
     return f"wn {band[0]}-{band[1]}"
-
-
-def zonal_power(values: np.ndarray) -> np.ndarray:
-    """One-sided power per zonal wavenumber of `values` along its last (longitude) axis: [..., N // 2 + 1].
-
-    P_k = c_k |F_k|² / N² with c_k = 2 for 0 < k < N/2 (k and −k) and 1 for k = 0 and the Nyquist k = N/2,
-    so Σ_k P_k = mean over longitude of values² (units: those of values, squared).
-    """
-    count = values.shape[-1]
-    power = np.abs(np.fft.rfft(np.asarray(values, dtype=np.float64), axis=-1)) ** 2 / count**2
-    power[..., 1:(count + 1) // 2] *= 2.0
-    return power
 
 
 def band_sums(power: np.ndarray, bands: Sequence[tuple[int, int]] = ZONAL_BANDS) -> np.ndarray:

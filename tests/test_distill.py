@@ -452,6 +452,22 @@ def test_the_policy_keys_select_one_typed_policy_and_offline_wins():
     assert DistillSection(offline=True).policy == "offline"      # a StrEnum: logs and configs read it as text
 
 
+def test_pareto_spectrum_is_the_evaluation_spectrum_and_its_distance_ignores_a_common_scale():
+    """sum_k P[c, k] is the area-weighted mean square of channel c (Parseval, the one spectrum of the project);
+    a student equal to the teacher times 10^a in every channel is at distance |a|, blurring raises it."""
+    from gencast_rmmd.distill.pareto import spectral_distance, zonal_spectrum
+    rng = np.random.default_rng(3)
+    fields = rng.normal(size=(4, 8, 16, 3))
+    latitude = np.linspace(-78.75, 78.75, 8)
+    weights = latitude_cell_weights(latitude)
+    spectrum = zonal_spectrum(fields, weights)
+    mean_square = np.einsum("j,njlc->c", weights, fields**2) / (weights.sum() * 4 * 16)
+    np.testing.assert_allclose(spectrum.sum(axis=1), mean_square, rtol=1e-12)
+    assert spectral_distance(zonal_spectrum(fields * 10.0, weights), spectrum) == pytest.approx(2.0, abs=1e-9)
+    blurred = (fields + np.roll(fields, 1, axis=2) + np.roll(fields, -1, axis=2)) / 3.0
+    assert spectral_distance(zonal_spectrum(blurred, weights), spectrum) > 0.3
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -1,5 +1,6 @@
-"""Grid geometry shared by the model's loss and the evaluation (latitude cell-area weights), and the check
-that a store lies on the grid a model was trained on."""
+"""Grid geometry shared by the model's loss, the distillation diagnostics and the evaluation (latitude
+cell-area weights, the one-sided zonal power spectrum), and the check that a store lies on the grid a model
+was trained on."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ def latitude_cell_weights(latitude: np.ndarray) -> np.ndarray:
     weights = np.empty_like(weights_sorted)
     weights[order] = weights_sorted
     return weights / weights.mean()
+
+
+def zonal_power(values: np.ndarray) -> np.ndarray:
+    """One-sided power per zonal wavenumber of `values` along its last (longitude) axis: [..., N // 2 + 1].
+
+    P_k = c_k |F_k|² / N² with c_k = 2 for 0 < k < N/2 (k and −k) and 1 for k = 0 and the Nyquist k = N/2,
+    so Σ_k P_k = mean over longitude of values² (Parseval; units: those of values, squared).
+    """
+    count = values.shape[-1]
+    power = np.abs(np.fft.rfft(np.asarray(values, dtype=np.float64), axis=-1)) ** 2 / count**2
+    power[..., 1:(count + 1) // 2] *= 2.0
+    return power
 
 
 def _grid_name(latitude: np.ndarray, longitude: np.ndarray) -> str:

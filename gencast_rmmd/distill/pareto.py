@@ -10,8 +10,9 @@ the same keys for every model (common random numbers) and M =
 - fidelity: the log-spectral distance between the student's and the teacher's
   zonal energy spectra, mean over channels c and zonal wavenumbers k >= 1 of
   |log10 P_student(c, k) - log10 P_teacher(c, k)|, with
-  P(c, k) = area-weighted mean over latitudes (and samples) of |FFT_lon(x)_k|^2 / n_lon
-  in the model's space. 0 = the same spectrum; blurring (a common failure of
+  P(c, k) = area-weighted mean over latitudes (and samples) of the one-sided
+  zonal power of x (`data.grid.zonal_power`, the evaluation's spectrum) in the
+  model's space. 0 = the same spectrum; blurring (a common failure of
   reward fine-tuning) raises it at high k. Lower is better.
 
 A run is Pareto-optimal when no other run is at least as good on both and
@@ -30,6 +31,7 @@ import jax
 import numpy as np
 
 from gencast_rmmd.data.batches import batch_stream
+from gencast_rmmd.data.grid import zonal_power
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.diffusion.base import Sampler
 from gencast_rmmd.diffusion.registry import SAMPLER_BUILDERS
@@ -44,11 +46,10 @@ FIDELITY_MEASURE = ("log-spectral distance of zonal energy spectra, student vs t
 
 
 def zonal_spectrum(fields: np.ndarray, latitude_weights: np.ndarray) -> np.ndarray:
-    """P[c, k] = sum_j a_j mean_n |FFT_lon(x_n[j, :, c])_k|^2 / n_lon / sum_j a_j for fields [N, lat, lon, C]."""
-    power = np.abs(np.fft.rfft(np.asarray(fields, np.float64), axis=2)) ** 2 / fields.shape[2]
-    by_latitude = power.mean(axis=0)                                   # [lat, k, C]
+    """P[c, k] = sum_j a_j mean_n P_k(x_n[j, :, c]) / sum_j a_j for fields [N, lat, lon, C] (P_k: `zonal_power`)."""
+    power = zonal_power(np.moveaxis(np.asarray(fields), 2, -1)).mean(axis=0)     # [lat, C, k]
     weights = np.asarray(latitude_weights, np.float64)
-    return np.einsum("j,jkc->ck", weights, by_latitude) / weights.sum()
+    return np.einsum("j,jck->ck", weights, power) / weights.sum()
 
 
 def spectral_distance(spectrum: np.ndarray, reference: np.ndarray) -> float:
