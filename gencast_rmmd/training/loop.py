@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.errors import TrainingDiverged, UserInputError
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.config import DistributedConfig, TrainConfig
 from gencast_rmmd.training.metrics_log import MetricsLog, TrainingProgress
@@ -37,7 +37,7 @@ from gencast_rmmd.training.sharding import data_mesh, initialize_distributed, is
     replicated, shard_batch
 from gencast_rmmd.training.state import TrainState, init_train_state, make_optimizers, make_train_step, \
     make_validation_step, root_keys
-from gencast_rmmd.training.task import TrainableState, TrainingDiverged, TrainTask, validate_rules
+from gencast_rmmd.training.task import TrainableState, TrainTask, validate_rules
 from gencast_rmmd.training.tree_io import params_sha256
 
 PyTree = Any

@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 
-from gencast_rmmd.errors import TrainingDiverged  # noqa: F401  (re-exported: the loop raises it)
 from gencast_rmmd.training.config import OptimizerConfig
 
 PyTree = Any
