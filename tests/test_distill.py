@@ -185,10 +185,12 @@ def differentiated_calls(loss, params) -> int:
     return count(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params).jaxpr)
 
 
-def rule_inputs(task, params, frozen, key, batch):
-    """What the loop hands every rule: the task's shared `step_inputs` (live RMMD's policy draw) or the batch."""
+def rule_inputs(task, params, frozen, key, batch, step: int = 0):
+    """What the loop hands every rule at `step`: the task's shared `step_inputs` (live RMMD's policy draw) or the
+    batch."""
     step_inputs = getattr(task, "step_inputs", None)
-    return batch if step_inputs is None else step_inputs(params, frozen, jax.random.fold_in(key, 99), batch)
+    return batch if step_inputs is None else step_inputs(params, frozen, jax.random.fold_in(key, 99), batch,
+                                                         jnp.int32(step))
 
 
 def fit_and_gap(task, params, frozen, keys, batch, gap_metric: str) -> tuple[float, float]:

@@ -77,6 +77,40 @@ def check_fake_score_task(task, state, anchors: Anchors, anchor_weight: float, s
                                                                               student_repeats)
 
 
+def traced_applications(task, params, frozen, key, batch, step: int = 0) -> list[int]:
+    """Network applications traced by each rule's gradient (a vmapped group of calls counts once), the step's
+    shared inputs computed outside the rules as the loop does."""
+    network = CountingNetwork()
+    counted = DISTILLERS[task.context.config.distill.method](dataclasses.replace(task.context, network=network))
+    inputs = rule_inputs(counted, params, frozen, key, batch, step)
+    counts = []
+    for rule in counted.update_rules():
+        network.calls.clear()
+        jax.grad(lambda p, rule=rule: rule.loss({**params, **p}, frozen, key, inputs)[0])(
+            {group: params[group] for group in rule.groups})
+        counts.append(len(network.calls))
+    return counts
+
+
+def check_the_fake_score_follows_a_fixed_student(task, gap_metric: str) -> None:
+    """Only the fake rule in the real train step, a student moved from the teacher and held fixed: after 10 steps
+    the fake score's denoising loss on the student's samples (fixed evaluation draws) has dropped, the gap
+    `gap_metric` (zero while fake = teacher) has opened, and the student and teacher are bit-for-bit the same."""
+    _, _, state, step = fake_rule_only(task)
+    batch, root = toy_batch(), jax.random.PRNGKey(7)
+    keys = [jax.random.PRNGKey(100 + k) for k in range(4)]
+    fit_before, gap_before = fit_and_gap(task, state.params, state.frozen, keys, batch, gap_metric)
+    start = state
+    for _ in range(10):
+        state, metrics = step(state, batch, root)
+    fit_after, gap_after = fit_and_gap(task, state.params, state.frozen, keys, batch, gap_metric)
+    assert bitwise_same(state.params["student"], start.params["student"]) and bitwise_same(state.frozen, start.frozen)
+    assert not bitwise_same(state.params["aux"], start.params["aux"])
+    assert int(metrics["skipped"]) == 0
+    assert gap_before == 0.0 and gap_after > 1e-3, gap_after
+    assert fit_after < 0.9 * fit_before, (fit_before, fit_after)
+
+
 def check_rule_gradients(task, params, frozen, key, inputs) -> None:
     """Each rule's loss has gradient in its own groups only (no other group, no frozen tree), through ONE
     differentiated network call."""
@@ -113,14 +147,7 @@ def test_dmd_groups_rules_and_gradient_paths(anchor_weight):
 
     # A counting wrapper: the student rule applies networks twice (the student; fake + teacher [+ phase-1
     # student] vmapped as one), the fake rule once (beta = 0: no teacher call); the policy chain is not in either.
-    network = CountingNetwork()
-    counted = DISTILLERS["dmd"](dataclasses.replace(task.context, network=network))
-    inputs = rule_inputs(counted, params, state.frozen, key, batch)
-    for rule, expected in zip(counted.update_rules(), (1, 2)):
-        network.calls.clear()
-        jax.grad(lambda p, rule=rule: rule.loss({**params, **p}, state.frozen, key, inputs)[0])(
-            {group: params[group] for group in rule.groups})
-        assert len(network.calls) == expected, (rule.name, network.calls)
+    assert traced_applications(task, params, state.frozen, key, batch) == [1, 2]
 
 
 def test_the_dmd_gradient_is_zero_when_the_fake_score_is_the_teacher():
@@ -199,7 +226,8 @@ def test_the_fake_score_follows_a_fixed_student_through_the_loop():
 
     # One loop step against three hand-made AdamW updates on the step's one shared draw.
     step_key = jax.random.fold_in(root, 0)
-    inputs = jax.lax.stop_gradient(task.step_inputs(state.params, state.frozen, jax.random.fold_in(step_key, 1), batch))
+    inputs = jax.lax.stop_gradient(task.step_inputs(state.params, state.frozen, jax.random.fold_in(step_key, 1), batch,
+                                                    state.step))
     transform, opt_state = optimizers.transforms["aux"], state.opt_states["aux"]
     trainable = {"aux": state.params["aux"]}
     for repeat in range(3):
@@ -240,7 +268,7 @@ def test_dmd_config_is_validated_and_the_shipped_ones_load():
     from gencast_rmmd.config import config_to_dict
     assert "dmd" in config_to_dict(shipped)["distill"] and "dmd" not in config_to_dict(rmmd)["distill"]
     assert "dmd" not in config_to_dict(shipped.phase1())["distill"]
-    with pytest.raises(UserInputError, match="distill.dmd is read only by method dmd or gndm, not rmmd"):
+    with pytest.raises(UserInputError, match="distill.dmd is read only by method dmd or gndm or dmdr, not rmmd"):
         validate_config({"distill": {"method": "rmmd", "dmd": {"fake_updates": 3}}}, DistillConfig, "x.yaml")
 
 

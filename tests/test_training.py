@@ -208,15 +208,16 @@ def test_update_rules_apply_in_sequence_each_to_its_own_groups():
 
 
 def test_step_inputs_are_computed_once_per_step_and_reach_every_rule_with_rule_keys_unchanged():
-    """A task's `step_inputs` replaces the batch for every rule, drawn with fold_in(step_key, len(rules)).
+    """A task's `step_inputs` replaces the batch for every rule, drawn with fold_in(step_key, len(rules)) at the
+    state's step index.
 
-    The hook adds noise (from its key) to the batch's inputs; the step must equal
-    the by-hand sequence of the two rules on that one noisy batch, with each rule's
-    own key fold_in(step_key, i) as without the hook.
+    The hook adds noise (from its key, scaled by 1 + step) to the batch's inputs; two steps must equal the
+    by-hand sequence of the two rules on that one noisy batch, with each rule's own key fold_in(step_key, i) as
+    without the hook, the second step's noise twice the first's scale.
     """
     class SharedNoiseTask(TwoGroupTask):
-        def step_inputs(self, params, frozen, key, batch):
-            return {**batch, "x": batch["x"] + 0.3 * jax.random.normal(key, batch["x"].shape)}
+        def step_inputs(self, params, frozen, key, batch, step):
+            return {**batch, "x": batch["x"] + 0.3 * jax.random.normal(key, batch["x"].shape) * (1 + step)}
 
     task, config = SharedNoiseTask(), small_config()
     rules = task.update_rules()
@@ -225,21 +226,23 @@ def test_step_inputs_are_computed_once_per_step_and_reach_every_rule_with_rule_k
         task.init(jax.random.PRNGKey(0), make_batch(0, 0, 8)))
     step = jax.jit(make_train_step(rules, optimizers, config.ema_decay, task.step_inputs))
     batch, root = make_batch(0, 0, 8), jax.random.PRNGKey(4)
-    new_state, _ = step(state, batch, root)
-    step_key = jax.random.fold_in(root, 0)
-    shared = task.step_inputs(state.params, state.frozen, jax.random.fold_in(step_key, 2), batch)
-    params = dict(state.params)
-    for index, (name, loss) in enumerate((("aux", task.aux_loss), ("student", task.student_loss))):
-        group = {name: params[name]}
-        key = jax.random.fold_in(step_key, index)
-        grads = jax.grad(lambda group: loss({**params, **group}, state.frozen, key, shared)[0])(group)
-        updates, _ = optimizers.transforms[name].update(grads, state.opt_states[name], group)
-        params = {**params, **optax.apply_updates(group, updates)}
+    first, _ = step(state, batch, root)
+    new_state, _ = step(first, batch, root)
+    params, opt_states = dict(state.params), dict(state.opt_states)
+    for index in range(2):
+        step_key = jax.random.fold_in(root, index)
+        shared = task.step_inputs(params, state.frozen, jax.random.fold_in(step_key, 2), batch, index)
+        for rule_index, (name, loss) in enumerate((("aux", task.aux_loss), ("student", task.student_loss))):
+            group = {name: params[name]}
+            key = jax.random.fold_in(step_key, rule_index)
+            grads = jax.grad(lambda group: loss({**params, **group}, state.frozen, key, shared)[0])(group)
+            updates, opt_states[name] = optimizers.transforms[name].update(grads, opt_states[name], group)
+            params = {**params, **optax.apply_updates(group, updates)}
     for group in ("aux", "student"):
         for got, want in zip(jax.tree.leaves(new_state.params[group]), jax.tree.leaves(params[group])):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     plain, _ = jax.jit(make_train_step(rules, optimizers, config.ema_decay))(state, batch, root)
-    assert not np.allclose(jax.tree.leaves(plain.params["aux"])[0], jax.tree.leaves(new_state.params["aux"])[0])
+    assert not np.allclose(jax.tree.leaves(plain.params["aux"])[0], jax.tree.leaves(first.params["aux"])[0])
 
 
 def test_training_stops_after_consecutive_nonfinite_steps_keeping_last_good_checkpoint(tmp_path):

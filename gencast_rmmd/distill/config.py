@@ -80,6 +80,44 @@ class GndmConfig(StrictModel):
     clip: float = Field(0.2, gt=0.0, lt=1.0)
 
 
+class DmdrConfig(StrictModel):
+    """The `distill.dmdr:` section: what only DMDR (`method: dmdr`, `distill/dmdr.py`) reads.
+
+    Stage 1 (the first `tilt_steps` steps of the run) matches the teacher's
+    distribution tilted by exp(r / beta); stage 2 (the rest) is DMD + lambda
+    CRPS, DMD the regulariser. The two dynamic strategies act over the first
+    `dynamic_steps` steps (within stage 1), on a cosine from full strength to none:
+
+    - `tilt_temperature` [beta]: the tilt's temperature in reward units (the
+      fair-CRPS shares of `reward_units`); None: no tilt (beta = infinity, stage 1
+      is plain DMD);
+    - `tilt_steps`: the length of stage 1 in optimiser steps (0: stage 2 only);
+    - `dynamic_steps` [K_dyn]: the length of the dynamic strategies' schedule (0: off);
+    - `guidance_scale` [gamma_0]: DynaDG, the real score's share of the fake
+      score's drift from the teacher at step 0 (in weights; the authors' LoRA
+      scales 0.75 / 2.0 give 0.375; 0: off);
+    - `renoise_concentration` [(a_0, b_0)]: DynaRS, the Beta(a, b) law of the
+      renoise quantile at step 0 (the authors' (4, 1.5): mostly high noise;
+      (1, 1): DMD's uniform law, off).
+    """
+
+    tilt_temperature: float | None = Field(0.1, gt=0.0)
+    tilt_steps: int = Field(200, ge=0)
+    dynamic_steps: int = Field(100, ge=0)
+    guidance_scale: float = Field(0.375, ge=0.0, lt=1.0)
+    renoise_concentration: tuple[float, float] = (4.0, 1.5)
+
+    @model_validator(mode="after")
+    def _dynamic_within_stage_one(self) -> "DmdrConfig":
+        if self.dynamic_steps > self.tilt_steps:
+            raise ValueError(f"dynamic_steps ({self.dynamic_steps}) exceeds tilt_steps ({self.tilt_steps}): the "
+                             f"dynamic strategies belong to stage 1; lower dynamic_steps or raise tilt_steps")
+        if min(self.renoise_concentration) < 1.0:
+            raise ValueError(f"renoise_concentration {list(self.renoise_concentration)} must be >= 1 "
+                             f"(the schedule runs from it to (1, 1), DMD's uniform law)")
+        return self
+
+
 class Policy(StrEnum):
     """Where a phase-2 method's states x_t come from (`DistillSection.policy`, from `offline` and `policy_noise`)."""
 
@@ -90,14 +128,15 @@ class Policy(StrEnum):
 
 # Sections only one family of methods reads: left out of every other method's config dump (checkpoints,
 # manifests, run and stage hashes), so adding one never changes the recorded config of a run of another method.
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"dmd": ("dmd", "gndm"), "gndm": ("gndm",)}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"dmd": ("dmd", "gndm", "dmdr"), "gndm": ("gndm",),
+                                                "dmdr": ("dmdr",)}
 
 
 class DistillSection(StrictModel):
     """The `distill:` section. Symbols of docs/DESIGN.md §5 in brackets.
 
     - `method`: a key of `gencast_rmmd.distill.registry.DISTILLERS`
-      (`mmd`, `rmmd`, `draft`, `crps_only`, `dmd`, `gndm`);
+      (`mmd`, `rmmd`, `draft`, `crps_only`, `dmd`, `gndm`, `dmdr`);
     - `training_noise`: how off-policy states x_t = x_0 + s_t eps pick s_t: a
       uniformly drawn `grid` level of the student, or `continuous` (u ~ U[0, 1]
       through the student's rho-quantile);
@@ -112,7 +151,8 @@ class DistillSection(StrictModel):
       `reward_units`: `climatology` (each channel's CRPS in units of its
       climatological std) or `residual` (the model's residual-normalised space);
     - `anchor_weight` [mu]: weight of (mu/2)||Phi_theta - Phi_theta0||^2; None
-      means lambda for `rmmd`, `dmd` and `gndm` (the paper's KL proxy) and 0 for `draft`;
+      means lambda for `rmmd`, `dmd` and `gndm` (the paper's KL proxy) and 0 for `draft`
+      and `dmdr` (DMDR's claim: DMD itself is the regulariser);
     - `moment_weight`: the weight w of the linear moment term, in phase 1 and
       in `rmmd`: `edm` (lambda(s'), the paper's) or `balanced`
       (1 / (c_out(s_t) c_out(s')): the gradient in network-output units at
@@ -131,11 +171,13 @@ class DistillSection(StrictModel):
     - `moment_term` (`rmmd`): false drops the moment term (and the aux model):
       the ablation "reward + anchor only";
     - `draft_steps`: DRaFT-K's number of final student steps backpropagated through;
-    - `dmd` (`dmd`, `gndm`): DMD's own settings (`DmdConfig`); the fake score g_psi is
+    - `dmd` (`dmd`, `gndm`, `dmdr`): DMD's own settings (`DmdConfig`); the fake score g_psi is
       trained as the live aux model is, at `aux_learning_rate`;
     - `gndm` (`gndm`): GNDM's and GNDMR's own settings (`GndmConfig`); GNDM
       does not read lambda except as the default of mu (its CRPS reward
       weight is `gndm.crps_reward_weight`);
+    - `dmdr` (`dmdr`): DMDR's stages and dynamic strategies (`DmdrConfig`); lambda
+      weighs the CRPS in stage 2 only;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
       phase-1 student and aux, so RMMD's moment term starts at zero);
@@ -160,6 +202,7 @@ class DistillSection(StrictModel):
     draft_steps: int = Field(2, ge=1, le=MAX_STUDENT_STEPS)
     dmd: DmdConfig = DmdConfig()
     gndm: GndmConfig = GndmConfig()
+    dmdr: DmdrConfig = DmdrConfig()
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
 
@@ -239,6 +282,14 @@ class DistillConfig(StrictModel):
     distill: DistillSection = DistillSection()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _stages_fit_the_run(self) -> "DistillConfig":
+        tilt_steps = self.distill.dmdr.tilt_steps
+        if self.distill.method == "dmdr" and tilt_steps > self.train.steps:
+            raise ValueError(f"distill.dmdr.tilt_steps ({tilt_steps}) exceeds train.steps ({self.train.steps}): "
+                             f"stage 1 would not finish; lower tilt_steps or raise train.steps")
+        return self
 
     def for_reward_weight(self, reward_weight: float) -> "DistillConfig":
         """A copy for one run of a sweep (a new object; this one is left unchanged)."""

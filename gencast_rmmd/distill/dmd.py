@@ -88,7 +88,7 @@ from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import loss_weight
 from gencast_rmmd.diffusion.schedules import rho_quantile
-from gencast_rmmd.distill.base import DistillContext, Prepared, StudentFineTune
+from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_fit, aux_optimizer
 from gencast_rmmd.distill.rewarded import OnPolicyTask, PolicyDraw, PolicyState, anchor_penalty, draw_policy
 from gencast_rmmd.training import TrainableState, UpdateRule
@@ -101,11 +101,22 @@ class DmdInputs(NamedTuple):
     samples: jax.Array      # [B M, lat, lon, C]
 
 
-def dmd_levels(context: DistillContext, key: jax.Array, count: int) -> jax.Array:
-    """s [count]: the rho-quantile of the `distill.dmd` law at u ~ U[q_lo, q_hi]."""
+def dmd_levels(context: DistillContext, key: jax.Array, count: int,
+               concentration: jax.Array | None = None) -> jax.Array:
+    """s [count]: the rho-quantile of the `distill.dmd` law at u ~ U[q_lo, q_hi].
+
+    With `concentration` (a, b) (DMDR's dynamic renoise sampling, `dmdr.py`)
+    u = q_lo + (q_hi - q_lo) v, v ~ Beta(a, b) instead: a > b favours high
+    levels; at (1, 1) exactly the uniform draw above is used, so the levels
+    are DMD's, draw for draw.
+    """
     dmd = context.config.distill.dmd
     low, high = dmd.quantiles
     u = jax.random.uniform(key, (count,), minval=low, maxval=high)
+    if concentration is not None:
+        a, b = concentration[0], concentration[1]
+        tilted = low + (high - low) * jax.random.beta(jax.random.fold_in(key, 1), a, b, (count,))
+        u = jnp.where((a == 1.0) & (b == 1.0), u, tilted)
     return rho_quantile(u, dmd.min_noise_level, dmd.max_noise_level, dmd.rho).astype(jnp.float32)
 
 
@@ -114,22 +125,25 @@ def masked_samples(samples: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid, jax.lax.stop_gradient(samples), 0.0)
 
 
-def dmd_state(context: DistillContext, key: jax.Array, clean: jax.Array) -> NoisyState:
+def dmd_state(context: DistillContext, key: jax.Array, clean: jax.Array,
+              concentration: jax.Array | None = None) -> NoisyState:
     """x_s = x + s eps with s by `dmd_levels` (one per row) and eps spherical white noise; no gradient."""
     level_key, noise_key = jax.random.split(key)
-    levels = dmd_levels(context, level_key, clean.shape[0])
+    levels = dmd_levels(context, level_key, clean.shape[0], concentration)
     return NoisyState(clean + per_example(levels, clean) * context.noise(noise_key, clean.shape), levels)
 
 
 def fake_score_loss(context: DistillContext, fake_params, teacher_params, key: jax.Array, samples: jax.Array,
-                    repeated: Prepared) -> tuple[jax.Array, dict[str, jax.Array]]:
+                    repeated: Prepared, concentration: jax.Array | None = None,
+                    row_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_fake at x_s = sg(x) + s eps (`dmd_state`): g_psi's denoising regression on the student's samples x.
 
-    `aux_fit` with beta = `distill.dmd.pull_weight`; DMD and GNDM train their fake score with it.
+    `aux_fit` with beta = `distill.dmd.pull_weight`; DMD, GNDM and DMDR train
+    their fake score with it (DMDR with its level law `concentration` and tilt `row_weights`).
     """
     clean = masked_samples(samples, repeated.valid)
-    return aux_fit(context, fake_params, teacher_params, dmd_state(context, key, clean), clean,
-                   repeated.conditioning, repeated.valid, context.config.distill.dmd.pull_weight)
+    return aux_fit(context, fake_params, teacher_params, dmd_state(context, key, clean, concentration), clean,
+                   repeated.conditioning, repeated.valid, context.config.distill.dmd.pull_weight, row_weights)
 
 
 def dmd_surrogate(context: DistillContext, samples: jax.Array, fake: jax.Array, real: jax.Array,
@@ -174,9 +188,9 @@ class DistributionMatching(FakeScoreFineTune, OnPolicyTask):
     """`dmd`: groups `student` and `aux` (the fake score, from the teacher); frozen `teacher` (and
     `student_phase1` when mu > 0); rules [aux x N, student] on one shared policy draw per step."""
 
-    def step_inputs(self, params, frozen, key, batch: Batch) -> DmdInputs:
+    def step_inputs(self, params, frozen, key, batch: Batch, step: jax.Array) -> DmdInputs:
         """Step 1: the policy draw and the current student's samples on it (no gradient)."""
-        del frozen
+        del frozen, step
         draw = draw_policy(self.context, params["student"], key, batch)
         return DmdInputs(draw, jax.lax.stop_gradient(self._denoised(params, draw.policy)))
 
@@ -194,19 +208,27 @@ class DistributionMatching(FakeScoreFineTune, OnPolicyTask):
         """The student rule, at the step's shared policy draw."""
         return self.objective(params, frozen, key, inputs.draw.policy, inputs.draw.prepared)
 
-    def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
-        """Step 3: L = DMD term + lambda CRPS + (mu/2) anchor, through one differentiated student call."""
+    def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared, real: PyTree = None,
+                  concentration: jax.Array | None = None, reward_weight: jax.Array | float | None = None):
+        """Step 3: L = DMD term + lambda CRPS + (mu/2) anchor, through one differentiated student call.
+
+        DMDR's stages and dynamic strategies set `real` (the real score's params;
+        None: the teacher), `concentration` (the DMD level law, `dmd_levels`) and
+        `reward_weight` (None: lambda).
+        """
         context = self.context
         state, repeated = policy.state, policy.repeated
+        real = frozen["teacher"] if real is None else real
+        reward_weight = context.reward_weight if reward_weight is None else reward_weight
         samples = self._denoised(params, policy)
-        noisy = dmd_state(context, key, masked_samples(samples, repeated.valid))
-        calls = [(params["aux"], noisy.noisy, noisy.level), (frozen["teacher"], noisy.noisy, noisy.level)]
+        noisy = dmd_state(context, key, masked_samples(samples, repeated.valid), concentration)
+        calls = [(params["aux"], noisy.noisy, noisy.level), (real, noisy.noisy, noisy.level)]
         if self.anchor_weight > 0.0:
             calls.append((frozen["student_phase1"], state.noisy, state.level))
         outputs = jax.lax.stop_gradient(context.denoise_together(calls, repeated.conditioning))
         loss, metrics = dmd_surrogate(context, samples, outputs[0], outputs[1], noisy, repeated.valid)
         metrics["crps"] = self._crps(samples, prepared)
-        loss = loss + context.reward_weight * metrics["crps"]
+        loss = loss + reward_weight * metrics["crps"]
         if self.anchor_weight > 0.0:
             metrics["anchor"] = anchor_penalty(context, samples, outputs[2], state, repeated.valid)
             loss = loss + 0.5 * self.anchor_weight * metrics["anchor"]

@@ -233,8 +233,9 @@ class GroupNormalisedDistributionMatching(FakeScoreFineTune):
     """`gndm`: groups `student` and `aux` (the fake score, from the teacher); frozen `teacher` (and
     `student_phase1` when mu > 0); rules [aux x N, student x E] on one rollout per step."""
 
-    def step_inputs(self, params, frozen, key, batch: Batch) -> GndmInputs:
+    def step_inputs(self, params, frozen, key, batch: Batch, step: jax.Array) -> GndmInputs:
         """Step 1: rollout, rewards and advantages, all without gradient."""
+        del step
         context, distill = self.context, self.context.config.distill
         members, gndm = distill.reward_samples, distill.gndm
         prepared = prepare(batch, context.normalizer)

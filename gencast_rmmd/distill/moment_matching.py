@@ -126,17 +126,22 @@ def aux_regression(context: DistillContext, aux_params, teacher_params, key: jax
 
 
 def aux_fit(context: DistillContext, aux_params, teacher_params, noisy: NoisyState, target: jax.Array,
-            conditioning, valid: jax.Array, beta: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+            conditioning, valid: jax.Array, beta: float,
+            row_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """E lambda(s) [||g(x_s) - sg(target)||^2_W + beta ||g(x_s) - sg(teacher(x_s))||^2_W] at a given noisy state.
 
     The denoising regression of an auxiliary model on the student's outputs,
     shared by the moment-matching aux (x_s the eta-step x_s', beta =
     `aux_pull_weight`) and DMD's fake score (x_s = x + s eps, beta =
     `dmd.pull_weight`, `dmd.py`); with beta = 0 the teacher is not called.
-    Only g (`aux_params`) is differentiated.
+    `row_weights` [rows] weigh each row's terms (DMDR's tilt, `dmdr.py`: the
+    regression then fits the weighted samples' distribution). Only g
+    (`aux_params`) is differentiated.
     """
     target = jax.lax.stop_gradient(target)
     weight = loss_weight(noisy.level)
+    if row_weights is not None:
+        weight = weight * jax.lax.stop_gradient(row_weights)
     if beta == 0.0:
         aux = context.denoiser(aux_params)(noisy.noisy, noisy.level, conditioning)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gencast_rmmd.distill.base import Distiller
 from gencast_rmmd.distill.dmd import DistributionMatching
+from gencast_rmmd.distill.dmdr import RewardTiltedDistributionMatching
 from gencast_rmmd.distill.draft import DraftK
 from gencast_rmmd.distill.gndm import GroupNormalisedDistributionMatching
 from gencast_rmmd.distill.moment_matching import MomentMatching
@@ -16,4 +17,5 @@ DISTILLERS: dict[str, Distiller] = {
     "crps_only": CrpsOnly,                # baseline: reward alone, one differentiated step on-policy
     "dmd": DistributionMatching,          # phase 2: distribution matching (DMD/DMD2 fake score) + reward + anchor
     "gndm": GroupNormalisedDistributionMatching,  # phase 2: R_dm (+ CRPS: GNDMR) as group-normalised policy rewards
+    "dmdr": RewardTiltedDistributionMatching,     # phase 2: reward-tilted DMD (stage 1), then DMD + reward (stage 2)
 }

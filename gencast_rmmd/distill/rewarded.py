@@ -195,7 +195,8 @@ class RewardedMomentMatching(OnPolicyTask):
         self.frozen_groups = ("teacher", *(("student_phase1",) if uses_phase1_student else ()),
                               *(("aux_phase1",) if self.moment_reference not in (None, "live") else ()))
         if self.live:   # the aux and student rules share one policy draw per step (training.task.StepInputsFn)
-            self.step_inputs = lambda params, frozen, key, batch: draw_policy(context, params["student"], key, batch)
+            self.step_inputs = lambda params, frozen, key, batch, step: draw_policy(context, params["student"],
+                                                                                    key, batch)
 
     def init(self, key: jax.Array, example_batch: Batch) -> TrainableState:
         state = super().init(key, example_batch)

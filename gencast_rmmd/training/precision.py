@@ -51,12 +51,16 @@ def with_compute_dtype(loss_fn: Callable, dtype_name: str) -> Callable:
 
 
 def inputs_in_compute_dtype(function: Callable | None, dtype_name: str) -> Callable | None:
-    """`function(params, frozen, key, batch)` with params, frozen and batch cast to `dtype_name` on entry."""
+    """`function(params, frozen, key, batch, *rest)` with params, frozen and batch cast to `dtype_name` on entry.
+
+    `rest` (a `step_inputs` hook's step index) is passed as it is.
+    """
     dtype = compute_dtype(dtype_name)
     if function is None or dtype == jnp.float32:
         return function
 
-    def reduced_precision(params, frozen, key, batch):
-        return function(cast_floating(params, dtype), cast_floating(frozen, dtype), key, cast_floating(batch, dtype))
+    def reduced_precision(params, frozen, key, batch, *rest):
+        return function(cast_floating(params, dtype), cast_floating(frozen, dtype), key, cast_floating(batch, dtype),
+                        *rest)
 
     return reduced_precision

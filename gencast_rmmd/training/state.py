@@ -89,7 +89,7 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers, ema_dec
     """The pure step `(state, batch, train_root) -> (state, metrics)`; jit it (the loop does).
 
     With `step_inputs` (a task's optional hook, see `task.StepInputsFn`) the rules receive
-    `sg(step_inputs(params, frozen, fold_in(step_key, len(rules)), batch))` instead of the batch.
+    `sg(step_inputs(params, frozen, fold_in(step_key, len(rules)), batch, step))` instead of the batch.
     """
 
     def update_once(rule: UpdateRule, params: dict, opt_state: PyTree, frozen: PyTree, key: jax.Array,
@@ -135,7 +135,7 @@ def make_train_step(rules: Sequence[UpdateRule], optimizers: Optimizers, ema_dec
         params, opt_states, finite = state.params, dict(state.opt_states), jnp.bool_(True)
         if step_inputs is not None:
             batch = jax.lax.stop_gradient(step_inputs(params, state.frozen,
-                                                      jax.random.fold_in(step_key, len(rules)), batch))
+                                                      jax.random.fold_in(step_key, len(rules)), batch, state.step))
         rule_metrics = {}
         for index, rule in enumerate(rules):
             params, opt_states[rule.name], rule_metrics[rule.name], rule_finite = apply_rule(

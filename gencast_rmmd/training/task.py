@@ -83,12 +83,14 @@ class TrainTask(Protocol):
         """JSON-able dict stored in every checkpoint: configs to rebuild model and sampler, data statistics."""
 
 
-# Optional on a task: `step_inputs(params, frozen, key, batch) -> PyTree`, computed ONCE per step before the
-# rules, without gradient, with the step's params and key `fold_in(step_key, len(rules))` (an index no rule
-# uses, so rule keys are unchanged); every rule's loss then receives its result in place of the batch. It lets
-# alternating rules share one expensive draw (live RMMD: the aux and student rules train on the same policy
-# samples of the student's K-step chain instead of drawing two).
-StepInputsFn = Callable[[Mapping[str, PyTree], PyTree, jax.Array, PyTree], PyTree]
+# Optional on a task: `step_inputs(params, frozen, key, batch, step) -> PyTree`, computed ONCE per step before
+# the rules, without gradient, with the step's params, key `fold_in(step_key, len(rules))` (an index no rule
+# uses, so rule keys are unchanged) and index `step` (int32, the steps taken before this one: checkpointed, so
+# a resumed run sees the same values); every rule's loss then receives its result in place of the batch. It
+# lets alternating rules share one expensive draw (live RMMD: the aux and student rules train on the same
+# policy samples of the student's K-step chain instead of drawing two), and a method's schedule over training
+# follow the step (DMDR's stages and dynamic strategies).
+StepInputsFn = Callable[[Mapping[str, PyTree], PyTree, jax.Array, PyTree, jax.Array], PyTree]
 
 
 def validate_rules(rules: Sequence[UpdateRule], groups: Mapping[str, Any]) -> None:
