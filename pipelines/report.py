@@ -45,6 +45,8 @@ METHODS = {                                   # distill.method -> what the row i
            "denoisers compared on the student's samples, plus the fair-CRPS reward)",
     "gndm": "a GNDM student (distribution matching recast as a per-sample reward, normalised within each "
             "group of members and optimised by clipped policy-gradient updates; GNDMR adds the fair-CRPS reward)",
+    "dmdr": "a DMDR student (distribution matching to the teacher tilted towards the fair-CRPS reward, then "
+            "distribution matching plus the reward, the matching being the regulariser against reward hacking)",
 }
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 78em; line-height: 1.35; }
