@@ -49,6 +49,19 @@ def simulated_copy(simulated, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory, wb2_store):
+    """A tiny teacher (one transformer layer, for quick compiles) trained for 2 steps on `wb2_store`, shared by
+    the distillation tests of every module of a session (plumbing needs no good teacher)."""
+    from gencast_rmmd.cli import main
+    run = tmp_path_factory.mktemp("distill_teacher") / "teacher"
+    assert main(["train", "--config", str(REPO / "configs" / "teacher" / "tiny.yaml"), "--data", str(wb2_store),
+                 "--set", "data.levels=[500,850]", "--set", "train.steps=2", "--set", "train.warmup_steps=0",
+                 "--set", "train.checkpoint_every=2", "--set", "model.processor.num_layers=1",
+                 "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def demo_teacher_run(simulated, tmp_path_factory) -> Path:
     """The shipped demo teacher installed as a run on the simulated store (`weights install`; no training)."""
     from gencast_rmmd.cli import main

@@ -474,17 +474,6 @@ def test_pareto_spectrum_is_the_evaluation_spectrum_and_its_distance_ignores_a_c
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, wb2_store):
-    """A tiny teacher (one transformer layer, for quick compiles) trained for 2 steps: plumbing needs no good one."""
-    from gencast_rmmd.cli import main
-    run = tmp_path_factory.mktemp("distill_teacher") / "teacher"
-    assert main(["train", "--config", str(TEACHER), "--data", str(wb2_store), "--set", LEVELS, "--set",
-                 "train.steps=2", "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=2",
-                 "--set", "model.processor.num_layers=1", "--out", str(run)]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory, wb2_store, teacher_run):
     """configs/distill/tiny.yaml (2 MMD steps in RUN/phase1, then RMMD) swept over lambda = 0.1 and 1."""
     from gencast_rmmd.cli import main

@@ -25,8 +25,8 @@ from gencast_rmmd.distill.moment_matching import NoisyState
 from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.training import TrainConfig
 from gencast_rmmd.training.state import init_train_state, make_optimizers, make_train_step
-from test_distill import ToyNetwork, _toy, differentiated_calls, fit_and_gap, rule_inputs, teacher_run, toy_batch, \
-    toy_context  # noqa: F401
+from test_distill import ToyNetwork, _toy, differentiated_calls, fit_and_gap, rule_inputs, toy_batch, \
+    toy_context
 
 TINY_DMD = REPO / "configs" / "distill" / "tiny_dmd.yaml"
 
@@ -275,7 +275,7 @@ def test_dmd_config_is_validated_and_the_shipped_ones_load():
 # --------------------------------------------------------------------------- end to end
 
 
-def tiny_distill(tmp_path_factory, config, teacher_run, wb2_store):  # noqa: F811
+def tiny_distill(tmp_path_factory, config, teacher_run, wb2_store):
     """`gencast-rmmd distill --config CONFIG` from the tiny teacher into a fresh folder; the run's path."""
     from gencast_rmmd.cli import main
     run = tmp_path_factory.mktemp(f"distill_{config.stem}") / config.stem
@@ -284,7 +284,7 @@ def tiny_distill(tmp_path_factory, config, teacher_run, wb2_store):  # noqa: F81
     return run
 
 
-def check_fake_score_run(run_cli, run, method, teacher_run, wb2_store, tmp_path):  # noqa: F811
+def check_fake_score_run(run_cli, run, method, teacher_run, wb2_store, tmp_path):
     """A tiny fake-score run (DMD, GNDM): a 3-step checkpoint of `method` with groups student and aux and the
     anchor's frozen trees; the fake score trained away from the teacher it started at, the teacher frozen, the
     student moved from phase 1; its checkpoint forecasts with K = 4 calls."""
@@ -307,12 +307,12 @@ def check_fake_score_run(run_cli, run, method, teacher_run, wb2_store, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def dmd_run(tmp_path_factory, wb2_store, teacher_run):  # noqa: F811
+def dmd_run(tmp_path_factory, wb2_store, teacher_run):
     """configs/distill/tiny_dmd.yaml from the tiny teacher: 2 MMD steps in RUN/phase1, then 3 DMD steps."""
     return tiny_distill(tmp_path_factory, TINY_DMD, teacher_run, wb2_store)
 
 
-def test_dmd_cli_run_forecasts_and_resumes_bit_identically(run_cli, dmd_run, teacher_run, wb2_store,  # noqa: F811
+def test_dmd_cli_run_forecasts_and_resumes_bit_identically(run_cli, dmd_run, teacher_run, wb2_store,
                                                              tmp_path):
     """The tiny DMD run writes a student whose checkpoint forecasts with K = 4 calls; its fake score trained
     (it started at the teacher) while the teacher stayed frozen; interrupted after step 2 (the step-3 checkpoint

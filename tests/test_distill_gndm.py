@@ -25,7 +25,7 @@ from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.distill.reward import member_fair_crps, weighted_fair_crps
 from gencast_rmmd.training import TrainConfig
 from gencast_rmmd.training.state import init_train_state, make_optimizers, make_train_step
-from test_distill import _toy, rule_inputs, teacher_run, toy_batch, toy_context  # noqa: F401
+from test_distill import _toy, rule_inputs, toy_batch, toy_context
 from test_distill_dmd import CountingNetwork, _nonzero, check_fake_score_run, check_fake_score_task, \
     check_rule_gradients, check_the_fake_score_follows_a_fixed_student, tiny_distill
 
@@ -304,12 +304,12 @@ def test_gndm_config_is_validated_its_section_is_its_own_and_the_shipped_ones_lo
 
 
 @pytest.fixture(scope="module")
-def gndm_run(tmp_path_factory, wb2_store, teacher_run):  # noqa: F811
+def gndm_run(tmp_path_factory, wb2_store, teacher_run):
     """configs/distill/tiny_gndm.yaml from the tiny teacher: 2 MMD steps in RUN/phase1, then 3 GNDM steps."""
     return tiny_distill(tmp_path_factory, TINY_GNDM, teacher_run, wb2_store)
 
 
-def test_gndm_cli_run_trains_both_networks_and_forecasts(run_cli, gndm_run, teacher_run, wb2_store,  # noqa: F811
+def test_gndm_cli_run_trains_both_networks_and_forecasts(run_cli, gndm_run, teacher_run, wb2_store,
                                                          tmp_path):
     """The tiny GNDM run (2 fake-score and 2 policy updates per step) writes a 3-step gndm checkpoint whose fake
     score trained away from the teacher and whose student moved from phase 1; it forecasts with K = 4 calls."""
