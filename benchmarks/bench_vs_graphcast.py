@@ -66,7 +66,7 @@ from graphcast import checkpoint, denoiser, gencast, losses, normalization, xarr
 from gencast_rmmd.config import read_yaml_mapping
 from gencast_rmmd.data.forcings import forcing_channels
 from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.diffusion.loss import denoising_loss
+from gencast_rmmd.diffusion.loss import WeightedNorm, denoising_loss
 from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.forecast.predictor import Predictor
@@ -235,8 +235,7 @@ class Ours:
         self.network = network_for_grid(config, lat, lon, LAYOUT.n_target_channels)
         self.normalizer, self.data, self.meta = normalizer, data, meta
         spherical = SphericalNoise.for_grid(lat, lon)
-        latitude_weights = np.cos(np.deg2rad(lat)).astype(np.float32)
-        channel_weights = np.ones(LAYOUT.n_target_channels, np.float32)
+        norm = WeightedNorm(np.cos(np.deg2rad(lat)).astype(np.float32), np.ones(LAYOUT.n_target_channels, np.float32))
         network = self.network
 
         def denoise(params, noisy, sigma, conditioning):
@@ -244,8 +243,7 @@ class Ours:
 
         def loss(params, key, clean, conditioning):
             return denoising_loss(PreconditionedDenoiser(functools.partial(network.apply, params)), clean,
-                                  conditioning, key, noise_config, channel_weights, latitude_weights,
-                                  noise=spherical)[0]
+                                  conditioning, key, noise_config, norm, noise=spherical)[0]
 
         self.forward = jax.jit(denoise)
         self.grad = jax.jit(jax.grad(loss))

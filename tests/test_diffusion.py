@@ -13,7 +13,7 @@ from gencast_rmmd.data.grid import latitude_cell_weights
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.diffusion.base import Conditioning
 from gencast_rmmd.diffusion.config import LossConfig, NoiseConfig, SamplerConfig
-from gencast_rmmd.diffusion.loss import channel_loss_weights, denoising_loss
+from gencast_rmmd.diffusion.loss import WeightedNorm, channel_loss_weights, denoising_loss
 from gencast_rmmd.diffusion.noise import SphericalNoise, iid_noise, resolvable_wavenumber
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser, c_in, c_out, c_skip, loss_weight
 from gencast_rmmd.diffusion.schedules import (churn_rates, rho_quantile, sample_training_noise_levels,
@@ -263,7 +263,7 @@ def test_denoising_loss_is_minimised_by_the_exact_denoiser():
     def loss(key, shrink, bias):
         exact = _gaussian_denoiser(mean, std)
         denoiser = lambda x, s, c: exact(x, s, c) * shrink + bias  # noqa: E731
-        return denoising_loss(denoiser, targets, EMPTY, key, NoiseConfig(), weights, lat_weights, noise=noise)[0]
+        return denoising_loss(denoiser, targets, EMPTY, key, NoiseConfig(), WeightedNorm(lat_weights, weights), noise=noise)[0]
 
     keys = jax.random.split(jax.random.key(1), 8)
     exact = np.mean([loss(key, 1.0, 0.0) for key in keys])
@@ -290,8 +290,8 @@ def test_denoising_loss_masks_nan_targets_and_weights_variables():
 
     @jax.jit
     def loss_of(targets, mask):
-        return denoising_loss(zero_denoiser, targets, EMPTY, jax.random.key(3), NoiseConfig(), weights,
-                              lat_weights, mask, noise=noise, channel_names=names)
+        return denoising_loss(zero_denoiser, targets, EMPTY, jax.random.key(3), NoiseConfig(),
+                              WeightedNorm(lat_weights, weights), mask, noise=noise, channel_names=names)
 
     loss, parts = loss_of(jnp.asarray(targets), None)
     noisy, sigma = seen["noisy"], seen["sigma"]
@@ -315,5 +315,5 @@ def test_denoising_loss_masks_nan_targets_and_weights_variables():
     def loss_of_scale(scale):
         denoiser = lambda x, s, c: scale * x  # noqa: E731
         return denoising_loss(denoiser, jnp.asarray(targets), EMPTY, jax.random.key(3), NoiseConfig(),
-                              weights, lat_weights, noise=noise)[0]
+                              WeightedNorm(lat_weights, weights), noise=noise)[0]
     assert np.isfinite(float(jax.jit(jax.grad(loss_of_scale))(0.5)))

@@ -25,7 +25,10 @@ from gencast_rmmd.data.grid import latitude_cell_weights
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.config import LossConfig
-from gencast_rmmd.distill.base import Anchors, DistillContext, prepare, repeat_members
+from gencast_rmmd.diffusion.loss import WeightedNorm
+from gencast_rmmd.diffusion.model_space import ModelSpace
+from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.distill.base import Anchors, DistillContext, repeat_members
 from gencast_rmmd.distill.config import DistillConfig
 from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.distill.reward import fair_crps, reward_channel_scale, weighted_fair_crps
@@ -84,10 +87,10 @@ def test_weighted_fair_crps_masks_and_weights_like_a_direct_sum():
                 crps = brute_force_fair_crps(samples[:, b, ..., c][:, valid].T, truth[b, ..., c][valid])
                 cell = np.broadcast_to(area[:, None], valid.shape)[valid]
                 expected[b] += weights[c] * np.sum(cell * crps) / np.sum(cell)
-    got = weighted_fair_crps(jnp.asarray(samples), jnp.asarray(truth), jnp.isfinite(truth), area, weights)
+    got = weighted_fair_crps(jnp.asarray(samples), jnp.asarray(truth), jnp.isfinite(truth), WeightedNorm(area, weights))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    gradient = jax.grad(lambda x: jnp.sum(weighted_fair_crps(x, jnp.asarray(truth), jnp.isfinite(truth), area,
-                                                             weights)))(jnp.asarray(samples))
+    gradient = jax.grad(lambda x: jnp.sum(weighted_fair_crps(x, jnp.asarray(truth), jnp.isfinite(truth),
+                                                             WeightedNorm(area, weights))))(jnp.asarray(samples))
     assert bool(jnp.all(jnp.isfinite(gradient))) and float(jnp.abs(gradient[:, 1, ..., 2]).max()) == 0.0
 
 
@@ -108,7 +111,7 @@ def test_weighted_fair_crps_gradient_matches_finite_differences():
         np.array([1.0, 0.3])
 
     def loss(x):
-        return jnp.sum(weighted_fair_crps(x, truth, valid, area, weights))
+        return jnp.sum(weighted_fair_crps(x, truth, valid, WeightedNorm(area, weights)))
 
     direction = jnp.asarray(rng.normal(size=samples.shape), jnp.float32)
     step = 1e-3  # |x| is piecewise linear: central differences are exact unless a kink is crossed
@@ -157,7 +160,8 @@ def _toy(w: float, b: float = 0.1) -> dict:
 def toy_context(**distill) -> DistillContext:
     config = DistillConfig(distill={"student": {"steps": 4}, **distill}, train={"steps": 2, "warmup_steps": 0})
     anchors = Anchors(teacher=_toy(1.0), student=_toy(1.1), aux=_toy(0.9))
-    return DistillContext(config, ToyNetwork(), _normalizer(4), LAYOUT, LAT, LON, LossConfig(), anchors, {})
+    space = ModelSpace(_normalizer(4), LAYOUT, LAT, LON, SphericalNoise.from_spec(LAT, LON, None), LossConfig())
+    return DistillContext(config, ToyNetwork(), space, anchors, {})
 
 
 def toy_batch(seed: int = 0, batch: int = 2) -> Batch:
@@ -238,7 +242,7 @@ def test_rmmd_gradient_equals_the_one_step_objective_with_the_chain_held_fixed(p
     task = DISTILLERS["rmmd"](context)
     state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(0)
     full = jax.grad(lambda p: task.loss(p, state.frozen, key, batch)[0])(state.params)
-    prepared = prepare(batch, context.normalizer)
+    prepared = context.space.prepare(batch)
     policy_key, objective_key = jax.random.split(key)
     policy = policy_state(context, state.params["student"], policy_key, repeat_members(prepared, 2))
     assert float(policy.state.level.min()) < context.levels[0], "some chain must have run (stop index > 0)"
@@ -500,8 +504,7 @@ def test_student_and_aux_start_from_the_teacher_and_anchors_stay_frozen(sweep_ru
     from gencast_rmmd.training import load_checkpoint
     teacher = load_checkpoint(teacher_run).ema_params["denoiser"]
     source = load_source(teacher_run)
-    phase1_task = DISTILLERS["mmd"](DistillContext(
-        DistillConfig(), None, None, None, LAT, LON, LossConfig(), source.anchors, {}))
+    phase1_task = DISTILLERS["mmd"](DistillContext(DistillConfig(), None, None, source.anchors, {}))
     started = phase1_task.init(None, None)
     for group in ("student", "aux"):
         assert jax.tree.all(jax.tree.map(np.array_equal, started.params[group], teacher))

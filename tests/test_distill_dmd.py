@@ -179,17 +179,17 @@ def test_the_student_gradient_is_the_normalised_score_difference_in_the_weighted
     W the area x channel weights over valid points: checked against a direct numpy computation."""
     context = toy_context(method="dmd")
     rng = np.random.default_rng(0)
-    shape = (3, len(context.latitude), len(context.longitude), 4)
+    shape = (3, len(context.space.latitude), len(context.space.longitude), 4)
     samples, fake, real = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
     valid = np.ones(shape, bool)
     valid[0, :3, :, 1] = False
     noisy = NoisyState(samples, jnp.asarray([0.1, 1.0, 10.0], jnp.float32))
     gradient = jax.grad(lambda x: dmd_surrogate(context, x, fake, real, noisy, jnp.asarray(valid))[0])(samples)
 
-    area = np.broadcast_to(context.latitude_weights[None, :, None, None], shape) * valid
-    per_point = area / area.sum(axis=(1, 2), keepdims=True) * context.channel_weights   # W, per example
+    area = np.broadcast_to(context.space.norm.latitude_weights[None, :, None, None], shape) * valid
+    per_point = area / area.sum(axis=(1, 2), keepdims=True) * context.space.norm.channel_weights   # W, per example
     x, f, r = np.asarray(samples, np.float64), np.asarray(fake, np.float64), np.asarray(real, np.float64)
-    mean_abs = (per_point * np.abs(x - r)).sum(axis=(1, 2, 3)) / context.channel_weights.sum()
+    mean_abs = (per_point * np.abs(x - r)).sum(axis=(1, 2, 3)) / context.space.norm.channel_weights.sum()
     expected = per_point * (f - r) / mean_abs[:, None, None, None] / shape[0]     # the batch mean's 1/B
     np.testing.assert_allclose(gradient, expected, rtol=2e-4, atol=1e-8)
     assert float(jnp.abs(gradient[0, :3, :, 1]).max()) == 0.0, "no gradient where the truth is missing"

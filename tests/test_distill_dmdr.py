@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from gencast_rmmd.distill.base import Anchors, by_member, prepare
+from gencast_rmmd.distill.base import Anchors, by_member
 from gencast_rmmd.distill.config import DmdrConfig
 from gencast_rmmd.distill.dmd import dmd_levels, fake_score_loss
 from gencast_rmmd.distill.dmdr import cosine_decay, dmdr_schedule, guided_real, tilt_weights
@@ -115,13 +115,13 @@ def test_the_tilt_weights_are_exp_of_the_crps_shares_over_beta_normalised_per_co
     beta, members = 0.05, 3
     task = dmdr_task(dmdr={"tilt_temperature": beta}, reward_samples=members)
     context, batch = task.context, toy_batch()
-    prepared = prepare(batch, context.normalizer)
+    prepared = context.space.prepare(batch)
     rng = np.random.default_rng(1)
     samples = jnp.asarray(np.repeat(np.asarray(prepared.clean), members, axis=0)
                           + 0.3 * rng.normal(size=(members * 2, *prepared.clean.shape[1:])), jnp.float32)
     got = np.asarray(tilt_weights(context, samples, prepared)).reshape(2, members)
     shares = np.asarray(member_fair_crps(by_member(samples, members), prepared.clean, prepared.valid,
-                                         context.latitude_weights, context.reward_channel_weights), np.float64).T
+                                         context.reward_norm), np.float64).T
     want = np.exp(shares / beta) / np.exp(shares / beta).mean(axis=1, keepdims=True)
     assert np.ptp(want) > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-4)

@@ -43,10 +43,10 @@ def gndm_task(anchors: Anchors | None = None, fake_updates: int = 3, gndm: dict 
 
 def weighted_mean(context, a, b, valid) -> np.ndarray:
     """<a, b>_W / sum_c w_c per row, in float64 numpy (the W-weighted mean over valid points and channels)."""
-    area = np.broadcast_to(context.latitude_weights[None, :, None, None], a.shape) * valid
-    per_point = area / area.sum(axis=(1, 2), keepdims=True) * context.channel_weights
+    area = np.broadcast_to(context.space.norm.latitude_weights[None, :, None, None], a.shape) * valid
+    per_point = area / area.sum(axis=(1, 2), keepdims=True) * context.space.norm.channel_weights
     return (per_point * np.asarray(a, np.float64) * np.asarray(b, np.float64)).sum(axis=(1, 2, 3)) \
-        / context.channel_weights.sum()
+        / context.space.norm.channel_weights.sum()
 
 
 @pytest.mark.parametrize("anchor_weight", [0.4, 0.0])
@@ -87,12 +87,12 @@ def test_the_student_gradient_is_the_group_baselined_policy_gradient_of_the_reco
     np.testing.assert_array_equal(np.asarray(inputs.advantages).reshape(-1, 3).sum(axis=1).round(5), 0.0)
     following = eta_step(t.state, t.denoised, t.level, t.next_level, eta, t.noise)
     kept, gamma = (per_example(scale, t.state) for scale in eta_scales(t.level, t.next_level, eta))
-    total_weight = float(context.channel_weights.sum())
+    total_weight = float(context.space.norm.channel_weights.sum())
 
     def direct(student):
         denoised = context.denoiser(student)(t.state, t.level, inputs.repeated.conditioning)
         error = following - (denoised + kept * (t.state - denoised) / per_example(t.level, t.state))
-        log_density = -context.weighted_inner(error / gamma, error / gamma, valid) / (2.0 * total_weight)
+        log_density = -context.space.norm.inner(error / gamma, error / gamma, valid) / (2.0 * total_weight)
         return -jnp.mean(jax.lax.stop_gradient(inputs.advantages) * log_density)
 
     want = jax.grad(direct)(params["student"])
@@ -193,7 +193,7 @@ def test_the_centred_log_ratio_is_exact_for_a_quadratic_log_ratio():
     context = toy_context(method="gndm", reward_samples=3)
     rng = np.random.default_rng(1)
     groups, members = 2, 3
-    shape = (groups * members, len(context.latitude), len(context.longitude), 4)
+    shape = (groups * members, len(context.space.latitude), len(context.space.longitude), 4)
     points = rng.normal(size=shape)
     centre = np.repeat(rng.normal(size=(groups, *shape[1:])), members, axis=0)
     k = np.repeat(np.asarray([0.5, 3.0]), members)[:, None, None, None]
@@ -202,7 +202,7 @@ def test_the_centred_log_ratio_is_exact_for_a_quadratic_log_ratio():
     slopes = -k * (points - centre)
     got = centred_log_ratio(context, jnp.asarray(slopes, jnp.float32), jnp.asarray(points, jnp.float32),
                             jnp.asarray(valid), members)
-    total = context.channel_weights.sum()
+    total = context.space.norm.channel_weights.sum()
     value = -0.5 * k[:, 0, 0, 0] * weighted_mean(context, points - centre, points - centre, valid) * total
     want = (value.reshape(groups, members) - value.reshape(groups, members).mean(axis=1, keepdims=True)).ravel()
     assert np.abs(want).max() > 0.1
@@ -213,12 +213,11 @@ def test_member_crps_shares_average_to_the_weighted_fair_crps():
     """The per-member CRPS reward of GNDMR: mean over members = RMMD's weighted fair CRPS, per condition."""
     context = toy_context()
     rng = np.random.default_rng(4)
-    shape = (2, len(context.latitude), len(context.longitude), 4)
+    shape = (2, len(context.space.latitude), len(context.space.longitude), 4)
     samples, target = rng.normal(size=(3, *shape)).astype(np.float32), rng.normal(size=shape).astype(np.float32)
     valid = np.ones(shape, bool)
     valid[1, :4, :, 2] = False
-    args = (jnp.asarray(samples), jnp.asarray(target), jnp.asarray(valid), context.latitude_weights,
-            context.reward_channel_weights)
+    args = (jnp.asarray(samples), jnp.asarray(target), jnp.asarray(valid), context.reward_norm)
     shares = np.asarray(member_fair_crps(*args))
     assert shares.shape == (3, 2) and np.ptp(shares, axis=0).min() > 0.0
     np.testing.assert_allclose(shares.mean(axis=0), weighted_fair_crps(*args), rtol=1e-5)
@@ -253,8 +252,7 @@ def test_gndmr_is_gndm_plus_the_crps_term():
 
 
 def _truth(task, batch):
-    from gencast_rmmd.distill.base import prepare
-    prepared = prepare(batch, task.context.normalizer)
+    prepared = task.context.space.prepare(batch)
     return prepared.clean, prepared.valid
 
 

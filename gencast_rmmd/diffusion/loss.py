@@ -22,6 +22,7 @@ summed with their weights, so a 13-level variable counts as much as a surface on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -81,8 +82,45 @@ def area_mean(values: jax.Array, latitude_weights: np.ndarray, valid: jax.Array,
     return jnp.sum(weighted, axis=(1, 2)) / jnp.where(total > 0, total, 1.0)
 
 
+@dataclass(frozen=True, eq=False)
+class WeightedNorm:
+    """The one weighted norm of the model's space: the denoising loss, the moment terms and the reward use it.
+
+    Per example b, with latitude cell-area weights a_j, validity mask m and channel weights w_c,
+
+        <u, v>_W = sum_c w_c sum_{j,i} a_j m_bjic u_bjic v_bjic / sum_{j,i} a_j m_bjic
+
+    (`inner`); `mean(v)` is the same weighted mean of one field (a CRPS map, a squared error). A channel
+    without valid points in an example contributes 0. `scaled(k)` is the norm with weights w_c k_c (the
+    reward's units, `distill.reward.reward_channel_scale`).
+    """
+
+    latitude_weights: np.ndarray     # a_j [lat], float32
+    channel_weights: np.ndarray      # w_c [C], float32
+
+    def channel_means(self, values: jax.Array, valid: jax.Array, times: jax.Array | None = None) -> jax.Array:
+        """[B, C]: the area-weighted masked mean of `values` (times `times`) per channel (`area_mean`)."""
+        return area_mean(values, self.latitude_weights, valid, times=times)
+
+    def weigh(self, per_channel: jax.Array) -> jax.Array:
+        """sum_c w_c x_c over the last axis."""
+        return per_channel @ jnp.asarray(self.channel_weights, per_channel.dtype)
+
+    def mean(self, values: jax.Array, valid: jax.Array) -> jax.Array:
+        """Per example [B]: sum_c w_c (area-weighted masked mean of `values` in channel c)."""
+        return self.weigh(self.channel_means(values, valid))
+
+    def inner(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
+        """<a, b>_W per example [B]."""
+        return self.weigh(self.channel_means(a, valid, times=b))
+
+    def scaled(self, scale: np.ndarray) -> "WeightedNorm":
+        """The norm with channel weights w_c * scale_c."""
+        return WeightedNorm(self.latitude_weights, (self.channel_weights * scale).astype(np.float32))
+
+
 def weighted_denoising_error(denoised: jax.Array, clean_targets: jax.Array, noise_levels: jax.Array,
-                             latitude_weights: jax.Array, valid: jax.Array) -> jax.Array:
+                             norm: WeightedNorm, valid: jax.Array) -> jax.Array:
     """Per-channel loss [C] before channel weights: mean_b lambda(sigma_b) * area-weighted masked MSE_bc.
 
     MSE_bc = sum_{j,i} a_j m_bjic (denoised - clean)^2 / sum_{j,i} a_j m_bjic, and 0
@@ -91,30 +129,30 @@ def weighted_denoising_error(denoised: jax.Array, clean_targets: jax.Array, nois
     the gradient into NaN.
     """
     squared = jnp.where(valid, jnp.square(denoised - clean_targets), 0.0)
-    mse = area_mean(squared, latitude_weights, valid)
+    mse = norm.channel_means(squared, valid)
     return jnp.mean(loss_weight(noise_levels)[:, None] * mse, axis=0)
 
 
 def denoising_loss(denoiser: Denoiser, clean_targets: jax.Array, conditioning: Conditioning, key: jax.Array,
-                   noise_config: NoiseConfig, channel_weights: np.ndarray, latitude_weights: np.ndarray,
-                   mask: jax.Array | None = None, *, noise: NoiseFn,
+                   noise_config: NoiseConfig, norm: WeightedNorm, mask: jax.Array | None = None, *,
+                   noise: NoiseFn,
                    channel_names: Sequence[str] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GenCast training loss of one batch and its per-variable parts (jittable).
 
     Draws sigma_b from `noise_config` per example and eps = `noise(key, shape)`
     (spherical noise of the target grid), forms x = x0 + sigma eps and returns
-    mean_b lambda(sigma_b) sum_c w_c MSE_bc (see the module docstring) with
-    `channel_weights` w [C] and `latitude_weights` a [lat]. Points where `mask`
+    mean_b lambda(sigma_b) sum_c w_c MSE_bc (see the module docstring), the
+    squared error measured in `norm` (its weights w [C] and a [lat]). Points where `mask`
     (broadcastable to the targets; True = valid) is False or the target is not
     finite are left out; they are zeroed before noising so no NaN reaches the
     network or the gradient. Diagnostics: each variable's weighted contribution
     (they sum to the loss), keyed by `channel_names` (one variable name per
     channel; default `channel_<i>`).
     """
-    channel_weights = np.asarray(channel_weights, dtype=np.float32)
     n_channels = clean_targets.shape[-1]
-    if channel_weights.shape != (n_channels,):
-        raise ValueError(f"channel_weights has shape {channel_weights.shape}; the targets have {n_channels} channels")
+    if norm.channel_weights.shape != (n_channels,):
+        raise ValueError(f"the norm's channel weights have shape {norm.channel_weights.shape}; the targets have "
+                         f"{n_channels} channels")
     names = list(channel_names) if channel_names is not None else [f"channel_{i}" for i in range(n_channels)]
     if len(names) != n_channels:
         raise ValueError(f"channel_names lists {len(names)} names for {n_channels} channels")
@@ -129,8 +167,8 @@ def denoising_loss(denoiser: Denoiser, clean_targets: jax.Array, conditioning: C
     noisy = clean + noise_levels[:, None, None, None] * noise(noise_key, clean.shape).astype(clean.dtype)
     denoised = denoiser(noisy, noise_levels, conditioning)
 
-    per_channel = weighted_denoising_error(denoised, clean, noise_levels, latitude_weights, valid)
-    contributions = per_channel * channel_weights
+    per_channel = weighted_denoising_error(denoised, clean, noise_levels, norm, valid)
+    contributions = per_channel * jnp.asarray(norm.channel_weights, per_channel.dtype)
     diagnostics: dict[str, jax.Array] = {}
     for name, contribution in zip(names, contributions):
         diagnostics[name] = diagnostics.get(name, 0.0) + contribution

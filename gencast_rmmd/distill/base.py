@@ -1,20 +1,22 @@
 """The `Distiller` slot and what every distiller shares.
 
-A distiller is a factory: given a `DistillContext` (the teacher's network,
-normalisation and grid, its parameters and those of the phase-1 student and
-aux model, and the distill config) it returns the `TrainTask` whose parameter
+A distiller is a factory: given a `DistillContext` (the distill config, the
+teacher's network, the model's space `ModelSpace`, and the anchors: the
+teacher's parameters and those of the phase-1 student and aux model) it
+returns the `TrainTask` whose parameter
 groups, frozen trees and `UpdateRule`s implement the method; the generic loop
 (`gencast_rmmd.training.train`) does the rest. Methods are chosen by name in
 `registry.DISTILLERS`, one mapping in one place.
 
 Shared maths (all in the model's residual-normalised space, EDM sigmas):
-- `weighted_inner(a, b)` = sum_c w_c sum_{j,i} a_j m_bjic a_bjic b_bjic / sum_{j,i} a_j m_bjic per example:
-  the inner product under which the teacher's loss is a squared norm
-  (latitude area a_j, validity mask m, the teacher loss's channel weights w_c);
+- `context.space.norm.inner(a, b, valid)` = sum_c w_c sum_{j,i} a_j m_bjic a_bjic b_bjic / sum_{j,i} a_j m_bjic
+  per example: the inner product under which the teacher's loss is a squared norm
+  (latitude area a_j, validity mask m, the teacher loss's channel weights w_c;
+  `diffusion.loss.WeightedNorm`, the one norm of the loss, the moment terms and the reward);
 - every squared error and surrogate is weighted by the EDM weight
   lambda(s) = (s^2 + 1)/s^2 of its noise level, as the teacher's loss is;
 - a batch's first target step gives clean targets x_0 (NaN zeroed, masked),
-  the conditioning and the mask (`prepare`).
+  the conditioning and the mask (`context.space.prepare`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.data.batches import Batch
-from gencast_rmmd.data.grid import latitude_cell_weights
-from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Conditioning, Denoiser
-from gencast_rmmd.diffusion.config import LossConfig
-from gencast_rmmd.diffusion.loss import area_mean, channel_loss_weights
-from gencast_rmmd.diffusion.model_space import first_step
-from gencast_rmmd.diffusion.noise import SphericalNoise
+from gencast_rmmd.diffusion.loss import WeightedNorm
+from gencast_rmmd.diffusion.model_space import ModelSpace, Prepared
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.diffusion.student_sampler import StudentSampler, student_noise_levels
 from gencast_rmmd.distill.config import DistillConfig
@@ -60,27 +57,17 @@ class Anchors(NamedTuple):
     aux: PyTree
 
 
-class Prepared(NamedTuple):
-    """Model-space view of a batch's first target step."""
-
-    clean: jax.Array            # x_0 [B, lat, lon, C], zero where invalid
-    conditioning: Conditioning
-    valid: jax.Array            # [B, lat, lon, C] bool
-
-
 @dataclass(frozen=True, eq=False)
 class DistillContext:
-    """Everything a distiller needs for one run (one reward weight)."""
+    """What a distiller is given for one run (one reward weight): its config, the network, the model's space
+    (normaliser, grid, noise, the weighted norm: `diffusion.model_space.ModelSpace`), the anchors, and the
+    student's model card (the payload its checkpoints carry). Everything else is derived here."""
 
     config: DistillConfig
     network: DenoiserNetwork
-    normalizer: Normalizer
-    layout: ChannelLayout
-    latitude: np.ndarray
-    longitude: np.ndarray
-    loss_config: LossConfig     # the teacher's per-variable loss weights
+    space: ModelSpace
     anchors: Anchors
-    payload: dict               # the student checkpoint payload
+    payload: dict               # the student's model card, as written to its checkpoints
 
     @property
     def reward_weight(self) -> float:
@@ -88,23 +75,9 @@ class DistillContext:
         return float(self.config.distill.reward_weights[0])
 
     @functools.cached_property
-    def noise(self) -> SphericalNoise:
-        """The teacher's diffusion noise (its spec is in the payload's grid; absent = GenCast's)."""
-        return SphericalNoise.from_spec(self.latitude, self.longitude, self.payload.get("grid", {}).get("noise"))
-
-    @functools.cached_property
-    def latitude_weights(self) -> np.ndarray:
-        return latitude_cell_weights(self.latitude).astype(np.float32)
-
-    @functools.cached_property
-    def channel_weights(self) -> np.ndarray:
-        """w_c of the teacher's loss."""
-        return channel_loss_weights(self.layout, self.loss_config.variable_weights, self.loss_config.default_weight)
-
-    @functools.cached_property
-    def reward_channel_weights(self) -> np.ndarray:
-        """w_c k_c: the teacher loss's channel weights times the reward-unit scale."""
-        return self.channel_weights * reward_channel_scale(self.normalizer, self.config.distill.reward_units)
+    def reward_norm(self) -> WeightedNorm:
+        """The loss's norm with w_c k_c: the teacher loss's channel weights times the reward-unit scale."""
+        return self.space.norm.scaled(reward_channel_scale(self.space.normalizer, self.config.distill.reward_units))
 
     @functools.cached_property
     def levels(self) -> np.ndarray:
@@ -113,7 +86,7 @@ class DistillContext:
 
     @functools.cached_property
     def sampler(self) -> StudentSampler:
-        return StudentSampler(self.config.distill.student, self.noise)
+        return StudentSampler(self.config.distill.student, self.space.noise)
 
     def denoiser(self, params: PyTree) -> Denoiser:
         """D(x; s, cond) = c_skip x + c_out F_params(c_in x; s, cond) for any of the three networks."""
@@ -134,21 +107,9 @@ class DistillContext:
         outputs = jax.vmap(lambda p, x, s: self.denoiser(p)(x, s, conditioning))(params, noisy, levels)
         return list(outputs)
 
-    def weighted_inner(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
-        """<a, b>_W per example [B] (see the module docstring)."""
-        return area_mean(a, self.latitude_weights, valid, times=b) @ jnp.asarray(self.channel_weights, a.dtype)
-
     def weighted_crps(self, samples: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
         """Mean over conditions of the weighted fair CRPS; samples [M, B, ...] (reward units)."""
-        return jnp.mean(weighted_fair_crps(samples, target, valid, self.latitude_weights,
-                                           self.reward_channel_weights))
-
-
-def prepare(batch: Batch, normalizer: Normalizer) -> Prepared:
-    """(x_0 with invalid points zeroed, conditioning, mask) of a batch's first target step."""
-    clean, conditioning, valid = first_step(batch, normalizer)
-    valid = valid & jnp.isfinite(clean)
-    return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
+        return jnp.mean(weighted_fair_crps(samples, target, valid, self.reward_norm))
 
 
 def repeat_members(prepared: Prepared, members: int) -> Prepared:
@@ -169,7 +130,7 @@ def validation_crps(context: DistillContext, student_params: PyTree, key: jax.Ar
                     batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Fair CRPS (reward units) of M K-step student samples per condition: every distiller's validation loss."""
     members = context.config.distill.reward_samples
-    prepared = prepare(batch, context.normalizer)
+    prepared = context.space.prepare(batch)
     repeated = repeat_members(prepared, members)
     samples = context.sampler(context.denoiser(student_params), repeated.conditioning, key, repeated.clean.shape)
     crps = context.weighted_crps(by_member(samples, members), prepared.clean, prepared.valid)

@@ -38,7 +38,7 @@ One optimiser step:
     (DMD eq. 7-8; the scores of an EDM denoiser are s(x_s) = (D(x_s; s) - x_s)/s^2, and the paper's
     weight w_t = sigma_t^2 / alpha_t * CS / ||mu_real - x||_1 cancels the 1/s^2). R = -weighted fair CRPS
     (`reward.py`), the anchor and its weight exactly RMMD's (`rewarded.anchor_penalty`); <.>_W is the
-    area- and channel-weighted mean and ||.||_W the norm of the teacher's loss (`DistillContext.weighted_inner`).
+    area- and channel-weighted mean and ||.||_W the norm of the teacher's loss (`WeightedNorm.inner`).
 
 Shared with RMMD, not copied: the policy draw and its one-draw-per-step hook,
 the live auxiliary model's parameter group `aux`, its regression
@@ -130,7 +130,7 @@ def dmd_state(context: DistillContext, key: jax.Array, clean: jax.Array,
     """x_s = x + s eps with s by `dmd_levels` (one per row) and eps spherical white noise; no gradient."""
     level_key, noise_key = jax.random.split(key)
     levels = dmd_levels(context, level_key, clean.shape[0], concentration)
-    return NoisyState(clean + per_example(levels, clean) * context.noise(noise_key, clean.shape), levels)
+    return NoisyState(clean + per_example(levels, clean) * context.space.noise(noise_key, clean.shape), levels)
 
 
 def fake_score_loss(context: DistillContext, fake_params, teacher_params, key: jax.Array, samples: jax.Array,
@@ -158,13 +158,13 @@ def dmd_surrogate(context: DistillContext, samples: jax.Array, fake: jax.Array, 
     """
     fake, real = jax.lax.stop_gradient(fake), jax.lax.stop_gradient(real)
     clean = masked_samples(samples, valid)
-    total_weight = jnp.sum(jnp.asarray(context.channel_weights, clean.dtype))
-    mean_abs = context.weighted_inner(jnp.abs(clean - real), jnp.ones_like(clean), valid) / total_weight
+    total_weight = jnp.sum(jnp.asarray(context.space.norm.channel_weights, clean.dtype))
+    mean_abs = context.space.norm.inner(jnp.abs(clean - real), jnp.ones_like(clean), valid) / total_weight
     scale = jnp.where(mean_abs > 0.0, 1.0 / jnp.where(mean_abs > 0.0, mean_abs, 1.0), 0.0)
     direction = (fake - real) * per_example(scale, fake)
-    half_square = 0.5 * context.weighted_inner(direction, direction, valid)
-    linear = context.weighted_inner(samples - jax.lax.stop_gradient(samples), direction, valid)
-    gap = jnp.mean(loss_weight(noisy.level) * context.weighted_inner(fake - real, fake - real, valid))
+    half_square = 0.5 * context.space.norm.inner(direction, direction, valid)
+    linear = context.space.norm.inner(samples - jax.lax.stop_gradient(samples), direction, valid)
+    gap = jnp.mean(loss_weight(noisy.level) * context.space.norm.inner(fake - real, fake - real, valid))
     return jnp.mean(half_square + linear), {"dmd_term": jnp.mean(half_square), "dmd_gap": gap,
                                             "dmd_normaliser": jnp.mean(mean_abs)}
 

@@ -156,7 +156,7 @@ def tilt_weights(context: DistillContext, samples: jax.Array, prepared: Prepared
         return jnp.ones(samples.shape[0], samples.dtype)
     members = context.config.distill.reward_samples
     shares = member_fair_crps(by_member(samples, members), prepared.clean, prepared.valid,
-                              context.latitude_weights, context.reward_channel_weights)      # c_i [M, B]
+                              context.reward_norm)                                                       # c_i [M, B]
     exponent = shares / temperature
     tilt = jnp.exp(exponent - jnp.max(exponent, axis=0, keepdims=True))
     return jnp.swapaxes(tilt / jnp.mean(tilt, axis=0, keepdims=True), 0, 1).reshape(-1)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from gencast_rmmd.diffusion.preconditioning import loss_weight
 from gencast_rmmd.diffusion.student_sampler import bind, eta_step, run_steps
-from gencast_rmmd.distill.base import StudentFineTune, by_member, prepare, repeat_members
+from gencast_rmmd.distill.base import StudentFineTune, by_member, repeat_members
 
 
 class DraftK(StudentFineTune):
@@ -38,16 +38,16 @@ class DraftK(StudentFineTune):
         context, distill = self.context, self.context.config.distill
         members, eta, levels = distill.reward_samples, distill.student.eta, context.levels
         anchor_weight = distill.anchor_weight or 0.0
-        prepared = prepare(batch, context.normalizer)
+        prepared = context.space.prepare(batch)
         repeated = repeat_members(prepared, members)
         conditioning = repeated.conditioning
         initial_key, frozen_chain_key, chain_key = jax.random.split(key, 3)
         first_differentiated = len(levels) - distill.draft_steps
 
         frozen_student = bind(context.denoiser(jax.lax.stop_gradient(params["student"])), conditioning)
-        x = jnp.float32(levels[0]) * context.noise(initial_key, repeated.clean.shape)
+        x = jnp.float32(levels[0]) * context.space.noise(initial_key, repeated.clean.shape)
         x = jax.lax.stop_gradient(run_steps(frozen_student, x, levels[:first_differentiated + 1], eta,
-                                            context.noise, frozen_chain_key))
+                                            context.space.noise, frozen_chain_key))
 
         student = bind(context.denoiser(params["student"]), conditioning)
         reference = bind(context.denoiser(jax.lax.stop_gradient(frozen["student_phase1"])), conditioning)
@@ -59,9 +59,9 @@ class DraftK(StudentFineTune):
             if anchor_weight > 0.0:
                 difference = denoised - reference(jax.lax.stop_gradient(x), level)
                 anchor = anchor + loss_weight(level) * jnp.mean(
-                    context.weighted_inner(difference, difference, repeated.valid))
+                    context.space.norm.inner(difference, difference, repeated.valid))
             if index + 1 < len(levels):
-                fresh = context.noise(step_keys[offset], x.shape) if eta > 0 else None
+                fresh = context.space.noise(step_keys[offset], x.shape) if eta > 0 else None
                 x = eta_step(x, denoised, level, jnp.float32(levels[index + 1]), eta, fresh)
         crps = context.weighted_crps(by_member(denoised, members), prepared.clean, prepared.valid)
         loss = context.reward_weight * crps + 0.5 * anchor_weight * anchor

@@ -94,7 +94,7 @@ from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import loss_weight
 from gencast_rmmd.diffusion.student_sampler import bind, eta_scales, eta_step
-from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, by_member, prepare, repeat_members
+from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, by_member, repeat_members
 from gencast_rmmd.distill.dmd import FakeScoreFineTune, dmd_levels, fake_score_loss, masked_samples
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_optimizer
 from gencast_rmmd.distill.reward import member_fair_crps
@@ -135,12 +135,12 @@ def rollout(context: DistillContext, student_params: PyTree, key: jax.Array,
     index_key, start_key, steps_key = jax.random.split(key, 3)
     index = jnp.repeat(jax.random.randint(index_key, (rows // members,), 0, count), members)
     denoise = bind(context.denoiser(jax.lax.stop_gradient(student_params)), repeated.conditioning)
-    start = levels[0] * context.noise(start_key, repeated.clean.shape)
+    start = levels[0] * context.space.noise(start_key, repeated.clean.shape)
 
     def step(carry, per_step):
         state, kept = carry
         step_index, level, next_level, step_key = per_step
-        fresh = context.noise(step_key, state.shape).astype(state.dtype)
+        fresh = context.space.noise(step_key, state.shape).astype(state.dtype)
         denoised = denoise(state, level)
         chosen = per_example(index == step_index, state)
         kept = tuple(jnp.where(chosen, new, old) for new, old in zip((state, fresh, denoised), kept))
@@ -166,7 +166,7 @@ def centred_log_ratio(context: DistillContext, slopes: jax.Array, points: jax.Ar
     slope, point, mask = grouped(slopes), grouped(points), grouped(valid)
     pairs = (slope.shape[0], members, members, *slope.shape[2:])
     flat = lambda array: jnp.broadcast_to(array, pairs).reshape(-1, *slope.shape[2:])  # noqa: E731
-    inner = context.weighted_inner(flat(slope[:, :, None]), flat(point[:, None, :]), flat(mask[:, :, None]))
+    inner = context.space.norm.inner(flat(slope[:, :, None]), flat(point[:, None, :]), flat(mask[:, :, None]))
     inner = inner.reshape(pairs[:3])             # P[g, i, j] = <slope_i, x_j>_W
     own = jnp.diagonal(inner, axis1=1, axis2=2)
     centred = 0.5 * (own - inner.mean(axis=2) + inner.mean(axis=1) - own.mean(axis=1, keepdims=True))
@@ -181,12 +181,12 @@ def dm_reward(context: DistillContext, fake_params: PyTree, teacher_params: PyTr
     level_key, noise_key = jax.random.split(key)
     conditions = clean.shape[0] // members
     levels = jnp.repeat(dmd_levels(context, level_key, conditions), members)
-    noise = jnp.repeat(context.noise(noise_key, (conditions, *clean.shape[1:])), members, axis=0)
+    noise = jnp.repeat(context.space.noise(noise_key, (conditions, *clean.shape[1:])), members, axis=0)
     noisy = clean + per_example(levels, clean) * noise
     fake, real = jax.lax.stop_gradient(context.denoise_together(
         [(fake_params, noisy, levels), (teacher_params, noisy, levels)], repeated.conditioning))
     slopes = (real - fake) / per_example(jnp.square(levels), fake)
-    gap = jnp.mean(loss_weight(levels) * context.weighted_inner(fake - real, fake - real, repeated.valid))
+    gap = jnp.mean(loss_weight(levels) * context.space.norm.inner(fake - real, fake - real, repeated.valid))
     return centred_log_ratio(context, slopes, clean, repeated.valid, members), gap
 
 
@@ -216,9 +216,9 @@ def transition_log_ratio(context: DistillContext, denoised: jax.Array, transitio
     kept, gamma = eta_scales(transition.level, transition.next_level, eta)
     slope = 1.0 - kept / transition.level
     delta = denoised - jax.lax.stop_gradient(transition.denoised)
-    total_weight = jnp.sum(jnp.asarray(context.channel_weights, delta.dtype))
-    linear = context.weighted_inner(transition.noise, delta, valid) * slope / gamma
-    quadratic = context.weighted_inner(delta, delta, valid) * jnp.square(slope / gamma) / 2.0
+    total_weight = jnp.sum(jnp.asarray(context.space.norm.channel_weights, delta.dtype))
+    linear = context.space.norm.inner(transition.noise, delta, valid) * slope / gamma
+    quadratic = context.space.norm.inner(delta, delta, valid) * jnp.square(slope / gamma) / 2.0
     return (linear - quadratic) / total_weight
 
 
@@ -238,13 +238,12 @@ class GroupNormalisedDistributionMatching(FakeScoreFineTune):
         del step
         context, distill = self.context, self.context.config.distill
         members, gndm = distill.reward_samples, distill.gndm
-        prepared = prepare(batch, context.normalizer)
+        prepared = context.space.prepare(batch)
         repeated = repeat_members(prepared, members)
         rollout_key, reward_key = jax.random.split(key)
         samples, transition = rollout(context, params["student"], rollout_key, repeated)
         dm, gap = dm_reward(context, params["aux"], frozen["teacher"], reward_key, samples, repeated)
-        shares = member_fair_crps(by_member(samples, members), prepared.clean, prepared.valid,
-                                  context.latitude_weights, context.reward_channel_weights)
+        shares = member_fair_crps(by_member(samples, members), prepared.clean, prepared.valid, context.reward_norm)
         crps_reward = -jnp.swapaxes(shares, 0, 1).reshape(-1)
         advantages = group_normalised(dm, members, gndm.normalise_std)
         if gndm.crps_reward_weight > 0.0:

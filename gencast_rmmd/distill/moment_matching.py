@@ -17,7 +17,7 @@ and aux start from the teacher's weights. One optimiser step:
 with lambda(s) = (s^2+1)/s^2; w = lambda(s') (`distill.moment_weight: edm`, the
 paper's) or 1/(c_out(s_t) c_out(s')) (`balanced`, see `moment_weight`); and
 ||.||_W, <.,.>_W the teacher loss's area / level / variable weighted norm
-(`DistillContext.weighted_inner`); x_s' is held fixed (sg) in both. The aux
+(`WeightedNorm.inner`); x_s' is held fixed (sg) in both. The aux
 model regresses the student's denoised samples, so
 g_phi -> (m_student + beta m_teacher)/(1 + beta) with m = E[x0 | x_s'], and the
 student's gradient J^T (g_phi - teacher) = J^T (m_student - m_teacher)/(1 + beta)
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
 from gencast_rmmd.diffusion.student_sampler import eta_step, student_quantile
-from gencast_rmmd.distill.base import DistillContext, frozen_trees, prepare, validation_crps
+from gencast_rmmd.distill.base import DistillContext, frozen_trees, validation_crps
 from gencast_rmmd.training import TrainableState, UpdateRule
 
 
@@ -62,7 +62,7 @@ def offline_state(context: DistillContext, key: jax.Array, clean: jax.Array) -> 
     """Forward-diffused data: x_t = x_0 + s_t eps, eps spherical white noise, s_t by `distill.training_noise`."""
     level_key, noise_key = jax.random.split(key)
     levels = draw_levels(context, level_key, clean.shape[0], context.config.distill.training_noise)
-    return NoisyState(clean + per_example(levels, clean) * context.noise(noise_key, clean.shape), levels)
+    return NoisyState(clean + per_example(levels, clean) * context.space.noise(noise_key, clean.shape), levels)
 
 
 def moment_state(context: DistillContext, key: jax.Array, state: NoisyState, denoised: jax.Array) -> NoisyState:
@@ -72,7 +72,7 @@ def moment_state(context: DistillContext, key: jax.Array, state: NoisyState, den
     u = jax.random.uniform(level_key, state.level.shape)
     level = lowest ** (1.0 - u) * state.level ** u
     eta = context.config.distill.student.eta
-    fresh = context.noise(noise_key, denoised.shape) if eta > 0 else None
+    fresh = context.space.noise(noise_key, denoised.shape) if eta > 0 else None
     noisy = eta_step(state.noisy, jax.lax.stop_gradient(denoised), state.level, level, eta, fresh)
     return NoisyState(jax.lax.stop_gradient(noisy), level)
 
@@ -107,8 +107,8 @@ def moment_surrogate(context: DistillContext, denoised: jax.Array, gap: jax.Arra
     a diagnostic that does not depend on the weighting.
     """
     gap = jax.lax.stop_gradient(gap)
-    surrogate = jnp.mean(moment_weight(context, state, moment) * context.weighted_inner(denoised, gap, valid))
-    return surrogate, jnp.mean(loss_weight(moment.level) * context.weighted_inner(gap, gap, valid))
+    surrogate = jnp.mean(moment_weight(context, state, moment) * context.space.norm.inner(denoised, gap, valid))
+    return surrogate, jnp.mean(loss_weight(moment.level) * context.space.norm.inner(gap, gap, valid))
 
 
 def aux_regression(context: DistillContext, aux_params, teacher_params, key: jax.Array, state: NoisyState,
@@ -149,10 +149,10 @@ def aux_fit(context: DistillContext, aux_params, teacher_params, noisy: NoisySta
                                                  (jax.lax.stop_gradient(teacher_params), noisy.noisy, noisy.level)],
                                                 conditioning)
         teacher = jax.lax.stop_gradient(teacher)
-    fit = jnp.mean(weight * context.weighted_inner(aux - target, aux - target, valid))
+    fit = jnp.mean(weight * context.space.norm.inner(aux - target, aux - target, valid))
     if beta == 0.0:
         return fit, {"aux_fit": fit}
-    pull = jnp.mean(weight * context.weighted_inner(aux - teacher, aux - teacher, valid))
+    pull = jnp.mean(weight * context.space.norm.inner(aux - teacher, aux - teacher, valid))
     return fit + beta * pull, {"aux_fit": fit, "aux_pull": pull}
 
 
@@ -179,7 +179,7 @@ class MomentMatching:
                               frozen=frozen_trees(self.context, self.frozen_groups))
 
     def _states(self, params, key, batch):
-        prepared = prepare(batch, self.context.normalizer)
+        prepared = self.context.space.prepare(batch)
         state_key, moment_key = jax.random.split(key)
         state = offline_state(self.context, state_key, prepared.clean)
         denoised = self.context.denoiser(params["student"])(state.noisy, state.level, prepared.conditioning)

@@ -35,7 +35,7 @@ from gencast_rmmd.data.grid import zonal_power
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.diffusion.base import Sampler
 from gencast_rmmd.diffusion.registry import SAMPLER_BUILDERS
-from gencast_rmmd.distill.base import DistillContext, by_member, prepare, repeat_members
+from gencast_rmmd.distill.base import DistillContext, by_member, repeat_members
 from gencast_rmmd.io_utils import atomic_path, write_json_atomic
 from gencast_rmmd.training import load_checkpoint
 from gencast_rmmd.training.checkpoint import read_meta
@@ -76,11 +76,11 @@ def score(context: DistillContext, draw: Callable, params, batches: list, key: j
     members = context.config.distill.reward_samples
     crps, spectra = [], []
     for index, batch in enumerate(batches):
-        prepared = prepare(batch, context.normalizer)
+        prepared = context.space.prepare(batch)
         repeated = repeat_members(prepared, members)
         samples = draw(params, repeated.conditioning, jax.random.fold_in(key, index), repeated.clean.shape)
         crps.append(float(context.weighted_crps(by_member(samples, members), prepared.clean, prepared.valid)))
-        spectra.append(zonal_spectrum(np.asarray(samples), context.latitude_weights))
+        spectra.append(zonal_spectrum(np.asarray(samples), context.space.norm.latitude_weights))
     return float(np.mean(crps)), np.mean(spectra, axis=0)
 
 
@@ -118,8 +118,8 @@ def write_pareto(run_dir: Path, context: DistillContext, data: DataSource, teach
     finally:
         stream.close()
     key = jax.random.PRNGKey(context.config.seed)
-    teacher = SAMPLER_BUILDERS[teacher_sampler["name"]](teacher_sampler["config"], context.latitude,
-                                                        context.longitude, context.noise.spec)
+    teacher = SAMPLER_BUILDERS[teacher_sampler["name"]](teacher_sampler["config"], context.space.latitude,
+                                                        context.space.longitude, context.space.noise.spec)
     log(f"scoring the teacher and {len(checkpoints)} students on {len(batches)} validation batches")
     teacher_crps, teacher_spectrum = score(context, sample_function(context, teacher), context.anchors.teacher,
                                            batches, key)

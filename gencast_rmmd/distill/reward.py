@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.data.normalization import Normalizer
-from gencast_rmmd.diffusion.loss import area_mean
+from gencast_rmmd.diffusion.loss import WeightedNorm
 
 
 def fair_crps(samples: jax.Array, target: jax.Array) -> jax.Array:
@@ -51,24 +51,22 @@ def fair_crps(samples: jax.Array, target: jax.Array) -> jax.Array:
     return skill - pair_sum / (2.0 * members * (members - 1))
 
 
-def weighted_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, latitude_weights: np.ndarray,
-                       channel_weights: np.ndarray) -> jax.Array:
+def weighted_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, norm: WeightedNorm) -> jax.Array:
     """Per-condition weighted fair CRPS [B]: sum_c w_c sum_{j,i} a_j m_bjic CRPS_bjic / sum_{j,i} a_j m_bjic.
 
     samples [M, B, lat, lon, C], target and valid (True = finite truth)
-    [B, lat, lon, C], `latitude_weights` a [lat], `channel_weights` w [C]
-    (include the reward-unit scale k_c here). A channel without valid points
+    [B, lat, lon, C]; `norm` holds a [lat] and w [C] (with the reward-unit
+    scale k_c: `WeightedNorm.scaled`). A channel without valid points
     contributes 0. NaN targets are zeroed before the CRPS so no NaN reaches
     the gradient.
     """
     target = jnp.where(valid, target, 0.0)
     samples = jnp.where(valid[None], samples, 0.0)
     crps = jnp.where(valid, fair_crps(samples, target), 0.0)
-    return area_mean(crps, latitude_weights, valid) @ jnp.asarray(channel_weights, crps.dtype)
+    return norm.mean(crps, valid)
 
 
-def member_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, latitude_weights: np.ndarray,
-                     channel_weights: np.ndarray) -> jax.Array:
+def member_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, norm: WeightedNorm) -> jax.Array:
     """Each member's share of the weighted fair CRPS [M, B]; its mean over members is `weighted_fair_crps`.
 
     The fair CRPS is a mean over members i of c_i = |x_i - y| - 1/(2(M-1)) sum_j |x_i - x_j|
@@ -84,8 +82,7 @@ def member_fair_crps(samples: jax.Array, target: jax.Array, valid: jax.Array, la
     spread = jnp.sum(jnp.abs(samples[:, None] - samples[None, :]), axis=1) / (2.0 * (members - 1))
     shares = jnp.where(valid[None], jnp.abs(samples - target[None]) - spread, 0.0)
     flat_valid = jnp.broadcast_to(valid[None], shares.shape).reshape(-1, *shares.shape[2:])
-    per_row = area_mean(shares.reshape(-1, *shares.shape[2:]), latitude_weights, flat_valid)
-    return (per_row @ jnp.asarray(channel_weights, shares.dtype)).reshape(members, -1)
+    return norm.mean(shares.reshape(-1, *shares.shape[2:]), flat_valid).reshape(members, -1)
 
 
 def reward_channel_scale(normalizer: Normalizer, units: str) -> np.ndarray:

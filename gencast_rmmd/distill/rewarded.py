@@ -78,7 +78,7 @@ from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
 from gencast_rmmd.diffusion.student_sampler import bind, run_steps
-from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, prepare, \
+from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, \
     repeat_members
 from gencast_rmmd.distill.config import Policy
 from gencast_rmmd.distill.moment_matching import NoisyState, aux_optimizer, aux_regression, draw_levels, \
@@ -110,12 +110,12 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
 
     def renoise(base: jax.Array, mode: str) -> NoisyState:
         noise_levels = jnp.repeat(draw_levels(context, level_key, conditions, mode), members)
-        return NoisyState(base + per_example(noise_levels, base) * context.noise(noise_key, base.shape), noise_levels)
+        return NoisyState(base + per_example(noise_levels, base) * context.space.noise(noise_key, base.shape), noise_levels)
 
     def chain(stop_index: jax.Array | None) -> jax.Array:
         start_key, steps_key = jax.random.split(chain_key)
-        start = jnp.float32(levels[0]) * context.noise(start_key, clean.shape)
-        return run_steps(denoise, start, levels, distill.student.eta, context.noise, steps_key, stop_index)
+        start = jnp.float32(levels[0]) * context.space.noise(start_key, clean.shape)
+        return run_steps(denoise, start, levels, distill.student.eta, context.space.noise, steps_key, stop_index)
 
     match distill.policy:
         case Policy.OFFLINE:
@@ -136,7 +136,7 @@ def anchor_penalty(context: DistillContext, denoised: jax.Array, reference: jax.
     the caller weights it by mu/2 (RMMD and DMD share it).
     """
     difference = denoised - jax.lax.stop_gradient(reference)
-    return jnp.mean(loss_weight(state.level) * context.weighted_inner(difference, difference, valid))
+    return jnp.mean(loss_weight(state.level) * context.space.norm.inner(difference, difference, valid))
 
 
 class PolicyDraw(NamedTuple):
@@ -148,7 +148,7 @@ class PolicyDraw(NamedTuple):
 
 def draw_policy(context: DistillContext, student_params: PyTree, key: jax.Array, batch: Batch) -> PolicyDraw:
     """Step 1 of the module docstring for a batch: M policy samples per condition, no gradient."""
-    prepared = prepare(batch, context.normalizer)
+    prepared = context.space.prepare(batch)
     repeated = repeat_members(prepared, context.config.distill.reward_samples)
     return PolicyDraw(prepared, policy_state(context, student_params, key, repeated))
 

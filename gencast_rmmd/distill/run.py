@@ -30,14 +30,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.data.batches import batch_stream
-from gencast_rmmd.data.layout import ChannelLayout
-from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
-from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.diffusion.model_space import ModelSpace
 from gencast_rmmd.distill.base import Anchors, DistillContext
 from gencast_rmmd.distill.config import DistillConfig
 from gencast_rmmd.distill.pareto import pareto_is_current, write_pareto
@@ -87,22 +83,17 @@ def load_source(path: str | Path) -> TeacherSource:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Environment:
-    """What every run of one `distill` call shares: data, network, normalisation."""
+    """What every run of one `distill` call shares: the teacher's card, the data, the network and its space."""
 
     source: TeacherSource
     data: DataSource
-    normalizer: Normalizer
-    layout: ChannelLayout
-    latitude: np.ndarray
-    longitude: np.ndarray
     network: DenoiserNetwork
+    space: ModelSpace
 
 
 def _environment(source: TeacherSource, data: str | None) -> _Environment:
     card = source.card
-    latitude, longitude = card.grid.axes
-    return _Environment(source, card.open_data(data, "the teacher"), card.normalization, card.channel_layout,
-                        latitude, longitude, card.network())
+    return _Environment(source, card.open_data(data, "the teacher"), card.network(), card.model_space())
 
 
 def student_payload(config: DistillConfig, environment: _Environment, phase1_checkpoint: dict | None) -> dict:
@@ -161,9 +152,7 @@ def _check_resumable(run_dir: Path, config: DistillConfig, environment: _Environ
 def _context(config: DistillConfig, environment: _Environment, anchors: Anchors,
              phase1_checkpoint: dict | None) -> DistillContext:
     payload = student_payload(config, environment, phase1_checkpoint)
-    return DistillContext(config, environment.network, environment.normalizer, environment.layout,
-                          environment.latitude, environment.longitude, LossConfig(**payload["config"]["loss"]),
-                          anchors, payload)
+    return DistillContext(config, environment.network, environment.space, anchors, payload)
 
 
 def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchors, phase1_checkpoint: dict | None,

@@ -26,11 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.data.batches import Batch
-from gencast_rmmd.data.grid import latitude_cell_weights
-from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
-from gencast_rmmd.diffusion.loss import channel_loss_weights, denoising_loss
-from gencast_rmmd.diffusion.model_space import first_step
+from gencast_rmmd.diffusion.loss import denoising_loss
+from gencast_rmmd.diffusion.model_space import ModelSpace, first_step
 from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.diffusion.preconditioning import PreconditionedDenoiser
 from gencast_rmmd.models.denoiser import DenoiserNetwork
@@ -52,32 +50,27 @@ def perturb_inputs(batch: Batch, normalizer: Normalizer, noise: SphericalNoise, 
 
 @dataclass(frozen=True, eq=False)
 class TeacherTask:
-    """A `TrainTask` with one parameter group, `denoiser`."""
+    """A `TrainTask` with one parameter group, `denoiser`, in the model space `space` (its noise: `config.noise`'s
+    truncation and spectrum on the data's grid; its norm: `config.loss`'s weights)."""
 
     config: TeacherConfig
     network: DenoiserNetwork
-    normalizer: Normalizer
-    layout: ChannelLayout
-    latitude: np.ndarray
-    longitude: np.ndarray
+    space: ModelSpace
     payload: dict
-    noise: SphericalNoise       # the diffusion noise (`config.noise` truncation and spectrum on this grid)
 
     def loss(self, params, frozen, key, batch: Batch, perturb: bool = True):
         del frozen
         if perturb and self.config.input_perturbation > 0.0:
             # fold_in keeps `key` for the noise levels and noise: the same draws as unperturbed training
-            batch = perturb_inputs(batch, self.normalizer, self.noise, jax.random.fold_in(key, 1),
+            batch = perturb_inputs(batch, self.space.normalizer, self.space.noise, jax.random.fold_in(key, 1),
                                    self.config.input_perturbation)
-        clean, conditioning, valid = first_step(batch, self.normalizer)
+        clean, conditioning, valid = first_step(batch, self.space.normalizer)
         denoiser = PreconditionedDenoiser(lambda x, sigma, cond: self.network.apply(params["denoiser"], x, sigma, cond))
-        weights = channel_loss_weights(self.layout, self.config.loss.variable_weights, self.config.loss.default_weight)
-        names = [channel.variable for channel in self.layout.target_channels]
-        return denoising_loss(denoiser, clean, conditioning, key, self.config.noise, weights,
-                              latitude_cell_weights(self.latitude), valid, noise=self.noise, channel_names=names)
+        return denoising_loss(denoiser, clean, conditioning, key, self.config.noise, self.space.norm, valid,
+                              noise=self.space.noise, channel_names=self.space.channel_names)
 
     def init(self, key, example_batch: Batch) -> TrainableState:
-        clean, conditioning, _ = first_step(example_batch, self.normalizer)
+        clean, conditioning, _ = first_step(example_batch, self.space.normalizer)
         sigma = jnp.ones((clean.shape[0],), clean.dtype)
         return TrainableState(params={"denoiser": self.network.init(key, clean, sigma, conditioning)})
 

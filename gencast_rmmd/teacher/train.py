@@ -12,6 +12,7 @@ from gencast_rmmd.data.batches import batch_stream
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
 from gencast_rmmd.data.stats import compute_stats, load_stats, save_stats
+from gencast_rmmd.diffusion.model_space import ModelSpace
 from gencast_rmmd.diffusion.noise import SphericalNoise, resolvable_wavenumber
 from gencast_rmmd.diffusion.samplers import DPMSolverPlusPlus2S
 from gencast_rmmd.errors import UserInputError
@@ -70,8 +71,9 @@ def teacher_task(config: TeacherConfig, source: DataSource, normalizer: Normaliz
         "sampler": sampler_payload("dpm_solver_pp_2s", config.sampler, sampler.nfe_per_step),
         "data_source": source.report.location,
     })
-    return TeacherTask(config, network, normalizer, source.layout, np.asarray(source.latitude),
-                       np.asarray(source.longitude), payload, noise)
+    space = ModelSpace(normalizer, source.layout, np.asarray(source.latitude), np.asarray(source.longitude), noise,
+                       config.loss)
+    return TeacherTask(config, network, space, payload)
 
 
 def train_teacher(config: TeacherConfig, run_dir: str | Path, resume: bool = False,

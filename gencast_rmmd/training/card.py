@@ -28,6 +28,9 @@ from gencast_rmmd.data.grid import check_same_grid
 from gencast_rmmd.data.layout import ChannelLayout
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.data.source import DataSource
+from gencast_rmmd.diffusion.config import LossConfig
+from gencast_rmmd.diffusion.model_space import ModelSpace
+from gencast_rmmd.diffusion.noise import SphericalNoise
 from gencast_rmmd.errors import UserInputError, validation_message
 from gencast_rmmd.models.builder import network_for_grid
 from gencast_rmmd.models.config import ModelConfig
@@ -109,6 +112,13 @@ class ModelCard(BaseModel):
         """The denoiser network on the card's grid."""
         latitude, longitude = self.grid.axes
         return network_for_grid(self.network_config, latitude, longitude, self.channel_layout.n_target_channels)
+
+    def model_space(self) -> ModelSpace:
+        """The card's model space: normaliser, layout, grid, diffusion noise and the teacher loss's norm."""
+        latitude, longitude = self.grid.axes
+        return ModelSpace(self.normalization, self.channel_layout, latitude, longitude,
+                          SphericalNoise.from_spec(latitude, longitude, self.grid.noise),
+                          LossConfig(**self.config.get("loss", {})))
 
     def params(self, groups: dict) -> Any:
         """The model's parameters out of a checkpoint's parameter groups."""
