@@ -407,8 +407,8 @@ def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
 
 
 def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny_run, pipeline_args, tmp_path):
-    """A 2-candidate grid, `from` entries (RMMD with an extra seed, DMDR), a `base` entry and a teacher sampler row,
-    on tiny's teacher."""
+    """A 2-candidate grid, `from` entries (RMMD with an extra seed, DMD, GNDM, DMDR), a `base` entry and a teacher
+    sampler row, on tiny's teacher."""
     workdir = tmp_path / "select"
     shutil.copytree(tiny_run[0], workdir)
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
@@ -430,7 +430,7 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
         (workdir / "configs" / f"distill.mmd.c{chosen}.yaml").read_text()
     # The test forecast and the phase-2 students use the chosen candidate's run.
     assert f"--checkpoint students/mmd/c{chosen} " in (workdir / "logs" / "forecast.mmd.log").read_text()
-    for label in ("rmmd", "rmmd_seed1", "dmdr"):
+    for label in ("rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr"):
         assert f"--teacher students/mmd/c{chosen} " in (workdir / "logs" / f"distill.{label}.log").read_text()
     # DMDR's stages and dynamic strategies follow the loop's step: steps 1-2 tilted (DynaDG at full strength on
     # step 1 only), step 3 DMD + CRPS without the tilt.
@@ -443,9 +443,10 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
     assert "distill --config selection/mmd.yaml --set distill.student.steps=2 --teacher teacher " in \
         (workdir / "logs" / "distill.mmd_2step.log").read_text()
     assert (workdir / "configs" / "distill.mmd_2step.yaml").read_text().startswith("# Pre-selection view")
-    for label in ("mmd", "rmmd", "rmmd_seed1", "dmdr", "mmd_2step", "teacher_3calls"):
+    for label in ("mmd", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls"):
         assert (workdir / "forecasts" / f"{label}.nc").is_file() and (workdir / "scores" / f"{label}.nc").is_file()
-    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "dmdr", "mmd_2step", "teacher_3calls"):
+    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step",
+                  "teacher_3calls"):
         assert (workdir / "validation" / "forecasts" / f"{label}.nc").is_file(), label
     import xarray as xr
 
@@ -453,10 +454,11 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny
         with xr.open_dataset(workdir / "forecasts" / f"{label}.nc") as few_calls:
             assert int(few_calls.attrs["nfe_per_step"]) == calls, label
     timing = json.loads((workdir / "scorecard" / "timing.json").read_text())
-    assert set(timing) == {"teacher", "mmd", "rmmd", "dmdr", "mmd_2step", "teacher_3calls"}
+    assert set(timing) == {"teacher", "mmd", "rmmd", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls"}
     assert timing["teacher_3calls"]["denoiser_calls_per_step"] == 3
     page = (workdir / "scorecard" / "index.html").read_text()
-    assert "rmmd_seed1: fair CRPS" in page and "teacher_3calls: fair CRPS" in page and "a DMDR student" in page
+    assert "rmmd_seed1: fair CRPS" in page and "teacher_3calls: fair CRPS" in page
+    assert all(f"a {name} student" in page for name in ("DMD", "GNDM", "DMDR"))
     assert "Chosen on validation" in page and "tiny:" not in page     # only this pipeline's rows
 
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
