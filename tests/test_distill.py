@@ -439,6 +439,19 @@ def test_moment_matching_differentiates_one_call_per_rule_and_starts_at_its_fixe
     assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(gradient))
 
 
+def test_every_registered_distiller_says_where_it_starts_and_which_frozen_trees_it_keeps():
+    """`starts_from` and `frozen_groups` are what distill/run.py reads to build a run: each method's must be known."""
+    import typing
+
+    from gencast_rmmd.distill.base import FROZEN_SOURCES, StartsFrom
+    from gencast_rmmd.distill.config import METHOD_SECTIONS
+    for name, distiller in DISTILLERS.items():
+        assert distiller.starts_from in typing.get_args(StartsFrom), name
+        groups = distiller.frozen_groups if isinstance(distiller.frozen_groups, tuple) else ()
+        assert set(groups) <= set(FROZEN_SOURCES), name
+    assert {method for methods in METHOD_SECTIONS.values() for method in methods} <= set(DISTILLERS)
+
+
 def test_distill_config_rejects_inconsistent_sections():
     from gencast_rmmd.config import validate_config
     from gencast_rmmd.errors import UserInputError

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import functools
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ from gencast_rmmd.models.denoiser import DenoiserNetwork
 from gencast_rmmd.training import TrainableState, TrainTask, UpdateRule
 
 PyTree = Any
+StartsFrom = Literal["teacher", "phase1"]   # where a method's student and aux start (see `Distiller`)
 
 
 class Anchors(NamedTuple):
@@ -147,7 +148,7 @@ class Distiller(Protocol):
     (a class attribute, or set per instance where the config decides, as in RMMD).
     """
 
-    starts_from: ClassVar[str]
+    starts_from: ClassVar[StartsFrom]
     frozen_groups: tuple[str, ...]
 
     def __call__(self, context: DistillContext) -> TrainTask:
