@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.data.batches import batch_stream
-from gencast_rmmd.distill.base import prepare, repeat_members
+from gencast_rmmd.distill.base import repeat_members
 from gencast_rmmd.distill.config import load_distill_config
 from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.distill.rewarded import policy_state
@@ -64,7 +64,7 @@ def measure(task, params, batches, seed: int) -> dict[str, float]:
 
     @jax.jit
     def gradients(params, frozen, key, batch):
-        prepared = prepare(batch, context.normalizer)
+        prepared = context.space.prepare(batch)
         policy_key, objective_key = jax.random.split(key)
         policy = policy_state(context, params["student"], policy_key,
                               repeat_members(prepared, distill.reward_samples))
