@@ -21,6 +21,8 @@ from pipelines.graph import StageContext
 from pipelines.grid import grid_points
 from pipelines.lock import WorkdirLock
 from pipelines.manifest import Manifest, environment, git_commit
+# imported here, not inside a test: `two_candidates` patches names that these modules bind when first imported
+from pipelines.report import _selection_section
 from pipelines.resolution import flatten_overrides, resolve
 from pipelines.selection import CandidateScore, chosen_index, score_candidates, select
 from pipelines.stages import build_stages
@@ -219,7 +221,7 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
     (["distill.x={config: configs/distill/tiny.yaml, base: mmd}"],
      "distill.x: Value error, config: and base: both given; give one: a configs/distill/*.yaml file"),
     (["distill.x={overrides: {train: {steps: 3}}}"], "distill.x: Value error, no config: or base:; give one"),
-    (["distill.x={base: mmdd}"], "distill.x.base: no distiller entry 'mmdd'; entries: mmd, rmmd, mmd_2step, x"),
+    (["distill.x={base: mmdd}"], "distill.x.base: no distiller entry 'mmdd'; entries: mmd, rmmd, dmdr, dmd, gndm, mmd_2step, x"),
     (["distill.mmd.config=null", "distill.mmd.base=rmmd"],
      "distill.rmmd.from: the entries build on one another in a cycle (mmd -base-> rmmd -from-> mmd)"),
     (["distill.mmd_2step.overrides.distill.momnt_term=false"],
@@ -262,10 +264,13 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
         "validation.inits", "validation.forecast.teacher",
         "distill.mmd.c0", "distill.mmd.c1", "validation.forecast.mmd.c0", "validation.forecast.mmd.c1", "select.mmd",
         "distill.rmmd", "validation.forecast.rmmd", "distill.rmmd_seed1", "validation.forecast.rmmd_seed1",
-        "distill.mmd_2step", "validation.forecast.mmd_2step", "validation.forecast.teacher_3calls"]
+        "distill.dmdr", "validation.forecast.dmdr", "distill.dmd", "validation.forecast.dmd", "distill.gndm",
+        "validation.forecast.gndm", "distill.mmd_2step", "validation.forecast.mmd_2step",
+        "validation.forecast.teacher_3calls"]
     assert {name for name in names if name.startswith(("forecast.", "evaluate."))} >= {
         f"{kind}.{label}" for kind in ("forecast", "evaluate")
-        for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "mmd_2step", "teacher_3calls", "persistence")}
+        for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls",
+                      "persistence")}
     assert stages["distill.mmd.c1"].outputs["run"].path == "students/mmd/c1"
     assert stages["distill.mmd.c1"].settings["train"]["learning_rate"] == 1e-3
     assert stages["validation.forecast.mmd.c1"].outputs["forecast"].path == "validation/forecasts/mmd.c1.nc"
@@ -282,7 +287,8 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
     assert stages["distill.rmmd_seed1"].outputs["run"].path == "students/rmmd_seed1"
     assert set(stages["forecast.mmd"].inputs) == chosen_mmd | {"forecast.inits.inits", "data.test"}
     assert stages["forecast.teacher_3calls"].settings["sampler"] == ["num_noise_levels=2"]
-    assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run", "distill.mmd_2step.run"}
+    assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run", "distill.mmd_2step.run",
+                                                        "distill.dmd.run", "distill.gndm.run", "distill.dmdr.run"}
     assert {"evaluate.rmmd_seed1.scores", "evaluate.teacher_3calls.scores"} <= set(stages["scorecard"].inputs)
 
 
@@ -303,9 +309,11 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
     assert "--checkpoint teacher --sampler num_noise_levels=2 " in command("forecast.teacher_3calls")
     speed = command("speed")
     assert ("--model teacher=teacher --model mmd=students/mmd/c1 --model rmmd=students/rmmd "
+            "--model dmdr=students/dmdr --model dmd=students/dmd --model gndm=students/gndm "
             "--model mmd_2step=students/mmd_2step --model teacher_3calls=teacher "
             "--model-sampler teacher_3calls:num_noise_levels=2") in speed
-    assert ("--student mmd --student rmmd --student rmmd_seed1 --student mmd_2step "
+    assert ("--student mmd --student rmmd --student rmmd_seed1 --student dmdr --student dmd --student gndm "
+            "--student mmd_2step "
             "--teacher-sampler teacher_3calls") in command("scorecard").replace("'", "")
     # A grid row's extra seed trains the selection's config with its own seed.
     seeded = _stages(overrides=("distill.mmd.seeds=[3]",))
@@ -499,7 +507,11 @@ def test_selection_chooses_the_lowest_change_and_never_a_diverged_run():
 @pytest.fixture
 def two_candidates(tmp_path, monkeypatch):
     """In tmp_path: validation forecasts a.nc (worse than the teacher's) and b.nc (better) of the candidates
-    whose configs are a.yaml and b.yaml, with learning rates RATES, and inits.json."""
+    whose configs are a.yaml and b.yaml, with learning rates RATES, and inits.json.
+
+    It patches `evaluation.compare.crps_per_init` and `data.stores.open_dataset`: a module that binds either
+    name at import (`evaluation.by_lead`, `pipelines.report`) must be imported before, never inside a test
+    that uses this fixture, or it keeps the patch for the rest of the session."""
     import evaluation.compare
     import gencast_rmmd.data.stores
 
@@ -533,7 +545,6 @@ def test_select_of_a_base_row_writes_its_base_with_the_chosen_values(two_candida
     """a.yaml and b.yaml are pre-selection views: the chosen config is the base's file, overrides, values."""
     from gencast_rmmd.config import config_to_dict
     from gencast_rmmd.distill.config import load_distill_config
-    from pipelines.report import _selection_section
 
     chosen_before = load_distill_config(REPO / "configs" / "distill" / "tiny.yaml",
                                         ["distill.method=mmd", "train.learning_rate=1.0e-3"])
