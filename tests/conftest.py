@@ -11,6 +11,8 @@ from wb2_stores import era5_like, six_hourly, write_store
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA_CONFIG = REPO / "configs" / "data" / "test.yaml"
+TINY_TEACHER = REPO / "configs" / "teacher" / "tiny.yaml"
+TWO_LEVELS = "data.levels=[500,850]"          # the levels of `wb2_store`
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +56,8 @@ def teacher_run(tmp_path_factory, wb2_store):
     the distillation tests of every module of a session (plumbing needs no good teacher)."""
     from gencast_rmmd.cli import main
     run = tmp_path_factory.mktemp("distill_teacher") / "teacher"
-    assert main(["train", "--config", str(REPO / "configs" / "teacher" / "tiny.yaml"), "--data", str(wb2_store),
-                 "--set", "data.levels=[500,850]", "--set", "train.steps=2", "--set", "train.warmup_steps=0",
+    assert main(["train", "--config", str(TINY_TEACHER), "--data", str(wb2_store),
+                 "--set", TWO_LEVELS, "--set", "train.steps=2", "--set", "train.warmup_steps=0",
                  "--set", "train.checkpoint_every=2", "--set", "model.processor.num_layers=1",
                  "--out", str(run)]) == 0
     return run

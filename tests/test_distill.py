@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import REPO
+from conftest import REPO, TINY_TEACHER, TWO_LEVELS
 from crps_oracle import brute_force_fair_crps
 from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.data.grid import latitude_cell_weights
@@ -34,9 +34,7 @@ from gencast_rmmd.distill.registry import DISTILLERS
 from gencast_rmmd.distill.reward import fair_crps, reward_channel_scale, weighted_fair_crps
 from gencast_rmmd.distill.rewarded import policy_state
 
-TEACHER = REPO / "configs" / "teacher" / "tiny.yaml"
 TINY = REPO / "configs" / "distill" / "tiny.yaml"
-LEVELS = "data.levels=[500,850]"
 
 # --------------------------------------------------------------------------- reward
 
@@ -661,7 +659,7 @@ def test_train_resume_under_another_learning_rate_exits_2_and_changes_nothing(ru
     run = tmp_path / "teacher"
     shutil.copytree(teacher_run, run)
     before = _run_files(run)
-    common = ["train", "--config", TEACHER, "--set", LEVELS, "--set", "train.steps=2", "--set",
+    common = ["train", "--config", TINY_TEACHER, "--set", TWO_LEVELS, "--set", "train.steps=2", "--set",
               "train.warmup_steps=0", "--set", "model.processor.num_layers=1", "--out", run, "--resume"]
     result = run_cli(*common, "--data", wb2_store, "--set", "train.learning_rate=0.01")
     assert result.code == 2
