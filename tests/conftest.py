@@ -80,6 +80,27 @@ class CliResult:
         self.code, self.out, self.err = code, out, err
 
 
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """A LocalCluster in this process (threads), reachable over TCP by the evaluate stages."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def pipeline_args(wb2_store, dask_scheduler):
+    """Arguments shared by every pipeline run of a module: the store, 2 CPU devices, the cluster.
+
+    Runs use the default persistent compilation cache (~/.cache/gencast_rmmd/jax):
+    it only ever replaces a compilation by its identical result.
+    """
+    return ["--data", str(wb2_store), "--set", "distributed.cpu_devices=2",
+            "--set", f"evaluate.dask_scheduler={dask_scheduler.scheduler_address}"]
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `gencast-rmmd ARGS...` in-process; returns exit code, stdout and stderr."""

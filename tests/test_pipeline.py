@@ -1,5 +1,4 @@
-"""The tiny pipeline end to end on a WB2-layout store, reruns, resume after kill -9, the lock, and choices on
-validation (`tiny_select.yaml`).
+"""The tiny pipeline end to end on a WB2-layout store, reruns, resume after kill -9 and the lock.
 
 One uninterrupted run (`tiny_run`, training on 2 forced CPU devices, scoring
 through a dask.distributed LocalCluster) is the reference; the other tests
@@ -22,53 +21,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pipeline_helpers import TINY, manifest, pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "pipelines" / "tiny.yaml"
-TINY_SELECT = REPO / "configs" / "pipelines" / "tiny_select.yaml"
 # Stages whose outputs are deterministic (speed and scorecard hold wall times).
 DETERMINISTIC = ("data", "stats", "teacher", "distill.tiny", "forecast.inits", "forecast.teacher", "forecast.tiny",
                  "forecast.persistence", "evaluate.teacher", "evaluate.tiny", "evaluate.persistence")
 DISTILL_AND_AFTER = ("distill.tiny", "forecast.tiny", "evaluate.tiny", "speed", "scorecard")
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dask_scheduler():
-    """A LocalCluster in this process (threads), reachable over TCP by the evaluate stages."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                      dashboard_address=None) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def pipeline_args(wb2_store, dask_scheduler):
-    """Arguments shared by every run of the module: the store, 2 CPU devices, the cluster.
-
-    Runs use the default persistent compilation cache (~/.cache/gencast_rmmd/jax):
-    it only ever replaces a compilation by its identical result.
-    """
-    return ["--data", str(wb2_store), "--set", "distributed.cpu_devices=2",
-            "--set", f"evaluate.dask_scheduler={dask_scheduler.scheduler_address}"]
-
-
-def pipeline(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gencast_rmmd.cli", "pipeline", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-
-
-def run_pipeline(*args: str, timeout: float = 1200, config: Path = TINY) -> tuple[int, str, str, float]:
-    began = time.monotonic()
-    process = pipeline("run", config, *args)
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err, time.monotonic() - began
-
-
-def manifest(workdir: Path) -> dict:
-    return json.loads((workdir / "manifest.json").read_text())
 
 
 def digests(workdir: Path) -> dict[str, dict[str, str]]:
@@ -404,63 +365,3 @@ def test_a_failing_stage_names_itself_and_its_log(tmp_path, run_cli):
     assert result.code == 2
     assert "stage data failed (exit code 2)" in result.err and str(tmp_path / "w" / "logs" / "data.log") in result.err
     assert "missing.zarr" in result.err
-
-
-def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(tiny_run, pipeline_args, tmp_path):
-    """A 2-candidate grid, `from` entries (RMMD with an extra seed, DMD, GNDM, DMDR), a `base` entry and a teacher
-    sampler row, on tiny's teacher."""
-    workdir = tmp_path / "select"
-    shutil.copytree(tiny_run[0], workdir)
-    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
-    assert code == 0, err[-3000:]
-    content = manifest(workdir)
-    actions = content["runs"][-1]["actions"]
-    assert {actions[name] for name in ("data", "stats", "teacher", "forecast.inits", "forecast.teacher")} == \
-        {"skipped"}                                                  # the same data, teacher and test inits
-    selection = json.loads((workdir / "selection" / "mmd.json").read_text())
-    chosen = selection["chosen"]["index"]
-    changes = [entry["crps_change_pct"] for entry in selection["candidates"]]
-    assert changes[chosen] == min(changes) and len(changes) == 2
-    assert [entry["values"] for entry in selection["candidates"]] == [{"train.learning_rate": 1e-4},
-                                                                      {"train.learning_rate": 1e-3}]
-    assert selection["validation_inits"] == json.loads((workdir / "validation" / "inits.json").read_text())["inits"]
-    assert not set(selection["validation_inits"]) & set(json.loads((workdir / "forecasts" / "inits.json")
-                                                                   .read_text())["inits"])
-    assert (workdir / "selection" / "mmd.yaml").read_text() == \
-        (workdir / "configs" / f"distill.mmd.c{chosen}.yaml").read_text()
-    # The test forecast and the phase-2 students use the chosen candidate's run.
-    assert f"--checkpoint students/mmd/c{chosen} " in (workdir / "logs" / "forecast.mmd.log").read_text()
-    for label in ("rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr"):
-        assert f"--teacher students/mmd/c{chosen} " in (workdir / "logs" / f"distill.{label}.log").read_text()
-    # DMDR's stages and dynamic strategies follow the loop's step: steps 1-2 tilted (DynaDG at full strength on
-    # step 1 only), step 3 DMD + CRPS without the tilt.
-    logged = [json.loads(line) for line in (workdir / "students" / "dmdr" / "metrics.jsonl").read_text().splitlines()]
-    by_step = {entry["step"]: entry for entry in logged if "student/stage" in entry}
-    assert [by_step[step]["student/stage"] for step in (1, 2, 3)] == [1.0, 1.0, 2.0]
-    assert [by_step[step]["student/guidance"] for step in (1, 2, 3)] == [0.375, 0.0, 0.0]
-    assert by_step[3]["aux/tilt_weight_max"] == 1.0 < by_step[1]["aux/tilt_weight_max"]
-    # The `base: mmd` entry trains the chosen config with its override; configs/ holds its pre-selection view.
-    assert "distill --config selection/mmd.yaml --set distill.student.steps=2 --teacher teacher " in \
-        (workdir / "logs" / "distill.mmd_2step.log").read_text()
-    assert (workdir / "configs" / "distill.mmd_2step.yaml").read_text().startswith("# Pre-selection view")
-    for label in ("mmd", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls"):
-        assert (workdir / "forecasts" / f"{label}.nc").is_file() and (workdir / "scores" / f"{label}.nc").is_file()
-    for label in ("teacher", "mmd.c0", "mmd.c1", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step",
-                  "teacher_3calls"):
-        assert (workdir / "validation" / "forecasts" / f"{label}.nc").is_file(), label
-    import xarray as xr
-
-    for label, calls in (("teacher_3calls", 3), ("mmd_2step", 2)):
-        with xr.open_dataset(workdir / "forecasts" / f"{label}.nc") as few_calls:
-            assert int(few_calls.attrs["nfe_per_step"]) == calls, label
-    timing = json.loads((workdir / "scorecard" / "timing.json").read_text())
-    assert set(timing) == {"teacher", "mmd", "rmmd", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls"}
-    assert timing["teacher_3calls"]["denoiser_calls_per_step"] == 3
-    page = (workdir / "scorecard" / "index.html").read_text()
-    assert "rmmd_seed1: fair CRPS" in page and "teacher_3calls: fair CRPS" in page
-    assert all(f"a {name} student" in page for name in ("DMD", "GNDM", "DMDR"))
-    assert "Chosen on validation" in page and "tiny:" not in page     # only this pipeline's rows
-
-    code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT)
-    assert code == 0, err[-2000:]
-    assert set(manifest(workdir)["runs"][-1]["actions"].values()) == {"skipped", "not_applicable"}
