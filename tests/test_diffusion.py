@@ -239,6 +239,27 @@ def test_latitude_cell_weights_match_the_closed_form():
     np.testing.assert_allclose(weights, np.cos(np.deg2rad(WB2_LAT)) / np.cos(np.deg2rad(WB2_LAT)).mean(), rtol=1e-10)
 
 
+def test_the_weighted_norm_is_an_area_average_per_channel_weighted_by_channel():
+    """mean(constant k_c) = sum_c w_c k_c whatever the mask (each channel keeps a valid point), so
+    mean / total_weight is a weighted average over channels; inner(u, v) = mean(u v); a channel with no
+    valid point in an example contributes 0."""
+    area = latitude_cell_weights(WB2_LAT[:8]).astype(np.float32)
+    channel_weights = np.array([0.5, 2.0, 1.0], np.float32)
+    norm = WeightedNorm(area, channel_weights)
+    constants = np.array([3.0, -1.0, 0.25], np.float32)
+    values = np.broadcast_to(constants, (2, 8, 4, 3)).copy()
+    valid = np.random.default_rng(0).random(values.shape) < 0.6
+    valid[:, 0, 0, :] = True
+    np.testing.assert_allclose(norm.mean(jnp.asarray(values), jnp.asarray(valid)), [constants @ channel_weights] * 2,
+                               rtol=1e-6)
+    assert float(norm.total_weight(jnp.float32)) == pytest.approx(3.5)
+    u, v = _gaussian_data(1, values.shape, 0.0, 1.0), _gaussian_data(2, values.shape, 1.0, 2.0)
+    np.testing.assert_allclose(norm.inner(u, v, valid), norm.mean(u * v, valid), rtol=1e-5)
+    valid[1, ..., 1] = False
+    without = norm.mean(jnp.asarray(values), jnp.asarray(valid))
+    assert float(without[1]) == pytest.approx(float(constants @ channel_weights - constants[1] * channel_weights[1]))
+
+
 def _gaussian_data(seed, shape, mean, std):
     # numpy, not jax.random: XLA on CPU compiles a multi-dimensional threefry draw slowly.
     return (np.asarray(mean) + np.asarray(std) * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)

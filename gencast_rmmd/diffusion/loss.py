@@ -114,6 +114,10 @@ class WeightedNorm:
         """<a, b>_W per example [B]."""
         return self.weigh(self.channel_means(a, valid, times=b))
 
+    def total_weight(self, dtype) -> jax.Array:
+        """sum_c w_c: divided by it, `mean` and `inner` are weighted averages over channels."""
+        return jnp.sum(jnp.asarray(self.channel_weights, dtype))
+
     def scaled(self, scale: np.ndarray) -> "WeightedNorm":
         """The norm with channel weights w_c * scale_c."""
         return WeightedNorm(self.latitude_weights, (self.channel_weights * scale).astype(np.float32))

@@ -158,7 +158,7 @@ def dmd_surrogate(context: DistillContext, samples: jax.Array, fake: jax.Array, 
     """
     fake, real = jax.lax.stop_gradient(fake), jax.lax.stop_gradient(real)
     clean = masked_samples(samples, valid)
-    total_weight = jnp.sum(jnp.asarray(context.space.norm.channel_weights, clean.dtype))
+    total_weight = context.space.norm.total_weight(clean.dtype)
     mean_abs = context.space.norm.mean(jnp.abs(clean - real), valid) / total_weight
     scale = jnp.where(mean_abs > 0.0, 1.0 / jnp.where(mean_abs > 0.0, mean_abs, 1.0), 0.0)
     direction = (fake - real) * per_example(scale, fake)

@@ -216,7 +216,7 @@ def transition_log_ratio(context: DistillContext, denoised: jax.Array, transitio
     kept, gamma = eta_scales(transition.level, transition.next_level, eta)
     slope = 1.0 - kept / transition.level
     delta = denoised - jax.lax.stop_gradient(transition.denoised)
-    total_weight = jnp.sum(jnp.asarray(context.space.norm.channel_weights, delta.dtype))
+    total_weight = context.space.norm.total_weight(delta.dtype)
     linear = context.space.norm.inner(transition.noise, delta, valid) * slope / gamma
     quadratic = context.space.norm.inner(delta, delta, valid) * jnp.square(slope / gamma) / 2.0
     return (linear - quadratic) / total_weight
