@@ -1,7 +1,7 @@
 """`tiny_select.yaml`: every choice made on validation inits, the choice forecast and scored on test inits.
 
 Its own file (and so, under `pytest -n 2 --dist loadfile`, its own worker) because it is the suite's longest
-test: eleven distillation runs of the tiny pipeline's family.
+test: eight distillation runs (phase 1, RMMD with a second seed, DMD, GNDM, DMDR) and their forecasts.
 """
 
 from __future__ import annotations
