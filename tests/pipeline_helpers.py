@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 TINY = REPO / "configs" / "pipelines" / "tiny.yaml"
 TINY_SELECT = REPO / "configs" / "pipelines" / "tiny_select.yaml"
 

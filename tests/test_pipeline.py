@@ -23,7 +23,6 @@ import psutil
 import pytest
 from pipeline_helpers import TINY, manifest, pipeline, run_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
 # Stages whose outputs are deterministic (speed and scorecard hold wall times).
 DETERMINISTIC = ("data", "stats", "teacher", "distill.tiny", "forecast.inits", "forecast.teacher", "forecast.tiny",
                  "forecast.persistence", "evaluate.teacher", "evaluate.tiny", "evaluate.persistence")

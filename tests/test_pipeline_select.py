@@ -7,9 +7,10 @@ test: eight distillation runs (phase 1, RMMD with a second seed, DMD, GNDM, DMDR
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from pipeline_helpers import TINY_SELECT, manifest, run_pipeline
+from pipeline_helpers import TINY, TINY_SELECT, manifest, pipeline, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +22,10 @@ def test_tiny_select_chooses_on_validation_and_forecasts_the_choice_on_test(pipe
     code, _, err, _ = run_pipeline("--workdir", workdir, *pipeline_args, config=TINY_SELECT,
                                    timeout=3600)           # 48 stages: a guard against a hang, not a time limit
     assert code == 0, err[-3000:]
+    # Its data, teacher and test inits are tiny.yaml's: a tiny.yaml plan in this directory skips them.
+    out, err = pipeline("plan", TINY, "--workdir", workdir, *pipeline_args).communicate(timeout=600)
+    for name in ("data", "stats", "teacher", "forecast.inits", "forecast.teacher"):
+        assert re.search(rf"^{re.escape(name)}\s+skip\s+unchanged$", out, re.MULTILINE), (name, out, err[-2000:])
     selection = json.loads((workdir / "selection" / "mmd.json").read_text())
     chosen = selection["chosen"]["index"]
     changes = [entry["crps_change_pct"] for entry in selection["candidates"]]
