@@ -174,11 +174,14 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
     on_base = f", on {base.base}'s {'chosen ' if row.follows else ''}config" if base else ""
     what = (f"{method.method}, {method.student.steps} steps per 12 h, {row.candidates[0].config.train.steps} updates"
             f"{on_base}{', from ' + row.from_entry if row.from_entry else ''}")
-    stages = [training.stage(f"distill.{c.label}", f"distill student {c.label} ({what})"
-                             + (f": {_values(c)}" if row.selected else ""),
-                             _training_config(row, c.label, value_overrides(c.values), c.config), source_inputs,
-                             candidate_model(row, c).checkpoint, teacher)
-              for c in row.candidates]
+    if row.weights is not None:
+        stages = [_install_stage(row)]
+    else:
+        stages = [training.stage(f"distill.{c.label}", f"distill student {c.label} ({what})"
+                                 + (f": {_values(c)}" if row.selected else ""),
+                                 _training_config(row, c.label, value_overrides(c.values), c.config), source_inputs,
+                                 candidate_model(row, c).checkpoint, teacher)
+                  for c in row.candidates]
     if validation is not None:
         stages += [forecast_stage(validation, c.label, f"student {c.label}", (candidate_run(row, c),),
                                   lambda _, c=c: candidate_model(row, c)) for c in row.candidates]
@@ -195,6 +198,26 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
             stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
                                          lambda _, seed=seed: seed_model(row, seed)))
     return stages
+
+
+def _install_stage(row: Row) -> Stage:
+    """`distill.NAME` of an entry with `weights:`: the phase-1 package installed from the teacher run (its hash
+    and its teacher's checked by `weights install`). Its identity: the entry's config, less `train` (the
+    weights are trained), and the package's hashes."""
+    from gencast_rmmd.training.packages import read_info
+
+    info = read_info(row.weights)
+    candidate = row.candidates[0]
+    settings = {key: value for key, value in model_settings(config_to_dict(candidate.config)).items()
+                if key != "train"}
+    run_dir = candidate_model(row, candidate).checkpoint
+    return Stage(f"distill.{row.name}", 4, f"install the phase-1 student weights {row.weights.name} (mmd, step "
+                 f"{info['source']['checkpoint_step']}, sha256 {info['params_sha256'][:12]}…)",
+                 {**settings, "weights_sha256": info["params_sha256"], "teacher_sha256": info["teacher_sha256"]},
+                 ("teacher.run",), {"run": Output("run", run_dir)},
+                 lambda _: [Command(("weights", "install", str(row.weights), "--teacher", TEACHER.checkpoint,
+                                     "--out", run_dir))],
+                 training=True)
 
 
 def _values(candidate: Candidate) -> str:

@@ -140,6 +140,13 @@ class DistillEntry(ConfigSection):
     `from` is not inherited. Overrides and grid keys are checked when the
     pipeline loads, on OTHER's config file with OTHER's overrides (the chosen
     config differs from that only in the values a choice sets).
+
+    `weights: DIR` (a phase-1 `mmd` entry only): a shipped phase-1 weights
+    package (`gencast-rmmd weights export` of an mmd run) is installed instead
+    of training, after its hash and its teacher's are checked
+    (`gencast_rmmd.distill.weights`). `config:` must then be the config it was
+    trained with (checked when the pipeline loads); `train` overrides, a grid,
+    seeds, `base:` and `from:` have no effect and are refused.
     """
 
     model_config = ConfigDict(serialize_by_alias=True)
@@ -149,6 +156,7 @@ class DistillEntry(ConfigSection):
     grid: Grid = {}
     seeds: tuple[int, ...] = ()
     from_entry: str | None = Field(None, alias="from")
+    weights: str | None = None                    # a phase-1 weights package installed instead of training
 
     @field_validator("seeds")
     @classmethod
@@ -162,6 +170,13 @@ class DistillEntry(ConfigSection):
         if (self.config is None) == (self.base is None):
             raise ValueError(f"{'config: and base: both given' if self.config else 'no config: or base:'}; give "
                              "one: a configs/distill/*.yaml file as config:, or another distill entry as base:")
+        if self.weights is not None:
+            ignored = [key for key, given in (("base", self.base), ("grid", self.grid), ("seeds", self.seeds),
+                                              ("from", self.from_entry), ("overrides.train",
+                                                                          self.overrides.get("train"))) if given]
+            if ignored:
+                raise ValueError(f"weights: installs a trained phase-1 student; {', '.join(ignored)} would have no "
+                                 "effect: remove them or the weights")
         return self
 
 

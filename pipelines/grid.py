@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 from pydantic import AfterValidator, BeforeValidator
@@ -135,7 +136,8 @@ class Row:
 
     `seeds` are extra training seeds of the chosen config (rows `NAME_seedS`);
     `from_entry` is the distiller entry whose (chosen) run is this one's `--teacher`;
-    `base_config` where a `base:` entry's config starts at run time. The
+    `base_config` where a `base:` entry's config starts at run time; `weights`
+    a phase-1 package the row installs instead of training. The
     candidates' configs of a row that follows a choice (`follows`) are its
     pre-selection views: the values the choice sets hold those of the config file.
     """
@@ -147,6 +149,7 @@ class Row:
     seeds: tuple[int, ...] = ()
     from_entry: str | None = None
     base_config: BaseConfig | None = None
+    weights: Path | None = None          # a phase-1 weights package installed instead of training
 
     @property
     def selected(self) -> bool:

@@ -19,6 +19,7 @@ overrides as `--set` (`pipelines.grid.BaseConfig`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,16 +67,42 @@ def _candidates(reference: str, pipeline_file: Path) -> list[Path]:
     return [base / candidate for base in bases]
 
 
-def find_weights(reference: str, pipeline_file: Path) -> Path:
-    """`teacher.weights`: a package directory, absolute or found as `find_config_file` finds a file."""
-    from gencast_rmmd.teacher.weights import INFO, read_info
+def find_weights(reference: str, pipeline_file: Path, owner: str = "teacher", kind: str = "teacher") -> Path:
+    """`teacher.weights` (or `distill.NAME.weights`, `owner`): a package directory of `kind`, absolute or found
+    as `find_config_file` finds a file."""
+    from gencast_rmmd.training.packages import INFO, package_kind, read_info
 
     for candidate in _candidates(reference, pipeline_file):
         if (candidate / INFO).is_file():
-            read_info(candidate)                        # a damaged or foreign package fails at load
+            found = package_kind(read_info(candidate))    # a damaged or foreign package fails at load
+            if found != kind:
+                raise UserInputError(f"{pipeline_file}: {owner}.weights {reference} is a {found} package; "
+                                     f"{owner} takes a {kind} package")
             return candidate.resolve()
-    raise UserInputError(f"{pipeline_file}: teacher.weights {reference} is not a weights package directory "
+    raise UserInputError(f"{pipeline_file}: {owner}.weights {reference} is not a weights package directory "
                          f"(no {INFO} there); write one with `gencast-rmmd weights export`")
+
+
+def _phase1_weights(row: Row, reference: str, pipeline_file: Path) -> Row:
+    """`distill.NAME.weights`: the row with its phase-1 package, after checking that the entry is an `mmd`
+    one and its config is the one the package was trained with (its `train` section aside)."""
+    from gencast_rmmd.training.packages import first_difference, read_info
+
+    owner = f"distill.{row.name}"
+    config = row.candidates[0].config
+    if config.distill.method != "mmd":
+        raise UserInputError(f"{pipeline_file}: {owner}.weights installs a phase-1 (method mmd) student; "
+                             f"{row.name} is a {config.distill.method} entry")
+    package = find_weights(reference, pipeline_file, owner, "phase1")
+    recorded = read_info(package)["payload"]["config"]
+    mine = config_to_dict(config)
+    for key in ("seed", "distill"):
+        difference = first_difference(recorded.get(key), mine.get(key), key)
+        if difference:
+            raise UserInputError(f"{pipeline_file}: {owner}: the config's {difference} differs from the weights "
+                                 f"package {package}'s; use the config the weights were trained with (its values "
+                                 "are in weights.json under payload.config)")
+    return dataclasses.replace(row, weights=package)
 
 
 @dataclass(frozen=True)
@@ -189,6 +216,8 @@ def _distill_rows(config: PipelineConfig, pipeline_file: Path, distributed: str)
             raise UserInputError(f"distill.{name}{where}: {error}") from None
         row = expand_row(name, "student", f"distill.{name}", entry.grid, load, seeds=entry.seeds,
                          from_entry=entry.from_entry, base_config=base_config)
+        if entry.weights is not None:
+            row = _phase1_weights(row, entry.weights, pipeline_file)
         for candidate in row.candidates:
             method = candidate.config.distill
             if method.is_sweep:

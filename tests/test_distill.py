@@ -564,6 +564,62 @@ def test_moment_matching_continues_from_a_phase1_run(run_cli, sweep_run, wb2_sto
         assert distance(phase1.params[group], phase1.frozen["teacher"]) > 1e-6
 
 
+def test_a_phase1_package_installs_as_the_run_it_was_exported_from(run_cli, sweep_run, teacher_run, tmp_path):
+    """`weights export` of an mmd run, `weights install --teacher`: phase 2 gets the same anchors, teacher record
+    and phase-1 hash from the installed run as from the exported one; installing again changes nothing."""
+    from gencast_rmmd.distill.run import load_source
+    from gencast_rmmd.training import load_checkpoint
+    package, installed = tmp_path / "phase1_package", tmp_path / "installed"
+    assert run_cli("weights", "export", sweep_run / "phase1", "--out", package).code == 0
+    verified = run_cli("weights", "verify", package, "--json")
+    summary = json.loads(verified.out)
+    assert verified.code == 0 and summary["kind"] == "phase1"
+    assert summary["params_sha256"] == load_checkpoint(sweep_run / "phase1").meta["params_sha256"]
+    result = run_cli("weights", "install", package, "--teacher", teacher_run, "--out", installed)
+    assert result.code == 0, result.err
+    original, shipped = load_source(sweep_run / "phase1"), load_source(installed)
+    assert shipped.phase1_checkpoint["params_sha256"] == original.phase1_checkpoint["params_sha256"]
+    assert shipped.teacher_checkpoint == original.teacher_checkpoint
+    assert jax.tree.all(jax.tree.map(np.array_equal, shipped.anchors, original.anchors))
+    assert shipped.card.model_dump() == original.card.model_dump()
+    files = _run_files(installed)
+    assert run_cli("weights", "install", package, "--teacher", teacher_run, "--out", installed).code == 0
+    assert _run_files(installed) == files
+
+
+@pytest.mark.parametrize("case", ["altered_weights", "other_teacher", "student_as_teacher", "config_not_teacher",
+                                  "occupied_out"])
+def test_a_phase1_package_is_refused_with_one_line_and_nothing_written(run_cli, sweep_run, teacher_run, tmp_path,
+                                                                        case):
+    package, out = tmp_path / "phase1_package", tmp_path / "installed"
+    assert run_cli("weights", "export", sweep_run / "phase1", "--out", package).code == 0
+    info = json.loads((package / "weights.json").read_text())
+    teacher, extra = teacher_run, []
+    if case == "altered_weights":   # one parameter changed: the npz no longer matches the recorded hash
+        with np.load(package / "weights.npz") as stored:
+            arrays = dict(stored)
+        key = sorted(arrays)[0]
+        arrays[key] = arrays[key] + 1.0
+        np.savez(package / "weights.npz", **arrays)
+    elif case == "other_teacher":   # the package says it was distilled from another denoiser
+        info["teacher_sha256"] = "0" * 64
+        (package / "weights.json").write_text(json.dumps(info))
+    elif case == "student_as_teacher":
+        teacher = sweep_run / "lambda_1"
+    elif case == "config_not_teacher":
+        extra = ["--config", TINY_TEACHER]
+    else:
+        out = sweep_run
+    before = _run_files(out) if out.exists() else None
+    args = ["weights", "install", package, "--out", out, *extra]
+    result = run_cli(*args) if case == "config_not_teacher" else run_cli(*args, "--teacher", teacher)
+    phrase = {"altered_weights": "sha256", "other_teacher": "distilled from", "student_as_teacher": "student",
+              "config_not_teacher": "--teacher RUN", "occupied_out": "not empty"}[case]
+    assert result.code == 2 and phrase in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert (_run_files(out) == before) if before is not None else not out.exists()
+
+
 def test_student_checkpoint_forecasts_and_inspects_with_k_nfe(run_cli, sweep_run, wb2_store, tmp_path):
     summary = json.loads(run_cli("inspect", sweep_run / "lambda_1", "--json").out)
     assert summary["kind"] == "student" and summary["nfe_per_step"] == 4 and summary["sampler"] == "student_kstep"

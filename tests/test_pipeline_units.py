@@ -323,6 +323,56 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
     assert "select.mmd.config" in seeded["distill.mmd_seed3"].inputs
 
 
+def _phase1_package(path: Path, distill_config: str = "configs/distill/mmd.yaml") -> Path:
+    """A phase-1 package whose card records `distill_config`'s seed and distill section (what the pipeline checks
+    when it loads; the parameters are a stand-in: installing is tested in test_distill)."""
+    from gencast_rmmd.config import config_to_dict, load_config
+    from gencast_rmmd.distill.config import DistillConfig
+    from gencast_rmmd.training.packages import write_package
+
+    config = config_to_dict(load_config(REPO / distill_config, DistillConfig))
+    tree = {"student": {"w": np.ones(2, np.float32)}, "aux": {"w": np.zeros(2, np.float32)}}
+    write_package(path, tree, {"kind": "phase1", "teacher_sha256": "ab" * 32,
+                               "payload": {"config": {"seed": config["seed"], "distill": config["distill"]}},
+                               "source": {"checkpoint_step": 600}})
+    return path
+
+
+def test_a_phase1_weights_entry_installs_from_the_teacher_and_a_from_entry_starts_there(tmp_path):
+    package = _phase1_package(tmp_path / "phase1")
+    stages = _stages(TINY, (f"distill.p1={{config: configs/distill/mmd.yaml, weights: {package}}}",
+                            "distill.tiny.from=p1"))
+    install = stages["distill.p1"]
+    context = StageContext(tmp_path, False, {})
+    assert install.commands(context)[-1].display() == (
+        f"gencast-rmmd weights install {package} --teacher teacher --out students/p1")
+    assert install.inputs == ("teacher.run",) and install.outputs["run"].path == "students/p1"
+    assert install.settings["weights_sha256"] == json.loads((package / "weights.json").read_text())["params_sha256"]
+    assert "train" not in install.settings and install.settings["teacher_sha256"] == "ab" * 32
+    assert "--teacher students/p1 " in stages["distill.tiny"].commands(context)[-1].display()
+    assert "distill.p1.run" in stages["distill.tiny"].inputs
+
+
+@pytest.mark.parametrize("entry, phrase", [
+    ("{config: configs/distill/tiny.yaml, weights: PKG}", "distill.p1.weights installs a phase-1 (method mmd) "
+                                                          "student; p1 is a rmmd entry"),
+    ("{config: configs/distill/mmd_tuned.yaml, weights: PKG}", "distill.p1: the config's distill."),
+    ("{config: configs/distill/mmd.yaml, weights: PKG, grid: {train.learning_rate: [1.0e-4, 1.0e-3]}}",
+     "grid would have no effect"),
+    ("{config: configs/distill/mmd.yaml, weights: PKG, overrides: {train: {steps: 5}}}",
+     "overrides.train would have no effect"),
+    ("{config: configs/distill/mmd.yaml, weights: gencast_rmmd/teacher/pretrained/demo}",
+     "is a teacher package; distill.p1 takes a phase1 package"),
+])
+def test_bad_phase1_weights_entries_are_one_line_errors(run_cli, tmp_path, entry, phrase):
+    package = _phase1_package(tmp_path / "phase1")
+    result = run_cli("pipeline", "run", TINY, "--workdir", tmp_path / "w", "--set",
+                     f"distill.p1={entry.replace('PKG', str(package))}")
+    assert result.code == 2 and phrase in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
 def test_forecast_format_zarr_makes_every_forecast_stage_write_and_read_a_zarr_store(tmp_path):
     """`forecast.format: zarr`: each forecast command gets `--out LABEL.zarr` and `evaluate` reads it; the
     NetCDF default keeps the stages' identities (no `format` setting)."""

@@ -345,6 +345,11 @@ def test_installed_weights_forecast_exactly_as_the_run_they_came_from(run_cli, t
     again = _install(run_cli, package, wb2_store, installed)
     assert again.code == 0 and "already holds these weights" in again.err
     assert _install(run_cli, package, wb2_store, tiny_run).code == 2
+    # so is a directory holding anything else (it was written into before: a store's or a sweep's parent)
+    occupied = tmp_path / "occupied"
+    (occupied / "notes").mkdir(parents=True)
+    refused = _install(run_cli, package, wb2_store, occupied)
+    assert refused.code == 2 and "not empty" in refused.err and [p.name for p in occupied.iterdir()] == ["notes"]
 
 
 def _damaged_copy(package, tmp_path, change):

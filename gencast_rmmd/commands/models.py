@@ -1,4 +1,4 @@
-"""`gencast-rmmd train`, `forecast`, `inspect` and `weights` (export, install, verify teacher weights packages)."""
+"""`gencast-rmmd train`, `forecast`, `inspect` and `weights` (export, install, verify weights packages)."""
 
 from __future__ import annotations
 
@@ -87,54 +87,86 @@ def inspect(target: Annotated[Path, typer.Argument(help="Checkpoint, run directo
             console.print(f"{key:<14} {summary[key]}")
 
 
-weights_app = typer.Typer(help="Teacher weights packages: export a trained teacher, verify one, install one as a run.",
-                          no_args_is_help=True)
+weights_app = typer.Typer(help="Weights packages (a teacher, or a phase-1 student to start phase 2 from): export a "
+                               "run, verify a package, install one as a run.", no_args_is_help=True)
 PackageArgument = Annotated[Path, typer.Argument(help="Weights package directory (weights.npz, weights.json).")]
 
 
 @weights_app.command("export")
-def weights_export(checkpoint: Annotated[Path, typer.Argument(help="Teacher checkpoint or run directory.")],
+def weights_export(checkpoint: Annotated[Path, typer.Argument(
+                       help="Teacher, or phase-1 (method mmd) student, checkpoint or run directory.")],
                    out: Annotated[Path, typer.Option("--out", help="Package directory to write.")],
                    reproduce: Annotated[str | None, typer.Option(
                        "--reproduce", help="The command that reproduces the run, recorded in the package.")] = None,
                    ) -> None:
-    """Write a teacher's EMA parameters and the payload that rebuilds it as a weights package."""
+    """Write a teacher's EMA parameters, or a phase-1 student's student and aux parameters, with the model card
+    that rebuilds them, as a weights package."""
+    from gencast_rmmd.distill.weights import export_phase1
     from gencast_rmmd.teacher.weights import export_weights
+    from gencast_rmmd.training import load_checkpoint
+    from gencast_rmmd.training.card import read_card
 
     check_output_path(out, directory=True)
-    info = export_weights(checkpoint, out, reproduce)
-    console.print(f"wrote {out}: {info['param_count']} parameters, sha256 {info['params_sha256']}")
+    loaded = load_checkpoint(checkpoint)
+    kind = read_card(loaded.meta, str(loaded.path)).kind
+    info = (export_weights if kind == "teacher" else export_phase1)(loaded.path, out, reproduce)
+    console.print(f"wrote {out}: {info.get('kind', 'teacher')} package, {info['param_count']} parameters, sha256 "
+                  f"{info['params_sha256']}")
 
 
 @weights_app.command("verify")
 def weights_verify(package: PackageArgument,
                    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """Check a package's parameters against its recorded hash and describe it."""
+    from gencast_rmmd.training.packages import package_kind, read_info, read_package
     from gencast_rmmd.teacher.weights import load_weights
 
-    _, info = load_weights(package)
-    summary = {"path": str(package), "params_sha256": info["params_sha256"], "param_count": info["param_count"],
-               "step": info["source"]["checkpoint_step"], "reproduce": info["source"].get("reproduce"),
-               "model": info["payload"].get("model")}
+    kind = package_kind(read_info(package))
+    _, info = load_weights(package) if kind == "teacher" else read_package(package)
+    summary = {"path": str(package), "kind": kind, "params_sha256": info["params_sha256"],
+               "param_count": info["param_count"], "step": info["source"]["checkpoint_step"],
+               "reproduce": info["source"].get("reproduce"), "model": info["payload"].get("model"),
+               **({"teacher_sha256": info["teacher_sha256"]} if "teacher_sha256" in info else {})}
     if as_json:
         print(json.dumps(summary, sort_keys=True))
         return
     console.print(f"{package}: parameters match their sha256 {info['params_sha256']}")
-    for key in ("param_count", "step", "reproduce"):
-        console.print(f"{key:<12} {summary[key]}")
+    for key in ("kind", "param_count", "step", "teacher_sha256", "reproduce"):
+        if key in summary:
+            console.print(f"{key:<14} {summary[key]}")
 
 
 @weights_app.command("install")
-def weights_install(package: PackageArgument, config: ConfigArgument, out: OutOption,
+def weights_install(package: PackageArgument, out: OutOption,
+                    config: Annotated[Path | None, typer.Option(
+                        "--config", "-c", help="A teacher package: the teacher config it was trained with.")] = None,
+                    teacher: Annotated[Path | None, typer.Option(
+                        "--teacher", help="A phase-1 package: the teacher run it was distilled from.")] = None,
                     stats: Annotated[Path | None, typer.Option(
                         "--stats", help="Statistics of the data (default: the config's stats file).")] = None,
                     data: DataOption = None, overrides: SetOption = None) -> None:
-    """Check a package against a teacher config and its data, and write it as a teacher run in --out."""
+    """Check a package and write it as a run in --out: a teacher package against a teacher config and its
+    data (--config), a phase-1 package against the teacher run it was distilled from (--teacher)."""
+    from gencast_rmmd.errors import UserInputError
+    from gencast_rmmd.training.packages import package_kind, read_info
+
+    check_output_path(out, directory=True)
+    kind = package_kind(read_info(package))
+    if kind == "phase1":
+        if teacher is None or config is not None:
+            raise UserInputError(f"{package} is a phase-1 student package: give --teacher RUN (the teacher it was "
+                                 "distilled from), not --config")
+        from gencast_rmmd.distill.weights import install_phase1
+
+        install_phase1(package, teacher, out, log=console.print)
+        return
+    if config is None or teacher is not None:
+        raise UserInputError(f"{package} is a teacher package: give --config CONFIG (the teacher config it was "
+                             "trained with), not --teacher")
     from gencast_rmmd.config import load_config
     from gencast_rmmd.teacher.config import TeacherConfig
     from gencast_rmmd.teacher.weights import install_weights
 
-    check_output_path(out, directory=True)
     teacher_config = load_config(config, TeacherConfig, overrides or [], data)
     install_weights(package, teacher_config, out, stats, log=console.print)
 

@@ -63,6 +63,11 @@ def _record(loaded, kind: str) -> dict:
             "params_sha256": loaded.meta.get("params_sha256", "")}
 
 
+def teacher_record(loaded, card: ModelCard) -> dict:
+    """The provenance of a teacher checkpoint that a student's card records (`teacher_checkpoint`)."""
+    return {**_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}
+
+
 def load_source(path: str | Path) -> TeacherSource:
     """Read `--teacher`: a teacher (EMA params) or a phase-1 `mmd` student (raw student and aux params)."""
     loaded = load_checkpoint(path)
@@ -72,8 +77,7 @@ def load_source(path: str | Path) -> TeacherSource:
         raise UserInputError(f"--teacher: {error}") from None
     if card.kind == "teacher":
         teacher = card.params(loaded.ema_params)
-        return TeacherSource(card, Anchors(teacher, teacher, teacher),
-                             {**_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}, None)
+        return TeacherSource(card, Anchors(teacher, teacher, teacher), teacher_record(loaded, card), None)
     if card.method == "mmd":
         anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
         return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], _record(loaded, "student"))

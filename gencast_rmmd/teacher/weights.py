@@ -1,6 +1,6 @@
 """Teacher weights packages: a trained teacher shipped without its training state, verified when installed.
 
-A package is a directory of two files:
+A package (`gencast_rmmd.training.packages`, kind `teacher`) is a directory of two files:
 
     weights.npz    the teacher's EMA denoiser parameters, one plain array per leaf (no pickle)
     weights.json   format, the parameters' sha256, the checkpoint payload that rebuilds the model (config,
@@ -25,21 +25,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.errors import UserInputError
-from gencast_rmmd.io_utils import atomic_path
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.card import checked_card
-from gencast_rmmd.training.tree_io import flatten_with_segments, nested_dicts, params_sha256
+from gencast_rmmd.training.packages import INFO, first_difference, package_kind, read_info, read_package, \
+    write_package
 
-FORMAT = "gencast_rmmd.weights/1"
-WEIGHTS, INFO = "weights.npz", "weights.json"
 GROUP = "denoiser"
 # Teacher config sections that describe where and how a run trained, not the model it gives.
 LOCAL_SECTIONS = ("data", "stats", "train", "seed", "distributed")
@@ -49,11 +45,8 @@ LOCAL_SECTIONS = ("data", "stats", "train", "seed", "distributed")
 STATS_TOLERANCE = 0.05
 
 
-def _write_file(path: Path, write) -> None:
-    with open(path, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
+def _as_denoiser(params: dict) -> dict:
+    return {GROUP: params}
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
@@ -68,70 +61,22 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, reprod
     payload = json.loads(json.dumps(payload))
     payload["config"] = {key: value for key, value in payload["config"].items() if key not in LOCAL_SECTIONS}
     payload.pop("data_source", None)
-    info = {
-        "format": FORMAT,
-        "params_sha256": params_sha256({GROUP: params}),
-        "param_count": int(sum(np.size(leaf) for _, leaf in flatten_with_segments(params).values())),
-        "payload": payload,
+    return write_package(out, params, {
+        "kind": "teacher", "payload": payload,
         "source": {"checkpoint_step": loaded.step, "run_config_sha256": loaded.meta.get("run_config_sha256"),
                    "seed": loaded.meta.get("seed"), "train": loaded.meta.get("train"),
                    "data": loaded.meta["task"]["config"].get("data", {}).get("simulation"),
                    "versions": loaded.meta.get("versions"), "reproduce": reproduce},
-    }
-    arrays = {key: np.asarray(leaf) for key, (_, leaf) in flatten_with_segments(params).items()}
-    info["arrays"] = {key: list(segments) for key, (segments, _) in flatten_with_segments(params).items()}
-    with atomic_path(out) as temporary:
-        temporary.mkdir()
-        _write_file(temporary / WEIGHTS, lambda file: np.savez_compressed(file, allow_pickle=False, **arrays))
-        _write_file(temporary / INFO, lambda file: file.write((json.dumps(info, indent=1, sort_keys=True)
-                                                                + "\n").encode()))
-    return info
-
-
-def read_info(path: str | os.PathLike) -> dict:
-    """A package's `weights.json` (UserInputError naming what is missing or unknown)."""
-    path = Path(path)
-    if not (path / INFO).is_file() or not (path / WEIGHTS).is_file():
-        raise UserInputError(f"{path} is not a weights package (it needs {WEIGHTS} and {INFO}); write one with "
-                             "`gencast-rmmd weights export`")
-    try:
-        info = json.loads((path / INFO).read_text())
-    except json.JSONDecodeError as error:
-        raise UserInputError(f"{path / INFO} is not valid JSON ({error}); the package is damaged, fetch it "
-                             "again") from None
-    if info.get("format") != FORMAT:
-        raise UserInputError(f"{path / INFO}: unknown weights format {info.get('format')!r} (expected {FORMAT})")
-    return info
+    }, hashed_as=_as_denoiser)
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
-    """`(params, info)` of a package, after checking the parameters against the recorded hash."""
-    path = Path(path)
-    info = read_info(path)
-    try:
-        with np.load(path / WEIGHTS, allow_pickle=False) as stored:
-            leaves = {tuple(info["arrays"][key]): stored[key] for key in info["arrays"]}
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
-        raise UserInputError(f"{path / WEIGHTS} cannot be read ({error}); the package is damaged, fetch it "
-                             "again") from None
-    params = nested_dicts(leaves)
-    found = params_sha256({GROUP: params})
-    if found != info["params_sha256"]:
-        raise UserInputError(f"{path / WEIGHTS}: the parameters' sha256 is {found[:16]}…, not the "
-                             f"{info['params_sha256'][:16]}… {INFO} records; the package is damaged or was "
-                             "altered, fetch it again")
-    return params, info
-
-
-def _first_difference(expected: Any, found: Any, where: str = "") -> str | None:
-    """Dotted key of the first value that differs between two JSON-like trees (None when equal)."""
-    if isinstance(expected, dict) and isinstance(found, dict):
-        for key in sorted(set(expected) | set(found)):
-            difference = _first_difference(expected.get(key), found.get(key), f"{where}.{key}" if where else key)
-            if difference:
-                return difference
-        return None
-    return None if expected == found else where or "(root)"
+    """`(params, info)` of a teacher package, after checking the parameters against the recorded hash."""
+    kind = package_kind(read_info(path))
+    if kind != "teacher":
+        raise UserInputError(f"{path} is a {kind} package, not a teacher's; install it with `gencast-rmmd weights "
+                             "install PACKAGE --teacher RUN --out RUN`")
+    return read_package(path, hashed_as=_as_denoiser)
 
 
 def _statistics_gap(package: dict, data: dict) -> float:
@@ -164,14 +109,14 @@ def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, sta
     payload = json.loads(json.dumps(info["payload"]))
     settings = config_to_dict(config)
     mine = {key: value for key, value in settings.items() if key not in LOCAL_SECTIONS}
-    difference = _first_difference(payload["config"], mine)
+    difference = first_difference(payload["config"], mine)
     if difference:
         raise UserInputError(f"the teacher config's {difference} differs from the weights package {path}'s; "
                              "use the config the weights were trained with (its values are in "
                              f"{path / INFO} under payload.config)")
     source = DataSource.open(config.data)
     layout = source.layout.to_dict()
-    difference = _first_difference(payload["layout"], layout)
+    difference = first_difference(payload["layout"], layout)
     if difference:
         raise UserInputError(f"the data {config.data.path} do not have the variables and levels the weights were "
                              f"trained on (layout.{difference} differs); select them in the data config")
@@ -196,6 +141,8 @@ def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, sta
             log(f"{out} already holds these weights ({existing[-1]})")
             return existing[-1]
         raise UserInputError(f"{out} already holds checkpoints; install into an empty run directory")
+    if out.exists() and any(out.iterdir()):
+        raise UserInputError(f"{out} is not empty; install into a new or empty run directory")
     payload["config"] = settings
     payload["data_source"] = source.report.location
     step = int(info["source"]["checkpoint_step"])

@@ -1,0 +1,128 @@
+"""Phase-1 weights packages: a moment-matching student (and its aux model) shipped to start phase 2 from.
+
+A package of kind `phase1` (`gencast_rmmd.training.packages`) holds the raw parameters
+`{"student": ..., "aux": ...}` of an `mmd` run's checkpoint, the two trees a phase-2
+method continues from (`distill.run.load_source`), with the student's model card and
+`teacher_sha256`: the hash of the teacher denoiser it was distilled from, as a teacher
+package records it (`params_sha256({"denoiser": EMA params})`). The teacher itself is
+not shipped again: `install_phase1` takes a teacher run (trained, or installed from the
+teacher's package), refuses one whose denoiser has another hash or whose model,
+layout, grid or normaliser differ from the student's, and writes an ordinary `mmd`
+checkpoint (params and EMA params both the shipped trees, the teacher as its frozen
+tree) that `distill --teacher RUN` continues from exactly as from the run that was
+exported: the same anchors, the same phase-1 hash in the phase-2 run's config.
+Its training cannot be resumed: there is no optimiser state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+from gencast_rmmd.errors import UserInputError
+from gencast_rmmd.training import checkpoint as checkpoints
+from gencast_rmmd.training.card import checked_card, read_card
+from gencast_rmmd.training.packages import first_difference, package_kind, read_info, read_package, \
+    write_package
+from gencast_rmmd.training.tree_io import params_sha256
+
+GROUPS = ("student", "aux")
+# sections of the student's config that say where its data lay (install takes the teacher run's data section)
+LOCAL_SECTIONS = ("data",)
+# the card entries a phase-1 student shares with the teacher it was distilled from
+SHARED_WITH_TEACHER = ("model", "layout", "normalizer", "grid")
+
+
+def teacher_sha256(teacher_params) -> str:
+    """The hash of a teacher denoiser as its weights package records it."""
+    return params_sha256({"denoiser": teacher_params})
+
+
+def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
+    """Write the student and aux of an `mmd` checkpoint (or run's latest) as a package in `out`; return its info."""
+    loaded = checkpoints.load_checkpoint(checkpoint)
+    card = read_card(loaded.meta, str(loaded.path))
+    if card.kind != "student" or card.method != "mmd":
+        what = "a teacher" if card.kind == "teacher" else f"a student of method {card.method}"
+        raise UserInputError(f"{loaded.path} is {what}, not a phase-1 (method mmd) student; export a run of "
+                             "`gencast-rmmd distill` with distill.method mmd")
+    payload = json.loads(json.dumps(loaded.meta["task"]))
+    provenance = payload.pop("teacher_checkpoint", None) or {}
+    provenance.pop("path", None)                     # where it lay on the exporting machine
+    payload.pop("data_source", None)
+    payload["config"] = {key: value for key, value in payload["config"].items() if key not in LOCAL_SECTIONS}
+    tree = {group: loaded.params[group] for group in GROUPS}
+    return write_package(out, tree, {
+        "kind": "phase1", "payload": payload, "teacher_sha256": teacher_sha256(loaded.frozen["teacher"]),
+        "source": {"checkpoint_step": loaded.step, "run_config_sha256": loaded.meta.get("run_config_sha256"),
+                   "seed": loaded.meta.get("seed"), "train": loaded.meta.get("train"),
+                   "teacher_checkpoint": provenance, "versions": loaded.meta.get("versions"),
+                   "reproduce": reproduce},
+    })
+
+
+def load_phase1(path: str | os.PathLike) -> tuple[dict, dict]:
+    """`({"student", "aux"} trees, info)` of a phase-1 package, after checking them against the recorded hash."""
+    kind = package_kind(read_info(path))
+    if kind != "phase1":
+        raise UserInputError(f"{path} is a {kind} package, not a phase-1 student's; install it with `gencast-rmmd "
+                             "weights install PACKAGE --config CONFIG --out RUN`")
+    return read_package(path)
+
+
+def install_phase1(path: str | os.PathLike, teacher: str | os.PathLike, out: str | os.PathLike,
+                   log=print) -> Path:
+    """Install a phase-1 package as the `mmd` run `out`, distilled from the teacher run `teacher`; return the
+    checkpoint path. Refused (UserInputError, nothing written) when the trees do not match their hash, the
+    teacher's denoiser is not the one the package was distilled from, or the cards disagree (module docstring).
+    """
+    from gencast_rmmd.distill.run import teacher_record
+
+    path, out = Path(path), Path(out)
+    tree, info = load_phase1(path)
+    loaded = checkpoints.load_checkpoint(teacher)
+    card = read_card(loaded.meta, str(loaded.path))
+    if card.kind != "teacher":
+        raise UserInputError(f"--teacher {teacher} is a {card.kind} checkpoint; give the teacher run the phase-1 "
+                             "student was distilled from")
+    teacher_params = card.params(loaded.ema_params)
+    found = teacher_sha256(teacher_params)
+    if found != info["teacher_sha256"]:
+        raise UserInputError(f"--teacher {teacher}: its denoiser's sha256 is {found[:16]}…, not the "
+                             f"{info['teacher_sha256'][:16]}… the package {path} was distilled from; give that "
+                             "teacher (its weights package or a run that trained it)")
+    payload = json.loads(json.dumps(info["payload"]))
+    teacher_payload = loaded.meta["task"]
+    for key in SHARED_WITH_TEACHER:
+        difference = first_difference(payload[key], teacher_payload[key])
+        if difference:
+            raise UserInputError(f"the package {path}'s {key}.{difference} differs from the teacher {teacher}'s; "
+                                 "install it with the teacher run it was distilled from")
+    existing = checkpoints.list_checkpoints(out)
+    if existing:
+        installed = checkpoints.read_meta(existing[-1]).get("installed_from") or {}
+        if len(existing) == 1 and installed.get("params_sha256") == info["params_sha256"] and (
+                installed.get("teacher_sha256") == found):
+            log(f"{out} already holds these weights ({existing[-1]})")
+            return existing[-1]
+        raise UserInputError(f"{out} already holds checkpoints; install into an empty run directory")
+    if out.exists() and any(out.iterdir()):
+        raise UserInputError(f"{out} is not empty; install into a new or empty run directory")
+    payload["config"]["data"] = teacher_payload["config"]["data"]
+    payload["data_source"] = teacher_payload.get("data_source")
+    payload["teacher_checkpoint"] = teacher_record(loaded, card)
+    source = info["source"]
+    step = int(source["checkpoint_step"])
+    state = {"params": tree, "ema_params": tree, "frozen": {"teacher": teacher_params}}
+    out.mkdir(parents=True, exist_ok=True)
+    written = checkpoints.save_checkpoint(out, state, {
+        "step": step, "seed": source.get("seed"), "train": source.get("train"), "task": checked_card(payload),
+        "params_sha256": info["params_sha256"], "ema_params_sha256": info["params_sha256"],
+        "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"],
+                           "teacher_sha256": found, "source": source},
+        "versions": source.get("versions"), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    log(f"installed {path} (phase-1 student and aux, {info['param_count']} parameters, sha256 "
+        f"{info['params_sha256'][:16]}…, step {step}) from teacher {teacher} -> {written}")
+    return written
