@@ -2,7 +2,7 @@
 
 A package is a directory of two files:
 
-    weights.npz    one plain array per parameter leaf (no pickle)
+    weights.npz    one plain array per parameter leaf (nothing executable)
     weights.json   `format`, `kind`, the parameters' sha256, the payload that rebuilds the model, where the
                    weights came from, and `arrays` (each npz key's path in the parameter tree)
 
