@@ -87,7 +87,7 @@ def _teacher_stage(resolved: ResolvedConfigs, setup: TrainingSetup) -> Stage:
                          "train", "--config", "configs/teacher.yaml", "--out", "teacher",
                          *(["--resume"] if context.resume_run else [])))],
                      training=True, environment=setup.environment)
-    from gencast_rmmd.teacher.weights import read_info
+    from gencast_rmmd.training.packages import read_info
 
     info = read_info(resolved.teacher_weights)
     settings = {key: value for key, value in settings.items() if key != "train"}

@@ -103,13 +103,14 @@ def weights_export(checkpoint: Annotated[Path, typer.Argument(
     that rebuilds them, as a weights package."""
     from gencast_rmmd.distill.weights import export_phase1
     from gencast_rmmd.teacher.weights import export_weights
-    from gencast_rmmd.training import load_checkpoint
+    from gencast_rmmd.training import resolve_checkpoint
     from gencast_rmmd.training.card import read_card
+    from gencast_rmmd.training.checkpoint import read_meta
 
     check_output_path(out, directory=True)
-    loaded = load_checkpoint(checkpoint)
-    kind = read_card(loaded.meta, str(loaded.path)).kind
-    info = (export_weights if kind == "teacher" else export_phase1)(loaded.path, out, reproduce)
+    path = resolve_checkpoint(checkpoint)        # the card decides the kind; the exporter reads the arrays
+    kind = read_card(read_meta(path), str(path)).kind
+    info = (export_weights if kind == "teacher" else export_phase1)(path, out, reproduce)
     console.print(f"wrote {out}: {info.get('kind', 'teacher')} package, {info['param_count']} parameters, sha256 "
                   f"{info['params_sha256']}")
 
@@ -118,12 +119,10 @@ def weights_export(checkpoint: Annotated[Path, typer.Argument(
 def weights_verify(package: PackageArgument,
                    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """Check a package's parameters against its recorded hash and describe it."""
-    from gencast_rmmd.training.packages import package_kind, read_info, read_package
-    from gencast_rmmd.teacher.weights import load_weights
+    from gencast_rmmd.training.packages import package_kind, read_package
 
-    kind = package_kind(read_info(package))
-    _, info = load_weights(package) if kind == "teacher" else read_package(package)
-    summary = {"path": str(package), "kind": kind, "params_sha256": info["params_sha256"],
+    _, info = read_package(package)
+    summary = {"path": str(package), "kind": package_kind(info), "params_sha256": info["params_sha256"],
                "param_count": info["param_count"], "step": info["source"]["checkpoint_step"],
                "reproduce": info["source"].get("reproduce"), "model": info["payload"].get("model"),
                **({"teacher_sha256": info["teacher_sha256"]} if "teacher_sha256" in info else {})}

@@ -24,9 +24,8 @@ from pathlib import Path
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.card import checked_card, read_card
-from gencast_rmmd.training.packages import first_difference, package_kind, read_info, read_package, \
+from gencast_rmmd.training.packages import first_difference, installed_already, package_sha256, read_package, \
     write_package
-from gencast_rmmd.training.tree_io import params_sha256
 
 GROUPS = ("student", "aux")
 # sections of the student's config that say where its data lay (install takes the teacher run's data section)
@@ -37,7 +36,7 @@ SHARED_WITH_TEACHER = ("model", "layout", "normalizer", "grid")
 
 def teacher_sha256(teacher_params) -> str:
     """The hash of a teacher denoiser as its weights package records it."""
-    return params_sha256({"denoiser": teacher_params})
+    return package_sha256("teacher", teacher_params)
 
 
 def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
@@ -65,11 +64,7 @@ def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reprodu
 
 def load_phase1(path: str | os.PathLike) -> tuple[dict, dict]:
     """`({"student", "aux"} trees, info)` of a phase-1 package, after checking them against the recorded hash."""
-    kind = package_kind(read_info(path))
-    if kind != "phase1":
-        raise UserInputError(f"{path} is a {kind} package, not a phase-1 student's; install it with `gencast-rmmd "
-                             "weights install PACKAGE --config CONFIG --out RUN`")
-    return read_package(path)
+    return read_package(path, "phase1")
 
 
 def install_phase1(path: str | os.PathLike, teacher: str | os.PathLike, out: str | os.PathLike,
@@ -100,16 +95,9 @@ def install_phase1(path: str | os.PathLike, teacher: str | os.PathLike, out: str
         if difference:
             raise UserInputError(f"the package {path}'s {key}.{difference} differs from the teacher {teacher}'s; "
                                  "install it with the teacher run it was distilled from")
-    existing = checkpoints.list_checkpoints(out)
-    if existing:
-        installed = checkpoints.read_meta(existing[-1]).get("installed_from") or {}
-        if len(existing) == 1 and installed.get("params_sha256") == info["params_sha256"] and (
-                installed.get("teacher_sha256") == found):
-            log(f"{out} already holds these weights ({existing[-1]})")
-            return existing[-1]
-        raise UserInputError(f"{out} already holds checkpoints; install into an empty run directory")
-    if out.exists() and any(out.iterdir()):
-        raise UserInputError(f"{out} is not empty; install into a new or empty run directory")
+    existing = installed_already(out, {"params_sha256": info["params_sha256"], "teacher_sha256": found}, log)
+    if existing is not None:
+        return existing
     payload["config"]["data"] = teacher_payload["config"]["data"]
     payload["data_source"] = teacher_payload.get("data_source")
     payload["teacher_checkpoint"] = teacher_record(loaded, card)

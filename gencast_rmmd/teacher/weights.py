@@ -2,7 +2,7 @@
 
 A package (`gencast_rmmd.training.packages`, kind `teacher`) is a directory of two files:
 
-    weights.npz    the teacher's EMA denoiser parameters, one plain array per leaf (no pickle)
+    weights.npz    the teacher's EMA denoiser parameters, one plain array per leaf (nothing executable)
     weights.json   format, the parameters' sha256, the checkpoint payload that rebuilds the model (config,
                    layout, normaliser, grid, sampler), and where it came from (run, step, config hash, and
                    the command that reproduces it)
@@ -33,8 +33,7 @@ from gencast_rmmd.config import config_to_dict
 from gencast_rmmd.errors import UserInputError
 from gencast_rmmd.training import checkpoint as checkpoints
 from gencast_rmmd.training.card import checked_card
-from gencast_rmmd.training.packages import INFO, first_difference, package_kind, read_info, read_package, \
-    write_package
+from gencast_rmmd.training.packages import INFO, first_difference, installed_already, read_package, write_package
 
 GROUP = "denoiser"
 # Teacher config sections that describe where and how a run trained, not the model it gives.
@@ -43,10 +42,6 @@ LOCAL_SECTIONS = ("data", "stats", "train", "seed", "distributed")
 # statistics and the package's before installing is refused: beyond it the data are not the ones the
 # weights were trained on (e.g. another dataset or other units).
 STATS_TOLERANCE = 0.05
-
-
-def _as_denoiser(params: dict) -> dict:
-    return {GROUP: params}
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
@@ -67,16 +62,12 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, reprod
                    "seed": loaded.meta.get("seed"), "train": loaded.meta.get("train"),
                    "data": loaded.meta["task"]["config"].get("data", {}).get("simulation"),
                    "versions": loaded.meta.get("versions"), "reproduce": reproduce},
-    }, hashed_as=_as_denoiser)
+    })
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     """`(params, info)` of a teacher package, after checking the parameters against the recorded hash."""
-    kind = package_kind(read_info(path))
-    if kind != "teacher":
-        raise UserInputError(f"{path} is a {kind} package, not a teacher's; install it with `gencast-rmmd weights "
-                             "install PACKAGE --teacher RUN --out RUN`")
-    return read_package(path, hashed_as=_as_denoiser)
+    return read_package(path, "teacher")
 
 
 def _statistics_gap(package: dict, data: dict) -> float:
@@ -134,15 +125,9 @@ def install_weights(path: str | os.PathLike, config, out: str | os.PathLike, sta
                                  f"package's by {gap:.3g} (relative, at most {STATS_TOLERANCE} allowed): these are "
                                  "not the data the weights were trained on; train a teacher on them instead")
         log(f"data statistics agree with the package's to {gap:.2e} (relative)")
-    existing = checkpoints.list_checkpoints(out)
-    if existing:
-        installed = checkpoints.read_meta(existing[-1]).get("installed_from") or {}
-        if len(existing) == 1 and installed.get("params_sha256") == info["params_sha256"]:
-            log(f"{out} already holds these weights ({existing[-1]})")
-            return existing[-1]
-        raise UserInputError(f"{out} already holds checkpoints; install into an empty run directory")
-    if out.exists() and any(out.iterdir()):
-        raise UserInputError(f"{out} is not empty; install into a new or empty run directory")
+    existing = installed_already(out, {"params_sha256": info["params_sha256"]}, log)
+    if existing is not None:
+        return existing
     payload["config"] = settings
     payload["data_source"] = source.report.location
     step = int(info["source"]["checkpoint_step"])
