@@ -9,6 +9,12 @@ For a distiller row NAME (`pipelines.grid.Row`), in order:
     distill.NAME_seedS      students/NAME_seedS     (an extra seed of the chosen config), then its
                             validation forecast validation.forecast.NAME_seedS
 
+After every distiller row, each `best_of` entry NAME (`pipelines.grid.BestOf`):
+
+    select.NAME             selection/NAME.json     (its rows' chosen runs ranked on validation)
+    distill.NAME_seedS      students/NAME_seedS     (the best row's chosen config with seed S, from the run
+                            that row starts from), then validation.forecast.NAME_seedS
+
 A teacher sampler row LABEL has no training: its candidates' validation
 forecasts run the teacher with their `--sampler` overrides, then `select.LABEL`.
 The validation inits (`validation.inits`) and the teacher's validation forecast
@@ -34,7 +40,7 @@ from gencast_rmmd.config import apply_overrides, config_to_dict
 from pipelines.digests import model_settings
 from pipelines.forecasts import Model, Split, forecast_stage, inits_stage
 from pipelines.graph import Command, Output, Stage, StageContext, TrainingSetup, task
-from pipelines.grid import Candidate, Row, selection_config, selection_file, value_overrides
+from pipelines.grid import BestOf, Candidate, Row, selection_config, selection_file, value_overrides
 from pipelines.resolution import ResolvedConfigs
 
 TEACHER = Model("teacher")
@@ -90,8 +96,11 @@ def row_stages(resolved: ResolvedConfigs, setup: TrainingSetup, validation: Spli
     if validation is not None:
         stages += [inits_stage(validation, resolved.data.input_frames),
                    forecast_stage(validation, "teacher", "the teacher", ("teacher.run",), lambda _: TEACHER)]
+    training = _Distilling(setup, resolved.data.path)
     for row in resolved.distill.values():
-        stages += _student_stages(row, resolved, _Distilling(setup, resolved.data.path), validation, region)
+        stages += _student_stages(row, resolved, training, validation, region)
+    for best in resolved.best_of.values():
+        stages += _best_of_stages(best, resolved, training, validation, region)
     for row in resolved.teacher_samplers.values():
         if validation is not None:
             stages += [forecast_stage(validation, c.label, f"the teacher ({' '.join(c.sampler)})", ("teacher.run",),
@@ -153,22 +162,47 @@ class _Distilling:
     def stage(self, name: str, description: str, config: _TrainingConfig, inputs: tuple[str, ...], run_dir: str,
               teacher: Callable[[StageContext], str]) -> Stage:
         """`teacher(context)`: the `--teacher` run (the teacher, or a `from` entry's chosen run)."""
+        return self.chosen_stage(name, description, config.settings, (*inputs, *config.inputs), run_dir,
+                                 lambda _: config.arguments, teacher)
+
+    def chosen_stage(self, name: str, description: str, settings: dict, inputs: tuple[str, ...], run_dir: str,
+                     arguments: Callable[[StageContext], list[str]], teacher: Callable[[StageContext], str]) -> Stage:
+        """A training stage whose `--config`/`--set` arguments may depend on a choice made before it runs."""
         return Stage(
-            name, 4, description, config.settings, (*inputs, *config.inputs, "data.train", "data.validation"),
+            name, 4, description, settings, (*inputs, "data.train", "data.validation"),
             {"run": Output("run", run_dir)},
             lambda context: [*self.setup.preamble, Command((
-                "distill", *config.arguments, "--teacher", teacher(context), "--data", self.store, "--out", run_dir,
-                *(["--resume"] if context.resume_run else [])))],
+                "distill", *arguments(context), "--teacher", teacher(context), "--data", self.store, "--out",
+                run_dir, *(["--resume"] if context.resume_run else [])))],
             training=True, environment=self.setup.environment)
+
+
+def _source(row: Row, resolved: ResolvedConfigs) -> tuple[tuple[str, ...], Callable[[StageContext], str]]:
+    """The inputs that decide the run a row's students start from, and that run (its `--teacher`)."""
+    if row.from_entry is None:
+        return ("teacher.run",), (lambda _: TEACHER.checkpoint)
+    source = resolved.distill[row.from_entry]
+    return chosen_inputs(source), (lambda context: chosen_model(source, context).checkpoint)
+
+
+def _seed_config(row: Row, seed: int) -> _TrainingConfig:
+    """What an extra seed of the row trains: its chosen config (a grid row's selection) with `seed=SEED`."""
+    if row.selected:
+        return _TrainingConfig.of(selection_config(row.name), (f"seed={seed}",), chosen_by=row.name)
+    return _training_config(row, row.seed_label(seed), [f"seed={seed}"], row.seed_config(seed))
+
+
+def _best_seed_config(row: Row, seed: int) -> _TrainingConfig:
+    """`_seed_config` for a `best_of` seed: a row with a fixed config of its own trains its `configs/` file with
+    `--set seed=SEED` (the row's own seed rows have files of their own; these do not)."""
+    if row.selected or row.base_config is not None:
+        return _seed_config(row, seed)
+    return _TrainingConfig.of(f"configs/{row.config_name(row.name)}", (f"seed={seed}",), row.seed_config(seed))
 
 
 def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, validation: Split | None,
                     region: str) -> list[Stage]:
-    if row.from_entry is None:
-        source_inputs, teacher = ("teacher.run",), (lambda _: TEACHER.checkpoint)
-    else:
-        source = resolved.distill[row.from_entry]
-        source_inputs, teacher = chosen_inputs(source), (lambda context: chosen_model(source, context).checkpoint)
+    source_inputs, teacher = _source(row, resolved)
     method = row.candidates[0].config.distill
     base = row.base_config
     on_base = f", on {base.base}'s {'chosen ' if row.follows else ''}config" if base else ""
@@ -189,14 +223,67 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
         stages.append(_select_stage(row, validation, region))
     for seed in row.seeds:
         label = row.seed_label(seed)
-        config = (_TrainingConfig.of(selection_config(row.name), (f"seed={seed}",), chosen_by=row.name)
-                  if row.selected else _training_config(row, label, [f"seed={seed}"], row.seed_config(seed)))
         stages.append(training.stage(f"distill.{label}",
                                      f"distill student {label}: {row.name}'s config with seed {seed}",
-                                     config, source_inputs, seed_model(row, seed).checkpoint, teacher))
+                                     _seed_config(row, seed), source_inputs, seed_model(row, seed).checkpoint,
+                                     teacher))
         if validation is not None:
             stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
                                          lambda _, seed=seed: seed_model(row, seed)))
+    return stages
+
+
+def best_row(best: BestOf, context: StageContext) -> str:
+    """The row `select.NAME` of a `best_of` entry ranked best (read when a command is built)."""
+    return context.read_json(selection_file(best.name))["chosen"]["row"]
+
+
+def best_seed_model(best: BestOf, seed: int) -> Model:
+    return Model(f"students/{best.seed_label(seed)}")
+
+
+def _best_of_stages(best: BestOf, resolved: ResolvedConfigs, training: _Distilling, validation: Split,
+                    region: str) -> list[Stage]:
+    """`select.NAME` (rank the rows' chosen runs on validation), then `distill.NAME_seedS` and its validation
+    forecast for every seed: the winner's chosen config with that seed, from the run the winner starts from.
+
+    A seed stage's identity holds every candidate row's seed config and inputs, and the ranking's selection
+    file: a changed ranking, or a changed choice inside the winning row, trains it again.
+    """
+    rows = [resolved.distill[name] for name in best.among]
+    forecasts = {row.name: tuple(f"{validation.prefix}.{c.label}.forecast" for c in row.candidates) for row in rows}
+
+    def rank(context: StageContext) -> list[Command]:
+        chosen = {row.name: validation.out(chosen_candidate(row, context).label) for row in rows}
+        return [task("select-best", "--name", best.name, "--truth", validation.store, "--baseline",
+                     validation.out("teacher"), "--inits", validation.inits_file,
+                     *(a for name, forecast in chosen.items() for a in ("--row", name, "--forecast", forecast)),
+                     "--region", region, "--out", selection_file(best.name))]
+
+    stages = [Stage(
+        f"select.{best.name}", validation.group,
+        f"rank {', '.join(best.among)} by their chosen runs' validation fair-CRPS change vs the teacher",
+        {"among": list(best.among), "region": region},
+        (*(reference for row in rows for reference in (*chosen_inputs(row), *forecasts[row.name])),
+         f"{validation.prefix}.teacher.forecast", *validation.inputs),
+        {"selection": Output("file", selection_file(best.name))}, rank)]
+    sources = {row.name: _source(row, resolved) for row in rows}
+    for seed in best.seeds:
+        label = best.seed_label(seed)
+        configs = {row.name: _best_seed_config(row, seed) for row in rows}
+        inputs = dict.fromkeys([f"select.{best.name}.selection",
+                                *(reference for row in rows for reference in (*configs[row.name].inputs,
+                                                                               *sources[row.name][0]))])
+        stages.append(training.chosen_stage(
+            f"distill.{label}", f"distill student {label}: the config of the best of {', '.join(best.among)} on "
+                                f"validation, with seed {seed}",
+            {"best_of": list(best.among), "seed": seed,
+             "configs": {name: config.settings for name, config in configs.items()}},
+            tuple(inputs), best_seed_model(best, seed).checkpoint,
+            lambda context, configs=configs: configs[best_row(best, context)].arguments,
+            lambda context: sources[best_row(best, context)][1](context)))
+        stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
+                                     lambda _, seed=seed: best_seed_model(best, seed)))
     return stages
 
 

@@ -11,6 +11,7 @@ some of their values; it never repeats them:
     forecast: {steps: 10, members: 4, inits: {count: 12, every_hours: 48}}
     validation: {steps: 10, members: 4, inits: {count: 8, spacing: even}}      (optional)
     teacher_samplers: {teacher_7calls: {sampler: {num_noise_levels: 4}}}      (optional)
+    best_of:  {strongest_baseline: {among: [crps_only, draft], seeds: [1, 2]}}   (optional)
     baselines, reference, evaluate, speed, scorecard, distributed, runtime (see the classes)
 
 Choices are made on validation inits and test inits are scored once per
@@ -21,7 +22,8 @@ against the teacher chosen: `pipelines.grid`, `pipelines.selection`),
 `--teacher` is OTHER's chosen phase-1 run) and, instead of `config:`,
 `base: OTHER` (OTHER's chosen config with this entry's overrides). Teacher
 sampler rows forecast the teacher with other sampler settings (`grid:` over
-them works the same way).
+them works the same way). A `best_of` entry trains extra seeds of whichever
+of several distiller rows ranks best on validation.
 
 `overrides` are nested mappings merged into the named config, so every value
 is reachable with `--set`, e.g. `--set distill.rmmd.overrides.train.steps=50`.
@@ -180,6 +182,28 @@ class DistillEntry(ConfigSection):
         return self
 
 
+class BestOfEntry(StrictModel):
+    """`best_of.NAME`: extra training seeds of whichever of several distiller rows validation ranks best.
+
+    `select.NAME` compares the rows in `among` by their chosen runs' validation
+    forecasts (the criterion of every choice: the lowest mean fair-CRPS change
+    against the teacher, `pipelines.selection`); `distill.NAME_seedS` then trains
+    the winner's chosen config with seed S, from the run the winner starts from.
+    E.g. three seeds of "the strongest baseline", without naming it before the
+    validation forecasts exist. The seed rows join the winner's row in the table.
+    """
+
+    among: tuple[str, ...] = Field(min_length=2)  # distill entries
+    seeds: tuple[int, ...] = Field(min_length=1)
+
+    @field_validator("among", "seeds")
+    @classmethod
+    def _distinct(cls, values: tuple, info: ValidationInfo) -> tuple:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{info.field_name} {list(values)} repeat one another")
+        return values
+
+
 class TeacherSamplerEntry(StrictModel):
     """A row of the teacher with other sampler settings (`teacher_samplers.LABEL`), e.g. fewer denoiser calls.
 
@@ -301,9 +325,18 @@ class PipelineDistributed(DistributedConfig):
 
 
 class RuntimeSection(StrictModel):
-    """How stages run. `compilation_cache`: JAX's persistent compilation cache (null: off)."""
+    """How stages run. `compilation_cache`: JAX's persistent compilation cache (null: off).
+
+    `order`: `groups` runs the stages group by group (every training before any
+    test forecast); `rows` moves each test forecast and its scoring up to just
+    after the stages it reads, so every row is forecast and scored on test as
+    soon as its run is chosen. Results are the same either way (the stages and
+    their identities do not change); with `rows` a long pipeline cut short holds
+    finished, scored rows, and `pipeline task table` can tabulate them.
+    """
 
     compilation_cache: str | None = "~/.cache/gencast_rmmd/jax"
+    order: Literal["groups", "rows"] = "groups"
 
 
 class PipelineConfig(StrictModel):
@@ -314,6 +347,7 @@ class PipelineConfig(StrictModel):
     teacher: TeacherSection
     distill: dict[str, DistillEntry] = {}
     teacher_samplers: dict[str, TeacherSamplerEntry] = {}
+    best_of: dict[str, BestOfEntry] = {}
     forecast: ForecastSection = ForecastSection()
     validation: ValidationSection | None = None
     baselines: BaselinesSection = BaselinesSection()
@@ -326,7 +360,7 @@ class PipelineConfig(StrictModel):
     distributed: PipelineDistributed = PipelineDistributed()
     runtime: RuntimeSection = RuntimeSection()
 
-    @field_validator("distill", "teacher_samplers")
+    @field_validator("distill", "teacher_samplers", "best_of")
     @classmethod
     def _row_names(cls, rows: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         for name in rows:
@@ -352,10 +386,12 @@ class PipelineConfig(StrictModel):
         for name, entry in self.distill.items():
             labels += [name, *(f"{name}_seed{seed}" for seed in entry.seeds)]
         labels += list(self.teacher_samplers)
+        for name, entry in self.best_of.items():
+            labels += [name, *(f"{name}_seed{seed}" for seed in entry.seeds)]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
-            raise ValueError(f"the rows {', '.join(repeated)} have the same label; rename a distill or "
-                             "teacher_samplers entry (seed rows are labelled NAME_seedS)")
+            raise ValueError(f"the rows {', '.join(repeated)} have the same label; rename a distill, "
+                             "teacher_samplers or best_of entry (seed rows are labelled NAME_seedS)")
         distill_order(self.distill)                   # `base` and `from` name entries, without a cycle
         if self.validation is None:
             for owner, entry in [*((f"distill.{n}", e) for n, e in self.distill.items()),
@@ -363,6 +399,18 @@ class PipelineConfig(StrictModel):
                 if entry.grid:
                     raise ValueError(f"{owner}.grid: candidates are chosen on validation inits; add a "
                                      "`validation:` section")
+        for name, entry in self.best_of.items():
+            unknown = [row for row in entry.among if row not in self.distill]
+            if unknown:
+                raise ValueError(f"best_of.{name}.among: no distiller entry {unknown[0]!r}; entries: "
+                                 f"{', '.join(self.distill)}")
+            installed = [row for row in entry.among if self.distill[row].weights is not None]
+            if installed:
+                raise ValueError(f"best_of.{name}.among: {installed[0]} installs shipped weights and has no "
+                                 "training to repeat with another seed; compare trained entries")
+            if self.validation is None:
+                raise ValueError(f"best_of.{name}: the rows are ranked on validation inits; add a "
+                                 "`validation:` section")
         return self
 
 

@@ -188,6 +188,23 @@ class Row:
         return [self.name, *(self.seed_label(seed) for seed in self.seeds)]
 
 
+@dataclass(frozen=True)
+class BestOf:
+    """`best_of.NAME`: extra seeds (rows `NAME_seedS`) of the row among `among` that `select.NAME` ranks best."""
+
+    name: str
+    among: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def seed_label(self, seed: int) -> str:
+        return f"{self.name}_seed{seed}"
+
+    @property
+    def labels(self) -> list[str]:
+        """Its rows of the test table, one per seed (they join the winner's row there)."""
+        return [self.seed_label(seed) for seed in self.seeds]
+
+
 def _unknown_key(content: dict, key: str) -> str:
     """`key is not a key of the config; keys of train: ...` (its parent section's keys, else the top level's)."""
     parent = key.rpartition(".")[0]

@@ -154,11 +154,26 @@ def _speed_section(speed: dict | None) -> str:
             "in one process (the ratios are comparable; the absolute times depend on the machine).</p>")
 
 
+def _ranking(selection: dict) -> str:
+    """A `best_of` entry's ranking: every row's chosen run on validation, the best one marked."""
+    best = selection["chosen"]["row"]
+    rows = [[html.escape(entry["row"]), html.escape(entry["label"]), f"{entry['crps_change_pct']:+.2f}",
+             f"{entry['win_rate']:.0%}", ("best", {"class": "better"}) if entry["row"] == best else ("", {"class": ""})]
+            for entry in selection["rows"]]
+    return (f"<h3>{html.escape(selection['name'])}</h3><p>The rows' chosen runs ranked; its extra seeds train "
+            f"{html.escape(best)}'s config.</p>" + html_table(
+                ["row", "chosen run", "fair CRPS change against the teacher (%)", "targets won (%)", ""], rows))
+
+
 def _selection_section(workdir: Path) -> str:
-    """Per grid row: every candidate's values and validation figures, the chosen one marked."""
+    """Per grid row: every candidate's values and validation figures, the chosen one marked; per `best_of`
+    entry, its ranking."""
     parts, selection = [], None
     for path in sorted((workdir / "selection").glob("*.json")):
         selection = json.loads(path.read_text())
+        if "rows" in selection:
+            parts.append(_ranking(selection))
+            continue
         chosen = selection["chosen"]["index"]
         rows = [[html.escape(entry["label"]), html.escape(", ".join(f"{k}={v}" for k, v in entry["values"].items())),
                  f"{entry['crps_change_pct']:+.2f}", f"{entry['win_rate']:.0%}",

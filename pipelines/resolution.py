@@ -30,7 +30,7 @@ from gencast_rmmd.config import (REPO_ROOT, DataConfig, DataFileConfig, StrictMo
 from gencast_rmmd.diffusion.config import SamplerConfig
 from gencast_rmmd.errors import UserInputError
 from pipelines.config import GATE_FILE, STATS_FILE, PipelineConfig, distill_order
-from pipelines.grid import BaseConfig, Row, expand_row, selection_config
+from pipelines.grid import BaseConfig, BestOf, Row, expand_row, selection_config
 
 
 class TeacherSamplerConfig(StrictModel):
@@ -156,6 +156,7 @@ class ResolvedConfigs:
     teacher_weights: Path | None = None  # a weights package installed instead of training (`teacher.weights`)
     teacher_gencast: ResolvedGenCast | None = None  # a GenCast checkpoint imported instead (`teacher.gencast`)
     gate: Any = None                  # GateRules of `gate.rules`, written to DIR/configs/gate.yaml
+    best_of: dict[str, BestOf] = field(default_factory=dict)   # extra seeds of the best of several rows
 
     @property
     def rows(self) -> list[Row]:
@@ -237,6 +238,19 @@ def _distill_rows(config: PipelineConfig, pipeline_file: Path, distributed: str)
     return rows
 
 
+def _best_of(config: PipelineConfig, rows: dict[str, Row]) -> dict[str, BestOf]:
+    """`best_of` entries; an extra seed must differ from the seed of every row it may repeat."""
+    chosen = {}
+    for name, entry in config.best_of.items():
+        for row in entry.among:
+            own = sorted({candidate.config.seed for candidate in rows[row].candidates} & set(entry.seeds))
+            if own:
+                raise UserInputError(f"best_of.{name}.seeds: {own[0]} is the seed of {row}'s config itself; list "
+                                     "only extra seeds")
+        chosen[name] = BestOf(name, entry.among, entry.seeds)
+    return chosen
+
+
 def _teacher_sampler_rows(config: PipelineConfig, teacher_sampler: dict) -> dict[str, Row]:
     """Every teacher sampler row's candidates: the teacher's sampler config with the row's values."""
     rows = {}
@@ -278,5 +292,6 @@ def resolve(config: PipelineConfig, pipeline_file: str | Path) -> ResolvedConfig
         from evaluation.gates import load_rules
 
         gate = load_rules(find_config_file(config.gate.rules, pipeline_file))
-    return ResolvedConfigs(data, teacher, _distill_rows(config, pipeline_file, shared[1]),
-                           _teacher_sampler_rows(config, config_to_dict(teacher.sampler)), weights, gencast, gate)
+    rows = _distill_rows(config, pipeline_file, shared[1])
+    return ResolvedConfigs(data, teacher, rows, _teacher_sampler_rows(config, config_to_dict(teacher.sampler)),
+                           weights, gencast, gate, _best_of(config, rows))

@@ -1,4 +1,5 @@
-"""`select.NAME`: choose a row's config among its grid's candidates on validation inits.
+"""`select.NAME`: choose a row's config among its grid's candidates on validation inits (or, for a `best_of`
+entry, the best of several rows' chosen runs: `select_best`).
 
 Every candidate's validation forecast and the teacher's (same inits, leads and
 members) are scored per init (`evaluation.compare.crps_per_init`: the fair
@@ -69,6 +70,15 @@ def chosen_index(scores: Sequence[CandidateScore]) -> int:
     return min(finite, key=lambda index: (scores[index].crps_change_pct, index))
 
 
+def _scores(forecasts: Sequence[str], baseline: str, truth: str, region: str) -> list[CandidateScore]:
+    from evaluation.compare import crps_per_init
+    from gencast_rmmd.data.stores import open_dataset
+
+    truth_dataset = open_dataset(truth)
+    baseline_table = crps_per_init(baseline, truth_dataset, region)
+    return score_candidates([crps_per_init(path, truth_dataset, region) for path in forecasts], baseline_table)
+
+
 def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Sequence[str], baseline: str,
            truth: str, inits_file: str, region: str, out: Path, config_out: Path, base: str | None = None,
            base_overrides: Sequence[str] = ()) -> dict:
@@ -79,17 +89,13 @@ def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Se
     """
     import yaml
 
-    from evaluation.compare import crps_per_init
-    from gencast_rmmd.data.stores import open_dataset
     from gencast_rmmd.io_utils import atomic_path, write_json_atomic
     from pipelines.grid import lookup, value_overrides
 
     if len(forecasts) != len(configs) or not forecasts:
         raise UserInputError("give one --config per --candidate, at least one candidate")
     contents = [yaml.safe_load(Path(config).read_text()) for config in configs]
-    truth_dataset = open_dataset(truth)
-    baseline_table = crps_per_init(baseline, truth_dataset, region)
-    scores = score_candidates([crps_per_init(path, truth_dataset, region) for path in forecasts], baseline_table)
+    scores = _scores(forecasts, baseline, truth, region)
     chosen = chosen_index(scores)
     candidates = [{"index": index, "label": Path(path).stem, "values": {key: lookup(content, key) for key in keys},
                    "forecast": path, "config": config, "crps_change_pct": score.crps_change_pct,
@@ -112,3 +118,28 @@ def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Se
         temporary.write_text(chosen_config)
     return selection
 
+
+
+def select_best(name: str, rows: Sequence[str], forecasts: Sequence[str], baseline: str, truth: str,
+                inits_file: str, region: str, out: Path) -> dict:
+    """Rank distiller rows by the validation forecasts of their chosen runs (`forecasts[k]` is `rows[k]`'s);
+    write `out` (`selection/NAME.json` of a `best_of` entry) with every row's figures and the best row.
+
+    The criterion is the grid choices' (`CRITERION`, ties to the row listed first). The rows' own choices
+    were made on the same validation inits, so every row's figure is its best candidate's: the ranking
+    compares like with like.
+    """
+    from gencast_rmmd.io_utils import write_json_atomic
+
+    if len(rows) != len(forecasts) or not rows:
+        raise UserInputError("give one --forecast per --row, at least one row")
+    scores = _scores(forecasts, baseline, truth, region)
+    chosen = chosen_index(scores)
+    entries = [{"row": row, "label": Path(path).stem, "forecast": path, "crps_change_pct": score.crps_change_pct,
+                "win_rate": score.win_rate} for row, path, score in zip(rows, forecasts, scores)]
+    selection = {"name": name, "criterion": CRITERION.replace("candidate index", "row in `among` order"),
+                 "region": region, "baseline": baseline,
+                 "validation_inits": json.loads(Path(inits_file).read_text())["inits"], "rows": entries,
+                 "chosen": entries[chosen]}
+    write_json_atomic(out, selection)
+    return selection

@@ -16,10 +16,12 @@ Work directory layout:
     data/         summary.json: store, splits and their fingerprints
     stats/        stats.nc
     teacher/      the teacher's training run (checkpoints/, metrics.jsonl)
-    students/L/   one distillation run per student row L (a distiller, or NAME_seedS: an extra seed);
+    students/L/   one distillation run per student row L (a distiller, or NAME_seedS: an extra seed, of a row
+                  or of the best of a `best_of` entry's rows);
     students/N/cK   candidate K of a distiller with a grid
     validation/   inits.json and LABEL.nc: forecasts on the validation split (with a `validation:` section)
-    selection/    NAME.json (candidates, validation scores, the choice) and NAME.yaml (the chosen config)
+    selection/    NAME.json (candidates, validation scores, the choice) and NAME.yaml (the chosen config); a
+                  `best_of` entry's NAME.json: its rows' validation scores and the best row
     forecasts/    inits.json and LABEL.nc (LABEL.zarr with forecast.format zarr) for teacher, students, teacher
                   sampler rows, reference, persistence, climatology (test split)
     scores/       LABEL.nc from `gencast-rmmd evaluate`
@@ -32,7 +34,8 @@ Work directory layout:
 from __future__ import annotations
 
 from gencast_rmmd.config import config_to_dict
-from pipelines.candidates import TEACHER, chosen_inputs, chosen_model, model_description, row_stages, seed_model
+from pipelines.candidates import (TEACHER, best_seed_model, chosen_inputs, chosen_model, model_description, row_stages,
+                                  seed_model)
 from pipelines.config import GATE_FILE, STATS_FILE, PipelineConfig
 from pipelines.digests import model_settings
 from pipelines.forecasts import DATA_FILE, FORECAST_SUFFIXES, Split, forecast_stage, inits_stage
@@ -71,7 +74,30 @@ def build_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[Stag
     stages += _forecast_stages(config, resolved)
     stages += _evaluation_stages(config, resolved, [stage.name.split(".", 1)[1] for stage in stages
                                                     if stage.group == 5 and stage.name != "forecast.inits"])
-    return stages
+    return rows_first(stages) if config.runtime.order == "rows" else stages
+
+
+def producer(reference: str) -> str:
+    """The stage an input reference (`STAGE.OUTPUT`) names."""
+    return reference.rsplit(".", 1)[0]
+
+
+def rows_first(stages: list[Stage]) -> list[Stage]:
+    """`runtime.order: rows`: every test forecast and scoring stage (groups 5 and 6) moved up to just after
+    the last stage it reads, in their own order; the other stages keep theirs.
+
+    Valid because no stage of groups 1-4 reads a test forecast or a score: each moved stage still comes after
+    every stage it reads, and each stage before it is the same as in group order.
+    """
+    moved_groups = (5, 6)
+    ordered = [stage for stage in stages if stage.group not in moved_groups]
+    for stage in (stage for stage in stages if stage.group in moved_groups):
+        producers = {producer(reference) for reference in stage.inputs}
+        position = max((index + 1 for index, earlier in enumerate(ordered) if earlier.name in producers), default=0)
+        while position < len(ordered) and ordered[position].group in moved_groups:
+            position += 1                          # after the moved stages already placed here (their order kept)
+        ordered.insert(position, stage)
+    return ordered
 
 
 def _teacher_stage(resolved: ResolvedConfigs, setup: TrainingSetup) -> Stage:
@@ -132,6 +158,11 @@ def _forecast_stages(config: PipelineConfig, resolved: ResolvedConfigs) -> list[
         stages += [forecast_stage(test, row.seed_label(seed), f"student {row.seed_label(seed)}",
                                   (f"distill.{row.seed_label(seed)}.run",),
                                   lambda _, row=row, seed=seed: seed_model(row, seed)) for seed in row.seeds]
+    for best in resolved.best_of.values():
+        stages += [forecast_stage(test, label, f"student {label} (the best of {', '.join(best.among)})",
+                                  (f"distill.{label}.run",),
+                                  lambda _, best=best, seed=seed: best_seed_model(best, seed))
+                   for seed, label in zip(best.seeds, best.labels)]
     lead = {"steps": forecast.steps, **({"format": forecast.format} if forecast.format != "netcdf" else {})}
     init_arguments = test.init_arguments
     if config.data.simulate and config.reference.enabled:
@@ -179,7 +210,8 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
         lambda _, label=label: [Command(("evaluate", "--forecast", f"forecasts/{label}{suffix}", "--truth", store,
                                          "--out", f"scores/{label}.nc", "--label", label, "--no-progress", *options))],
         applies=lambda context, label=label: context.applies(f"forecast.{label}")) for label in labels]
-    students = [label for row in resolved.distill.values() for label in row.labels]
+    students = [*(label for row in resolved.distill.values() for label in row.labels),
+                *(label for best in resolved.best_of.values() for label in best.labels)]
     samplers = list(resolved.teacher_samplers)
     speed = config.speed
     timed = speed.enabled and bool(resolved.rows)
@@ -203,8 +235,8 @@ def _evaluation_stages(config: PipelineConfig, resolved: ResolvedConfigs, labels
     if config.table.enabled:
         from pipelines.table import table_stage_spec   # xarray and the bootstrap: only when there is a table
 
-        spec = table_stage_spec(labels, [row.name for row in resolved.rows if row.selected], timed, store,
-                                config.table.draws)
+        spec = table_stage_spec(labels, [*(row.name for row in resolved.rows if row.selected), *resolved.best_of],
+                                timed, store, config.table.draws)
         stages.append(Stage(
             spec["name"], spec["group"], "the comparison table: every test row against the teacher, with "
                                          "block-bootstrap intervals, seeds, speed and the choices made on validation",

@@ -121,6 +121,9 @@ def planned_rows(workdir: Path, pipeline: dict, manifest: dict, rows: list[str] 
     for name, entry in (pipeline.get("distill") or {}).items():
         plans[name] = RowPlan(name, "student")
         plans.update({f"{name}_seed{s}": RowPlan(f"{name}_seed{s}", "seed", name, s) for s in entry.get("seeds", [])})
+    for name, entry in (pipeline.get("best_of") or {}).items():      # seeds of the row ranked best on validation
+        best = (_read_json(workdir / "selection" / f"{name}.json") or {}).get("chosen", {}).get("row", name)
+        plans.update({f"{name}_seed{s}": RowPlan(f"{name}_seed{s}", "seed", best, s) for s in entry.get("seeds", [])})
     for label in present:
         match = _SEED_LABEL.match(label)
         if label in plans or label == REFERENCE or label in BASELINES:

@@ -1,5 +1,5 @@
-"""Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|select|devices|speed|
-scorecards|table|gate`.
+"""Pipeline stage steps that are not product commands: `gencast-rmmd pipeline task data|inits|select|select-best|
+devices|speed|scorecards|table|gate`.
 
 Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not.
 
@@ -10,6 +10,7 @@ Hidden from `gencast-rmmd pipeline --help`: the stages call them, users need not
   same for the same data wherever the work directory lies);
 - `inits`: choose forecast initialisation times in the test (or validation) split;
 - `select`: choose a grid row's candidate on validation (`pipelines.selection`);
+- `select-best`: rank a `best_of` entry's rows by their chosen runs on validation;
 - `devices`: print the devices a training stage sees (with `distributed.cpu_devices`);
 - `speed`: time a 12 h step of the teacher, every student and teacher sampler
   row (`gencast_rmmd.forecast.speed`), writing details and the scorecard's `timing.json`;
@@ -268,6 +269,26 @@ def select(name: Annotated[str, typer.Option("--name", help="The row (distiller 
              f"wins {entry['win_rate']:.0%} of targets x leads")
     _say(f"chose {selection['chosen']['label']} {selection['chosen']['values']} on "
          f"{len(selection['validation_inits'])} validation init(s): {out}, {config_out}")
+
+
+@app.command("select-best")
+def select_best(name: Annotated[str, typer.Option("--name", help="The best_of entry.")],
+                row: Annotated[list[str], typer.Option("--row", help="A distiller row (repeatable).")],
+                forecast: Annotated[list[str], typer.Option("--forecast", help="The validation forecast of that "
+                                                                               "row's chosen run (repeatable).")],
+                baseline: Annotated[str, typer.Option("--baseline", help="The teacher's validation forecast.")],
+                truth: Annotated[str, typer.Option("--truth", help="The store.")],
+                inits: Annotated[str, typer.Option("--inits", help="validation/inits.json.")],
+                out: Annotated[Path, typer.Option("--out", help="selection/NAME.json to write.")],
+                region: Annotated[str, typer.Option("--region")] = "global") -> None:
+    """Rank rows by their chosen runs' validation CRPS change against the teacher (`pipelines.selection`)."""
+    from pipelines.selection import select_best as rank
+
+    selection = rank(name, row, forecast, baseline, truth, inits, region, out)
+    for entry in selection["rows"]:
+        _say(f"{entry['row']} ({entry['label']}): {entry['crps_change_pct']:+.2f} % CRPS vs the teacher, "
+             f"wins {entry['win_rate']:.0%} of targets x leads")
+    _say(f"best: {selection['chosen']['row']} on {len(selection['validation_inits'])} validation init(s): {out}")
 
 
 @app.command("devices")

@@ -59,7 +59,8 @@ def test_every_shipped_pipeline_config_resolves_to_a_graph_of_seven_groups():
         if config.teacher.gencast is not None:   # reads its (remote) checkpoint: planned in test_gencast_pipeline
             continue
         stages = build_stages(config, resolve(config, path))
-        assert [stage.group for stage in stages] == sorted(stage.group for stage in stages), path
+        groups = [stage.group for stage in stages if config.runtime.order == "groups" or stage.group not in (5, 6)]
+        assert groups == sorted(groups), path           # `order: rows` moves only test forecasts and scoring
         has_group_4 = bool(config.distill or config.validation)        # distill, validation and selection
         assert {stage.group for stage in stages} == set(range(1, 8)) - ({4} if not has_group_4 else set()), path
         names = [stage.name for stage in stages]
@@ -215,6 +216,14 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
     (["distill.rmmd.seeds=[2, 2]"], "seeds [2, 2] repeat one another"),
     (["teacher_samplers.rmmd_seed1={}"], "the rows rmmd_seed1 have the same label"),
     (["validation=null"], "distill.mmd.grid: candidates are chosen on validation inits; add a `validation:` section"),
+    (["best_of.family_best.among=[dmd, dmdd]"],
+     "best_of.family_best.among: no distiller entry 'dmdd'; entries: mmd, rmmd"),
+    (["best_of.family_best.among=[dmd]"], "best_of.family_best.among: Tuple should have at least 2 items"),
+    (["best_of.family_best.seeds=[0]"], "best_of.family_best.seeds: 0 is the seed of dmd's config itself"),
+    (["best_of.rmmd={among: [dmd, gndm], seeds: [3]}"], "the rows rmmd have the same label"),
+    (["best_of.family_best.seeds=[1, 1]"], "seeds [1, 1] repeat one another"),
+    (["distill.mmd.grid={}", "validation=null"],
+     "best_of.family_best: the rows are ranked on validation inits; add a `validation:` section"),
     (["distill.rmmd.grid={distill.reward_weight: [[0.1, 0.3]]}"],
      "distill.rmmd.c0: a reward-weight sweep ([0.1, 0.3]) is one student per value"),
     # base: (tiny_select.yaml's mmd_2step is `base: mmd`)
@@ -267,11 +276,12 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
         "distill.rmmd", "validation.forecast.rmmd", "distill.rmmd_seed1", "validation.forecast.rmmd_seed1",
         "distill.dmdr", "validation.forecast.dmdr", "distill.dmd", "validation.forecast.dmd", "distill.gndm",
         "validation.forecast.gndm", "distill.mmd_2step", "validation.forecast.mmd_2step",
+        "select.family_best", "distill.family_best_seed1", "validation.forecast.family_best_seed1",
         "validation.forecast.teacher_3calls"]
     assert {name for name in names if name.startswith(("forecast.", "evaluate."))} >= {
         f"{kind}.{label}" for kind in ("forecast", "evaluate")
         for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls",
-                      "persistence")}
+                      "family_best_seed1", "persistence")}
     assert stages["distill.mmd.c1"].outputs["run"].path == "students/mmd/c1"
     assert stages["distill.mmd.c1"].settings["train"]["learning_rate"] == 1e-3
     assert stages["validation.forecast.mmd.c1"].outputs["forecast"].path == "validation/forecasts/mmd.c1.nc"
@@ -291,6 +301,18 @@ def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
     assert set(stages["speed"].inputs) == chosen_mmd | {"teacher.run", "distill.rmmd.run", "distill.mmd_2step.run",
                                                         "distill.dmd.run", "distill.gndm.run", "distill.dmdr.run"}
     assert {"evaluate.rmmd_seed1.scores", "evaluate.teacher_3calls.scores"} <= set(stages["scorecard"].inputs)
+    # best_of.family_best ranks DMD, GNDM and DMDR on their validation forecasts, then trains the best one's
+    # config with seed 1: its identity holds every row's seed config, the ranking and where each row starts.
+    assert set(stages["select.family_best"].inputs) == {
+        "distill.dmd.run", "distill.gndm.run", "distill.dmdr.run", "validation.forecast.dmd.forecast",
+        "validation.forecast.gndm.forecast", "validation.forecast.dmdr.forecast",
+        "validation.forecast.teacher.forecast", "validation.inits.inits", "data.validation"}
+    seed = stages["distill.family_best_seed1"]
+    assert set(seed.inputs) == chosen_mmd | {"select.family_best.selection", "data.train", "data.validation"}
+    assert seed.settings["seed"] == 1 and set(seed.settings["configs"]) == {"dmd", "gndm", "dmdr"}
+    assert {config["seed"] for config in seed.settings["configs"].values()} == {1}
+    assert seed.outputs["run"].path == "students/family_best_seed1"
+    assert "evaluate.family_best_seed1.scores" in stages["scorecard"].inputs
 
 
 def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
@@ -314,8 +336,24 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
             "--model mmd_2step=students/mmd_2step --model teacher_3calls=teacher "
             "--model-sampler teacher_3calls:num_noise_levels=2") in speed
     assert ("--student mmd --student rmmd --student rmmd_seed1 --student dmdr --student dmd --student gndm "
-            "--student mmd_2step "
+            "--student mmd_2step --student family_best_seed1 "
             "--teacher-sampler teacher_3calls") in command("scorecard").replace("'", "")
+    # The best_of ranking reads each row's chosen run; its seed follows the best row, from that row's start.
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "inits.json").write_text(json.dumps({"inits": ["2001-01-05T00:00:00"]}))
+    assert ("--row dmd --forecast validation/forecasts/dmd.nc --row gndm --forecast validation/forecasts/gndm.nc "
+            "--row dmdr --forecast validation/forecasts/dmdr.nc") in command("select.family_best")
+    for best in ("gndm", "dmdr"):
+        (tmp_path / "selection" / "family_best.json").write_text(json.dumps({"chosen": {"row": best}}))
+        assert f"--config configs/distill.{best}.yaml --set seed=1 --teacher students/mmd/c1 " in \
+            command("distill.family_best_seed1")
+    # A row that starts from the teacher (plain MMD: a grid row) trains its selection with the seed, from there.
+    ranked = _stages(overrides=("best_of.family_best.among=[mmd, dmd]",))
+    (tmp_path / "selection" / "family_best.json").write_text(json.dumps({"chosen": {"row": "mmd"}}))
+    assert "distill --config selection/mmd.yaml --set seed=1 --teacher teacher " in \
+        ranked["distill.family_best_seed1"].commands(context)[-1].display()
+    assert "--row mmd --forecast validation/forecasts/mmd.c1.nc --row dmd" in \
+        ranked["select.family_best"].commands(context)[-1].display()
     # A grid row's extra seed trains the selection's config with its own seed.
     seeded = _stages(overrides=("distill.mmd.seeds=[3]",))
     assert "distill --config selection/mmd.yaml --set seed=3 --teacher teacher" in \
@@ -691,3 +729,23 @@ def test_the_run_summary_quotes_the_landing_page_headlines(tmp_path):
     (tmp_path / HEADLINES_FILE).write_text(json.dumps({"headlines": lines}))
     summary = write_run_summary(tmp_path, content, 60.0, [])
     assert summary["headlines"] == lines == json.loads((tmp_path / "run_summary.json").read_text())["headlines"]
+
+
+def test_order_rows_scores_each_row_as_soon_as_its_run_is_chosen():
+    """`runtime.order: rows` moves test forecasts and scoring up; the stages, their identities and the order of
+    everything else are unchanged, and every stage still follows each stage it reads."""
+    from pipelines.stages import producer
+
+    grouped, by_rows = _stages(), _stages(overrides=("runtime.order=rows",))
+    assert set(grouped) == set(by_rows)
+    assert all(grouped[name].settings == by_rows[name].settings and grouped[name].inputs == by_rows[name].inputs
+               for name in grouped)
+    order = list(by_rows)
+    for position, name in enumerate(order):
+        assert {producer(reference) for reference in by_rows[name].inputs} <= set(order[:position]), name
+    assert [name for name in order if by_rows[name].group not in (5, 6)] == \
+        [name for name in grouped if grouped[name].group not in (5, 6)]
+    assert order[order.index("select.mmd"):order.index("distill.rmmd") + 3] == [
+        "select.mmd", "forecast.mmd", "evaluate.mmd", "distill.rmmd", "forecast.rmmd", "evaluate.rmmd"]
+    assert order.index("evaluate.teacher") < order.index("validation.inits")
+    assert order[-2:] == ["speed", "scorecard"]

@@ -257,3 +257,23 @@ def test_a_smoothed_field_has_less_power_in_the_high_bands(wb2_dataset, wb2_stor
     np.testing.assert_allclose(sharp["truth"], blurred["truth"])
     ratio = lambda powers: (powers["forecast"] / powers["truth"]).isel(band=-1).values  # noqa: E731
     assert (ratio(blurred) < 0.5).all() and (ratio(sharp) > 0.8).all()
+
+
+def test_best_of_seed_rows_join_the_row_validation_ranked_best(tmp_path):
+    """A `best_of` entry's seed rows sit under (and are summarised with) the row its selection names; before the
+    ranking exists they wait after the students."""
+    from pipelines.table import planned_rows
+
+    pipeline = {"distill": {"crps_only": {}, "draft": {"seeds": [3]}},
+                "best_of": {"strongest": {"among": ["crps_only", "draft"], "seeds": [1, 2]}}}
+    (tmp_path / "forecasts").mkdir()
+    waiting = [(plan.label, plan.base) for plan in planned_rows(tmp_path, pipeline, {}) if plan.kind == "seed"]
+    assert waiting == [("draft_seed3", "draft"), ("strongest_seed1", "strongest"), ("strongest_seed2", "strongest")]
+    (tmp_path / "selection").mkdir()
+    (tmp_path / "selection" / "strongest.json").write_text(json.dumps({"chosen": {"row": "crps_only"}}))
+    plans = planned_rows(tmp_path, pipeline, {})
+    labels = [plan.label for plan in plans]
+    assert labels[labels.index("crps_only"):labels.index("draft") + 2] == [
+        "crps_only", "strongest_seed1", "strongest_seed2", "draft", "draft_seed3"]
+    assert {plan.label: (plan.base, plan.seed) for plan in plans if plan.kind == "seed"}["strongest_seed2"] == \
+        ("crps_only", 2)
