@@ -162,13 +162,13 @@ def toy_context(**distill) -> DistillContext:
     return DistillContext(config, ToyNetwork(), space, anchors, {})
 
 
-def toy_batch(seed: int = 0, batch: int = 2) -> Batch:
+def toy_batch(seed: int = 0, batch: int = 2, steps: int = 1) -> Batch:
     rng = np.random.default_rng(seed)
     grid = (len(LAT), len(LON))
-    targets = rng.normal(size=(batch, 1, *grid, 4)).astype(np.float32)
-    targets[0, 0, :3, :, 1] = np.nan
+    targets = rng.normal(size=(batch, steps, *grid, 4)).astype(np.float32)
+    targets[0, :, :3, :, 1] = np.nan
     return Batch(inputs=rng.normal(size=(batch, *grid, 8)).astype(np.float32),
-                 forcings=rng.normal(size=(batch, 1, *grid, 4)).astype(np.float32), targets=targets,
+                 forcings=rng.normal(size=(batch, steps, *grid, 4)).astype(np.float32), targets=targets,
                  static=rng.normal(size=(*grid, 1)).astype(np.float32))
 
 
@@ -213,6 +213,8 @@ def fit_and_gap(task, params, frozen, keys, batch, gap_metric: str) -> tuple[flo
     ({"method": "rmmd", "moment_reference": "posterior_drift"}, 1),
     ({"method": "rmmd", "moment_term": False}, 1),
     ({"method": "crps_only"}, 1),
+    ({"method": "rmmd", "policy_noise": "continuous", "rollout": True}, 1),
+    ({"method": "crps_only", "policy_noise": "continuous", "rollout": True}, 1),
     ({"method": "draft", "draft_steps": 2}, 2),
     ({"method": "draft", "draft_steps": 3, "anchor_weight": 0.5}, 3),
 ])
@@ -220,7 +222,8 @@ def test_gradient_reaches_the_student_through_the_expected_steps(distill, expect
     """On-policy methods differentiate ONE student call (the K-step chain runs without gradient); DRaFT-K, K."""
     context = toy_context(**distill)
     task = DISTILLERS[distill["method"]](context)
-    state, batch, key = task.init(None, None), toy_batch(), jax.random.PRNGKey(3)
+    state, batch, key = task.init(None, None), toy_batch(steps=2 if distill.get("rollout") else 1), \
+        jax.random.PRNGKey(3)
     rule = task.update_rules()[-1]
     assert rule.groups == ("student",)
     params = {**state.params, "student": state.params["student"]}
@@ -459,6 +462,63 @@ def test_distill_config_rejects_inconsistent_sections():
                         ({"distill": {"draft_steps": 5, "student": {"steps": 4}}}, "draft_steps")]:
         with pytest.raises(UserInputError, match=phrase):
             validate_config(raw, DistillConfig, "x.yaml")
+
+
+def test_rollout_second_step_starts_from_each_members_own_sample_and_scores_the_two_step_trajectory():
+    """`distill.rollout`: the first B M rows are the plain policy draw; the next B M start from each member's own
+    finished 12 h sample, and the reward sees row + offset = the member's 24 h state in the condition's units."""
+    from gencast_rmmd.distill.rewarded import draw_policy
+
+    context = toy_context(method="rmmd", policy_noise="continuous", rollout=True)
+    normalizer, members = context.space.normalizer, 2
+    params = _toy(1.05)
+    batch, key = toy_batch(seed=4, steps=2), jax.random.PRNGKey(5)
+    draw = draw_policy(context, params, key, batch)
+    rows = len(batch.inputs) * members
+    first_key, _ = jax.random.split(key)
+    prepared = context.space.prepare(batch)
+    first = policy_state(context, params, first_key, repeat_members(prepared, members))
+    policy = draw.policy
+    assert policy.state.noisy.shape[0] == policy.repeated.conditioning.inputs.shape[0] == 2 * rows
+    np.testing.assert_array_equal(policy.state.noisy[:rows], first.state.noisy)
+    # Second step: the window moved on by the member's own sample (the toy normaliser: residual, scale 1, std 2).
+    last = np.repeat(batch.inputs[..., 4:], members, axis=0)
+    twelve = np.asarray(first.sample) + last
+    moved = 2.0 * np.asarray(policy.repeated.conditioning.inputs[rows:])
+    np.testing.assert_allclose(moved[..., :4], np.nan_to_num(last), atol=1e-6)
+    np.testing.assert_allclose(moved[..., 4:], twelve, atol=1e-5)
+    assert not np.allclose(moved[0::members], moved[1::members])              # members start apart
+    np.testing.assert_allclose(policy.repeated.conditioning.forcings[rows:],
+                               np.repeat(batch.forcings[:, 1], members, axis=0))
+    # The reward's offset and targets: x0_hat of a second-step row is residual to the member's 12 h state;
+    # + offset it is the 24 h state residual to the condition's own last frame, as the 24 h truth is.
+    offset = np.asarray(policy.offset)
+    np.testing.assert_array_equal(offset[:rows], 0.0)
+    np.testing.assert_allclose(offset[rows:], first.sample, atol=0)
+    x0_hat = np.random.default_rng(0).normal(size=offset[rows:].shape).astype(np.float32)
+    state_24h = normalizer.denormalize_targets(x0_hat, twelve)
+    np.testing.assert_allclose(x0_hat + offset[rows:], state_24h - last, atol=1e-5)
+    target = draw.prepared
+    assert target.clean.shape[0] == 2 * len(batch.inputs)
+    valid = np.asarray(target.valid[2:])
+    np.testing.assert_allclose(np.asarray(target.clean[2:])[valid], (batch.targets[:, 1] - batch.inputs[..., 4:])[valid],
+                               atol=1e-6)
+    assert not valid[0, :3, :, 1].any() and valid[1].all()                    # the 24 h truth's gaps are masked
+    # With rollout off the draw is the plain one, with no offset.
+    plain = draw_policy(toy_context(method="rmmd", policy_noise="continuous"), params, key, batch)
+    assert plain.policy.offset is None and plain.policy.sample is None and plain.policy.state.noisy.shape[0] == rows
+
+
+def test_rollout_is_only_for_on_policy_renoised_states_and_absent_from_dumps_when_off():
+    from gencast_rmmd.config import config_to_dict, validate_config
+    from gencast_rmmd.errors import UserInputError
+    for distill in ({"method": "dmd", "policy_noise": "continuous"}, {"method": "rmmd", "policy_noise": "grid"},
+                    {"method": "rmmd", "policy_noise": "continuous", "offline": True}):
+        with pytest.raises(UserInputError, match="rollout: true scores a second step"):
+            validate_config({"distill": {**distill, "rollout": True}}, DistillConfig, "x.yaml")
+    assert "rollout" not in config_to_dict(DistillConfig())["distill"]
+    on = DistillConfig(distill={"method": "rmmd", "policy_noise": "continuous", "rollout": True})
+    assert config_to_dict(on)["distill"]["rollout"] is True
 
 
 def test_the_policy_keys_select_one_typed_policy_and_offline_wins():

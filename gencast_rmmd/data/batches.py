@@ -157,19 +157,21 @@ class BatchIterator:
 
 
 def make_iterator(source: DataSource, split: str = "train", start_step: int = 0,
-                  batch_size: int | None = None) -> BatchIterator:
-    """A `BatchIterator` over `split`, configured by `source.config.loader`."""
+                  batch_size: int | None = None, target_steps: int | None = None) -> BatchIterator:
+    """A `BatchIterator` over `split`, configured by `source.config.loader` (`target_steps`: the data
+    config's unless given)."""
     loader = source.config.loader
-    return BatchIterator(source, source.windows(split), batch_size or loader.batch_size, loader.seed,
+    return BatchIterator(source, source.windows(split, target_steps), batch_size or loader.batch_size, loader.seed,
                          shuffle=loader.shuffle and split == "train", start_step=start_step,
                          prefetch=loader.prefetch, cache_in_memory=loader.cache_in_memory)
 
 
-def batch_stream(source: DataSource, split: str, batch_size: int):
+def batch_stream(source: DataSource, split: str, batch_size: int, target_steps: int | None = None):
     """`batches(start_step)` for the training loop: plain `Batch` pytrees from the data iterator."""
 
     def batches(start_step: int):
-        iterator = make_iterator(source, split, start_step=start_step, batch_size=batch_size)
+        iterator = make_iterator(source, split, start_step=start_step, batch_size=batch_size,
+                                 target_steps=target_steps)
         try:
             for labeled in iterator:
                 yield labeled.batch

@@ -41,6 +41,13 @@ def conditioning(normalizer: Normalizer, inputs: jax.Array, forcings: jax.Array,
     return Conditioning(normalizer.normalize_inputs(inputs), forcings, normalizer.normalize_static(static))
 
 
+def next_inputs(normalizer: Normalizer, inputs: jax.Array, prediction: jax.Array) -> jax.Array:
+    """Shift a physical input window [..., F * C_in] by one step: drop the oldest frame, append the input
+    channels of the physical `prediction` [..., C_target] (a rollout's next inputs)."""
+    n_in = normalizer.input_mean.shape[0]
+    return jnp.concatenate([inputs[..., n_in:], prediction[..., :n_in]], axis=-1)
+
+
 def first_step(batch: Batch, normalizer: Normalizer) -> tuple[jax.Array, Conditioning, jax.Array]:
     """(normalised targets x0 [B, lat, lon, C], conditioning, validity mask) of a batch's first target step."""
     targets = batch.targets[:, 0]

@@ -178,6 +178,14 @@ class DistillSection(StrictModel):
       weight is `gndm.crps_reward_weight`);
     - `dmdr` (`dmdr`): DMDR's stages and dynamic strategies (`DmdrConfig`); lambda
       weighs the CRPS in stage 2 only;
+    - `rollout` (`rmmd`, `crps_only`, with `policy_noise: continuous`): every
+      condition also gives a second policy state, 12 h further on: the chain
+      run again from each member's own finished 12 h sample, re-noised; its
+      student call is scored by the 24 h fair CRPS of the M two-step
+      trajectories (`rewarded.rollout_draw`). A step then holds 2 B M policy
+      states (batch_size 2 costs about what batch_size 4 does without it);
+      training batches carry two target steps. Left out of the config dump
+      when false, so runs without it keep their recorded config and hashes;
     - `phase1_steps`: phase-2 methods started from a teacher first run this many
       moment-matching steps in `RUN/phase1/` (0: the teacher itself is the
       phase-1 student and aux, so RMMD's moment term starts at zero);
@@ -203,6 +211,7 @@ class DistillSection(StrictModel):
     dmd: DmdConfig = DmdConfig()
     gndm: GndmConfig = GndmConfig()
     dmdr: DmdrConfig = DmdrConfig()
+    rollout: bool = False
     phase1_steps: int = Field(0, ge=0)
     evaluation_batches: int = Field(2, ge=1)
 
@@ -237,6 +246,10 @@ class DistillSection(StrictModel):
                              f"eta {self.student.eta}, steps {self.student.steps}; raise them")
         if self.method == "gndm" and self.offline:
             raise ValueError("gndm's rewards are the student's own rollouts; offline: true has no policy to reward")
+        if self.rollout and (self.method not in ("rmmd", "crps_only") or self.policy != Policy.RENOISED):
+            raise ValueError(f"rollout: true scores a second step from the student's finished samples: it needs "
+                             f"method rmmd or crps_only with policy_noise: continuous and offline: false, got "
+                             f"method {self.method}, policy {self.policy.value}")
         if self.draft_steps > self.student.steps:
             raise ValueError(f"draft_steps ({self.draft_steps}) exceeds the student's steps ({self.student.steps})")
         return self
@@ -251,11 +264,13 @@ class DistillSection(StrictModel):
 
     @model_serializer(mode="wrap")
     def _without_other_methods_sections(self, handler) -> dict:
-        """The dump without the sections of other methods (`METHOD_SECTIONS`)."""
+        """The dump without the sections of other methods (`METHOD_SECTIONS`), and without `rollout` when off."""
         data = handler(self)
         for section, methods in METHOD_SECTIONS.items():
             if self.method not in methods:
                 data.pop(section, None)
+        if not self.rollout:
+            data.pop("rollout", None)
         return data
 
     @property

@@ -62,6 +62,19 @@ samples the student is then scored on, one small step of phi, before the
 student's update). The moment weight `balanced` is ours too
 (`moment_matching.moment_weight`).
 
+Rollout (`distill.rollout`, ours, not the paper's). RMMD's reward sees one 12 h
+step; its measured gain fades by 2-3 days. With `rollout` each condition also
+gives a second policy state 12 h on: member m's input window moves on by its
+own finished sample x~_0^m (no gradient), the chain runs again from there and
+is re-noised, and the student call at that state is scored against the 24 h
+truth: R_24 = -CRPS(x~_0^m + x0_hat_24^m ; x_0^24), all in the condition's own
+residual space (`rollout_draw`). The gradient still reaches theta through one
+call per row (the second step's), never through the first step's sample: the
+student learns to step well from the states its own forecasts reach (the
+"pushforward" idea), scored as the ensemble of M two-step trajectories it
+forecasts. The moment term, the live aux and the anchor act on the second
+step's rows as on the first's.
+
 `CrpsOnly` keeps steps 1-2 and minimises -R alone (no distillation terms;
 lambda is not used, the optimiser sets the scale).
 """
@@ -77,6 +90,8 @@ import jax.numpy as jnp
 from gencast_rmmd.data.batches import Batch
 from gencast_rmmd.diffusion.base import per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
+from gencast_rmmd.diffusion.base import Conditioning
+from gencast_rmmd.diffusion.model_space import conditioning, next_inputs
 from gencast_rmmd.diffusion.student_sampler import bind, run_steps
 from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, \
     repeat_members
@@ -92,10 +107,25 @@ DRIFT_CORRECTED = {"posterior_drift": lambda level: jnp.square(c_out(level)),
 
 
 class PolicyState(NamedTuple):
-    """x_t^pol [B M, ...] and s_t [B M] (condition-major rows), with the repeated batch it was drawn for."""
+    """x_t^pol [B M, ...] and s_t [B M] (condition-major rows), with the repeated batch it was drawn for.
+
+    `sample`: the finished chain x~_0 the states were re-noised from (kept only for `distill.rollout`);
+    `offset`: what the reward adds to each row's x0_hat before scoring it (the rows of a rollout's second
+    step: their first step, so that both lie in the space of the condition's own x_0; None: nothing).
+    """
 
     state: NoisyState
     repeated: Prepared
+    sample: jax.Array | None = None
+    offset: jax.Array | None = None
+
+
+class RewardTarget(NamedTuple):
+    """What the reward scores M samples against, per condition: x_0 [B', ...] and its mask (a `Prepared`'s
+    fields; with `distill.rollout`, B' = 2 B: each condition's 12 h and 24 h truth)."""
+
+    clean: jax.Array
+    valid: jax.Array
 
 
 def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array, repeated: Prepared) -> PolicyState:
@@ -124,7 +154,10 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
             index = jnp.repeat(jax.random.randint(level_key, (conditions,), 0, len(levels)), members)
             state = NoisyState(chain(index), jnp.asarray(levels)[index])
         case Policy.RENOISED:
-            state = renoise(denoise(chain(None), jnp.float32(levels[-1])), "continuous")
+            finished = jax.lax.stop_gradient(denoise(chain(None), jnp.float32(levels[-1])))
+            state = renoise(finished, "continuous")
+            if distill.rollout:
+                return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated, finished)
     return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated)
 
 
@@ -140,9 +173,10 @@ def anchor_penalty(context: DistillContext, denoised: jax.Array, reference: jax.
 
 
 class PolicyDraw(NamedTuple):
-    """A batch's first target step (`prepared`) and the policy state drawn for it (`policy`)."""
+    """A batch's first target step (`prepared`; with `distill.rollout` its `RewardTarget`) and the policy
+    state drawn for it (`policy`)."""
 
-    prepared: Prepared
+    prepared: Prepared | RewardTarget
     policy: PolicyState
 
 
@@ -150,7 +184,55 @@ def draw_policy(context: DistillContext, student_params: PyTree, key: jax.Array,
     """Step 1 of the module docstring for a batch: M policy samples per condition, no gradient."""
     prepared = context.space.prepare(batch)
     repeated = repeat_members(prepared, context.config.distill.reward_samples)
-    return PolicyDraw(prepared, policy_state(context, student_params, key, repeated))
+    if not context.config.distill.rollout:
+        return PolicyDraw(prepared, policy_state(context, student_params, key, repeated))
+    first_key, second_key = jax.random.split(key)
+    return rollout_draw(context, student_params, second_key, batch, prepared,
+                        policy_state(context, student_params, first_key, repeated))
+
+
+def rollout_draw(context: DistillContext, student_params: PyTree, key: jax.Array, batch: Batch,
+                 prepared: Prepared, first: PolicyState) -> PolicyDraw:
+    """`distill.rollout`: the first step's policy states and, after them, a second step's (all no gradient).
+
+    Member m of condition b moves its input window on by its own finished 12 h sample x~_0^m (physical,
+    NaN where the data has none: what a forecast feeds back), so the M chains of the second step start from
+    M different states, as the M members of an ensemble forecast do. The second step's policy state is
+    drawn as the first's (chain, re-noise) from that conditioning, its x_0 (the 24 h truth) residual to the
+    member's own 12 h state. The reward scores the M two-step trajectories against the 24 h truth in the
+    first step's space: a row's x0_hat plus its offset x~_0^m on residual channels (x0_hat alone on
+    target-only ones) is the member's 24 h state in the condition's own units.
+    """
+    space, members = context.space, context.config.distill.reward_samples
+    normalizer = space.normalizer
+    inputs = jnp.repeat(batch.inputs, members, axis=0)
+    last = normalizer.last_frame(inputs)
+    twelve_hours = normalizer.restore_nan(normalizer.denormalize_targets(first.sample, last), last)
+    moved = next_inputs(normalizer, inputs, twelve_hours)
+    truth = batch.targets[:, 1]
+    second = policy_state(context, student_params, key, _prepared(
+        normalizer, jnp.repeat(truth, members, axis=0), moved, conditioning(
+            normalizer, moved, jnp.repeat(batch.forcings[:, 1], members, axis=0), batch.static)))
+    residual = jnp.asarray(normalizer.target_input_index >= 0)
+    target = _prepared(normalizer, truth, batch.inputs, prepared.conditioning)
+    rows = lambda a, b: jnp.concatenate([a, b], axis=0)          # noqa: E731 (first step's rows, then second's)
+    repeated, later = first.repeated, second.repeated
+    policy = PolicyState(
+        NoisyState(rows(first.state.noisy, second.state.noisy), rows(first.state.level, second.state.level)),
+        Prepared(rows(repeated.clean, later.clean),
+                 Conditioning(rows(repeated.conditioning.inputs, later.conditioning.inputs),
+                              rows(repeated.conditioning.forcings, later.conditioning.forcings),
+                              repeated.conditioning.static),
+                 rows(repeated.valid, later.valid)),
+        offset=rows(jnp.zeros_like(first.sample), jnp.where(residual, first.sample, 0.0)))
+    return PolicyDraw(RewardTarget(rows(prepared.clean, target.clean), rows(prepared.valid, target.valid)), policy)
+
+
+def _prepared(normalizer, truth: jax.Array, inputs: jax.Array, conditioning: Conditioning) -> Prepared:
+    """`ModelSpace.prepare` of a target `truth` [N, ...] given physical `inputs` (its residual base)."""
+    clean = normalizer.normalize_targets(truth, normalizer.last_frame(inputs))
+    valid = jnp.isfinite(truth) & jnp.isfinite(clean)
+    return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
 
 
 class OnPolicyTask(StudentFineTune):
@@ -171,9 +253,13 @@ class OnPolicyTask(StudentFineTune):
         state = policy.state
         return self.context.denoiser(params["student"])(state.noisy, state.level, policy.repeated.conditioning)
 
-    def _crps(self, denoised: jax.Array, prepared: Prepared) -> jax.Array:
-        """-R: the weighted fair CRPS of the M samples x0_hat of each condition against its truth."""
+    def _crps(self, denoised: jax.Array, prepared: Prepared | RewardTarget,
+              policy: PolicyState | None = None) -> jax.Array:
+        """-R: the weighted fair CRPS of the M samples x0_hat of each condition against its truth (each row
+        shifted by the `policy`'s offset, if it has one: a rollout's second step)."""
         members = self.context.config.distill.reward_samples
+        if policy is not None and policy.offset is not None:
+            denoised = denoised + policy.offset
         return self.context.weighted_crps(by_member(denoised, members), prepared.clean, prepared.valid)
 
 
@@ -248,7 +334,7 @@ class RewardedMomentMatching(OnPolicyTask):
             surrogate, metrics["moment_gap"] = moment_surrogate(context, denoised, gap, state, moment, repeated.valid)
             metrics["mmd_surrogate"] = surrogate
             loss = loss + surrogate
-        crps = self._crps(denoised, prepared)
+        crps = self._crps(denoised, prepared, policy)
         metrics["crps"] = crps
         loss = loss + context.reward_weight * crps
         if self.anchor_weight > 0.0:
@@ -264,5 +350,5 @@ class CrpsOnly(OnPolicyTask):
     def objective(self, params, frozen, key, policy: PolicyState, prepared: Prepared):
         """L = -R(x0_hat_1..M) = weighted fair CRPS, given the policy state."""
         del frozen, key
-        crps = self._crps(self._denoised(params, policy), prepared)
+        crps = self._crps(self._denoised(params, policy), prepared, policy)
         return crps, {"crps": crps}

@@ -166,7 +166,8 @@ def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchor
     log(f"{config.distill.method} -> {run_dir}")
     source, batch_size = environment.data, config.train.batch_size
     validation = batch_stream(source, "validation", batch_size) if config.train.validate_every else None
-    return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", batch_size),
+    target_steps = 2 if config.distill.rollout else None          # a rollout's second step needs the 24 h truth
+    return train(task, config.train, seed=config.seed, batches=batch_stream(source, "train", batch_size, target_steps),
                  run_dir=run_dir, validation_batches=validation, distributed=config.distributed,
                  settings=run_settings(config, environment), log=log)
 

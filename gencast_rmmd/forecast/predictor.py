@@ -13,7 +13,6 @@ import functools
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 
 from gencast_rmmd.data.normalization import Normalizer
 from gencast_rmmd.diffusion.base import Conditioning, Denoiser, Sampler
@@ -49,5 +48,4 @@ class Predictor:
 
     def next_inputs(self, inputs: jax.Array, prediction: jax.Array) -> jax.Array:
         """Shift the input window by one step: drop the oldest frame, append the prediction's input channels."""
-        n_in = self.normalizer.input_mean.shape[0]
-        return jnp.concatenate([inputs[..., n_in:], prediction[..., :n_in]], axis=-1)
+        return model_space.next_inputs(self.normalizer, inputs, prediction)
