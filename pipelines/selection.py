@@ -71,6 +71,7 @@ def chosen_index(scores: Sequence[CandidateScore]) -> int:
 
 
 def _scores(forecasts: Sequence[str], baseline: str, truth: str, region: str) -> list[CandidateScore]:
+    """`score_candidates` of validation forecast files against the baseline's, over `region` of `truth`."""
     from evaluation.compare import crps_per_init
     from gencast_rmmd.data.stores import open_dataset
 
@@ -117,7 +118,6 @@ def select(name: str, keys: Sequence[str], forecasts: Sequence[str], configs: Se
     with atomic_path(config_out) as temporary:
         temporary.write_text(chosen_config)
     return selection
-
 
 
 def select_best(name: str, rows: Sequence[str], forecasts: Sequence[str], baseline: str, truth: str,

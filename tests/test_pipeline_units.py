@@ -24,7 +24,7 @@ from pipelines.manifest import Manifest, environment, git_commit
 # imported here, not inside a test: `two_candidates` patches names that these modules bind when first imported
 from pipelines.report import _selection_section
 from pipelines.resolution import flatten_overrides, resolve
-from pipelines.selection import CandidateScore, chosen_index, score_candidates, select
+from pipelines.selection import CandidateScore, chosen_index, score_candidates, select, select_best
 from pipelines.stages import build_stages
 from pipelines.tasks import choose_inits
 
@@ -628,6 +628,20 @@ def test_select_writes_the_choice_and_the_full_chosen_config(two_candidates):
     assert written["candidates"][0]["crps_change_pct"] == pytest.approx(10.0)
     assert written["validation_inits"] == ["2001-01-06T00:00:00"] and written["region"] == "global"
     assert Path("selection/mmd.yaml").read_text() == Path("b.yaml").read_text()
+
+
+def test_select_best_ranks_the_rows_chosen_runs_and_names_the_best(two_candidates):
+    ranking = select_best("strongest", ["crps_only", "draft"], ["a.nc", "b.nc"], "teacher.nc", "store.zarr",
+                          "inits.json", "global", Path("selection/strongest.json"))
+    assert json.loads(Path("selection/strongest.json").read_text()) == json.loads(json.dumps(ranking))
+    assert [entry["row"] for entry in ranking["rows"]] == ["crps_only", "draft"]
+    assert ranking["chosen"]["row"] == "draft" and ranking["chosen"]["forecast"] == "b.nc"
+    assert ranking["rows"][0]["crps_change_pct"] == pytest.approx(10.0) and "row in `among` order" in \
+        ranking["criterion"]
+    # Ties go to the row listed first.
+    tied = select_best("strongest", ["draft", "crps_only"], ["b.nc", "b.nc"], "teacher.nc", "store.zarr",
+                       "inits.json", "global", Path("selection/tied.json"))
+    assert tied["chosen"]["row"] == "draft"
 
 
 def test_select_of_a_base_row_writes_its_base_with_the_chosen_values(two_candidates):
