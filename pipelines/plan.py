@@ -25,7 +25,7 @@ from pipelines.config import PipelineConfig
 from pipelines.manifest import Manifest
 from pipelines.resolution import resolve
 from pipelines.runner import stage_identity
-from pipelines.stages import Stage, build_stages
+from pipelines.stages import Stage, build_stages, producer
 from pipelines.states import StageState
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _verdict(stage: Stage, records: dict[str, dict], workdir: Path, moving: set[
         return "not applicable", "recorded as not applicable"
     if not record:
         return "run", "never ran"
-    upstream = sorted({reference.rsplit(".", 1)[0] for reference in stage.inputs} & moving)
+    upstream = sorted({producer(reference) for reference in stage.inputs} & moving)
     if upstream:
         return "after", f"runs again if {' or '.join(upstream)} changes its output"
     identity, config_sha256, inputs = stage_identity(stage, records)

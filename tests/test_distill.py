@@ -501,8 +501,8 @@ def test_rollout_second_step_starts_from_each_members_own_sample_and_scores_the_
     target = draw.prepared
     assert target.clean.shape[0] == 2 * len(batch.inputs)
     valid = np.asarray(target.valid[2:])
-    np.testing.assert_allclose(np.asarray(target.clean[2:])[valid], (batch.targets[:, 1] - batch.inputs[..., 4:])[valid],
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(target.clean[2:])[valid],
+                               (batch.targets[:, 1] - batch.inputs[..., 4:])[valid], atol=1e-6)
     assert not valid[0, :3, :, 1].any() and valid[1].all()                    # the 24 h truth's gaps are masked
     # With rollout off the draw is the plain one, with no offset.
     plain = draw_policy(toy_context(method="rmmd", policy_noise="continuous"), params, key, batch)

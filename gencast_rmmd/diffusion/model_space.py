@@ -57,11 +57,20 @@ def first_step(batch: Batch, normalizer: Normalizer) -> tuple[jax.Array, Conditi
 
 
 class Prepared(NamedTuple):
-    """Model-space view of a batch's first target step."""
+    """Model-space view of one target step (a batch's first: `ModelSpace.prepare`)."""
 
     clean: jax.Array            # x_0 [B, lat, lon, C], zero where invalid
     conditioning: Conditioning
     valid: jax.Array            # [B, lat, lon, C] bool
+
+
+def prepare_step(normalizer: Normalizer, targets: jax.Array, inputs: jax.Array,
+                 conditioning: Conditioning) -> Prepared:
+    """Physical `targets` [B, lat, lon, C] residual-normalised to the last frame of the physical `inputs`,
+    invalid points (NaN in the data or after normalising) zeroed and masked, with their `conditioning`."""
+    clean = normalizer.normalize_targets(targets, normalizer.last_frame(inputs))
+    valid = jnp.isfinite(targets) & jnp.isfinite(clean)
+    return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +97,5 @@ class ModelSpace:
 
     def prepare(self, batch: Batch) -> Prepared:
         """(x_0 with invalid points zeroed, conditioning, mask) of a batch's first target step."""
-        clean, conditioning, valid = first_step(batch, self.normalizer)
-        valid = valid & jnp.isfinite(clean)
-        return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
+        return prepare_step(self.normalizer, batch.targets[:, 0], batch.inputs,
+                            conditioning(self.normalizer, batch.inputs, batch.forcings[:, 0], batch.static))

@@ -88,10 +88,9 @@ import jax
 import jax.numpy as jnp
 
 from gencast_rmmd.data.batches import Batch
-from gencast_rmmd.diffusion.base import per_example
+from gencast_rmmd.diffusion.base import Conditioning, per_example
 from gencast_rmmd.diffusion.preconditioning import c_out, loss_weight
-from gencast_rmmd.diffusion.base import Conditioning
-from gencast_rmmd.diffusion.model_space import conditioning, next_inputs
+from gencast_rmmd.diffusion.model_space import conditioning, next_inputs, prepare_step
 from gencast_rmmd.diffusion.student_sampler import bind, run_steps
 from gencast_rmmd.distill.base import DistillContext, Prepared, PyTree, StudentFineTune, by_member, \
     repeat_members
@@ -147,6 +146,7 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
         start = jnp.float32(levels[0]) * context.space.noise(start_key, clean.shape)
         return run_steps(denoise, start, levels, distill.student.eta, context.space.noise, steps_key, stop_index)
 
+    sample = None                                        # the finished chain, kept for `distill.rollout`
     match distill.policy:
         case Policy.OFFLINE:
             state = renoise(clean, distill.training_noise)
@@ -154,11 +154,10 @@ def policy_state(context: DistillContext, student_params: PyTree, key: jax.Array
             index = jnp.repeat(jax.random.randint(level_key, (conditions,), 0, len(levels)), members)
             state = NoisyState(chain(index), jnp.asarray(levels)[index])
         case Policy.RENOISED:
-            finished = jax.lax.stop_gradient(denoise(chain(None), jnp.float32(levels[-1])))
+            finished = denoise(chain(None), jnp.float32(levels[-1]))       # sg(theta): no gradient
             state = renoise(finished, "continuous")
-            if distill.rollout:
-                return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated, finished)
-    return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated)
+            sample = finished if distill.rollout else None
+    return PolicyState(NoisyState(jax.lax.stop_gradient(state.noisy), state.level), repeated, sample)
 
 
 def anchor_penalty(context: DistillContext, denoised: jax.Array, reference: jax.Array, state: NoisyState,
@@ -203,18 +202,17 @@ def rollout_draw(context: DistillContext, student_params: PyTree, key: jax.Array
     first step's space: a row's x0_hat plus its offset x~_0^m on residual channels (x0_hat alone on
     target-only ones) is the member's 24 h state in the condition's own units.
     """
-    space, members = context.space, context.config.distill.reward_samples
-    normalizer = space.normalizer
+    normalizer, members = context.space.normalizer, context.config.distill.reward_samples
     inputs = jnp.repeat(batch.inputs, members, axis=0)
     last = normalizer.last_frame(inputs)
     twelve_hours = normalizer.restore_nan(normalizer.denormalize_targets(first.sample, last), last)
     moved = next_inputs(normalizer, inputs, twelve_hours)
     truth = batch.targets[:, 1]
-    second = policy_state(context, student_params, key, _prepared(
+    second = policy_state(context, student_params, key, prepare_step(
         normalizer, jnp.repeat(truth, members, axis=0), moved, conditioning(
             normalizer, moved, jnp.repeat(batch.forcings[:, 1], members, axis=0), batch.static)))
     residual = jnp.asarray(normalizer.target_input_index >= 0)
-    target = _prepared(normalizer, truth, batch.inputs, prepared.conditioning)
+    target = prepare_step(normalizer, truth, batch.inputs, prepared.conditioning)
     rows = lambda a, b: jnp.concatenate([a, b], axis=0)          # noqa: E731 (first step's rows, then second's)
     repeated, later = first.repeated, second.repeated
     policy = PolicyState(
@@ -227,12 +225,6 @@ def rollout_draw(context: DistillContext, student_params: PyTree, key: jax.Array
         offset=rows(jnp.zeros_like(first.sample), jnp.where(residual, first.sample, 0.0)))
     return PolicyDraw(RewardTarget(rows(prepared.clean, target.clean), rows(prepared.valid, target.valid)), policy)
 
-
-def _prepared(normalizer, truth: jax.Array, inputs: jax.Array, conditioning: Conditioning) -> Prepared:
-    """`ModelSpace.prepare` of a target `truth` [N, ...] given physical `inputs` (its residual base)."""
-    clean = normalizer.normalize_targets(truth, normalizer.last_frame(inputs))
-    valid = jnp.isfinite(truth) & jnp.isfinite(clean)
-    return Prepared(jnp.where(valid, clean, 0.0), conditioning, valid)
 
 
 class OnPolicyTask(StudentFineTune):
