@@ -33,7 +33,7 @@ inputs, so a changed choice trains it again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from gencast_rmmd.config import apply_overrides, config_to_dict
@@ -223,10 +223,10 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
         stages.append(_select_stage(row, validation, region))
     for seed in row.seeds:
         label = row.seed_label(seed)
-        stages.append(training.stage(f"distill.{label}",
-                                     f"distill student {label}: {row.name}'s config with seed {seed}",
-                                     _seed_config(row, seed), source_inputs, seed_model(row, seed).checkpoint,
-                                     teacher))
+        stages.append(replace(training.stage(f"distill.{label}",
+                                             f"distill student {label}: {row.name}'s config with seed {seed}",
+                                             _seed_config(row, seed), source_inputs,
+                                             seed_model(row, seed).checkpoint, teacher), extra_seed=True))
         if validation is not None:
             stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
                                          lambda _, seed=seed: seed_model(row, seed)))
@@ -274,14 +274,14 @@ def _best_of_stages(best: BestOf, resolved: ResolvedConfigs, training: _Distilli
         inputs = dict.fromkeys([f"select.{best.name}.selection",
                                 *(reference for row in rows for reference in (*configs[row.name].inputs,
                                                                                *sources[row.name][0]))])
-        stages.append(training.chosen_stage(
+        stages.append(replace(training.chosen_stage(
             f"distill.{label}", f"distill student {label}: the config of the best of {', '.join(best.among)} on "
                                 f"validation, with seed {seed}",
             {"best_of": list(best.among), "seed": seed,
              "configs": {name: config.settings for name, config in configs.items()}},
             tuple(inputs), best_seed_model(best, seed).checkpoint,
             lambda context, configs=configs: configs[best_row(best, context)].arguments,
-            lambda context: sources[best_row(best, context)][1](context)))
+            lambda context: sources[best_row(best, context)][1](context)), extra_seed=True))
         stages.append(forecast_stage(validation, label, f"student {label}", (f"distill.{label}.run",),
                                      lambda _, seed=seed: best_seed_model(best, seed)))
     return stages

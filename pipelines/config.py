@@ -330,9 +330,12 @@ class RuntimeSection(StrictModel):
     `order`: `groups` runs the stages group by group (every training before any
     test forecast); `rows` moves each test forecast and its scoring up to just
     after the stages it reads, so every row is forecast and scored on test as
-    soon as its run is chosen. Results are the same either way (the stages and
-    their identities do not change); with `rows` a long pipeline cut short holds
-    finished, scored rows, and `pipeline task table` can tabulate them.
+    soon as its run is chosen, and trains the extra seeds of chosen configs
+    (`seeds`, `best_of`) after every other row, since no choice reads them.
+    Results are the same either way (the stages and their identities do not
+    change); with `rows` a long pipeline cut short holds finished, scored rows
+    (every row's chosen run before any extra seed), and `pipeline task table`
+    can tabulate them.
     """
 
     compilation_cache: str | None = "~/.cache/gencast_rmmd/jax"

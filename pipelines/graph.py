@@ -74,6 +74,7 @@ class Stage:
     training: bool = False                                # outputs["run"] resumes from its last checkpoint
     applies: Callable[[StageContext], bool] | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    extra_seed: bool = False      # trains another seed of a chosen config: no choice reads it (`order: rows`)
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,21 @@ def producer(reference: str) -> str:
 
 
 def rows_first(stages: list[Stage]) -> list[Stage]:
-    """`runtime.order: rows`: every test forecast and scoring stage (groups 5 and 6) moved up to just after
-    the last stage it reads, in their own order; the other stages keep theirs.
+    """`runtime.order: rows`: the extra seeds of chosen configs, and every stage that reads them, after all the
+    other stages of groups 1-4 (every choice is made, and every row's run trained, before any extra seed); then
+    every test forecast and scoring stage (groups 5 and 6) moved up to just after the last stage it reads, in
+    their own order; the other stages keep theirs.
 
-    Valid because no stage of groups 1-4 reads a test forecast or a score: each moved stage still comes after
-    every stage it reads, and each stage before it is the same as in group order.
+    Valid because no stage of groups 1-4 reads a test forecast or a score, and no choice reads an extra seed:
+    each moved stage still comes after every stage it reads.
     """
     moved_groups = (5, 6)
-    ordered = [stage for stage in stages if stage.group not in moved_groups]
+    seeded: set[str] = set()                       # `stages` is in group order: producers come first
+    for stage in stages:
+        if stage.extra_seed or any(producer(reference) in seeded for reference in stage.inputs):
+            seeded.add(stage.name)
+    kept = [stage for stage in stages if stage.group not in moved_groups]
+    ordered = [stage for stage in kept if stage.name not in seeded] + [stage for stage in kept if stage.name in seeded]
     for stage in (stage for stage in stages if stage.group in moved_groups):
         producers = {producer(reference) for reference in stage.inputs}
         position = max((index + 1 for index, earlier in enumerate(ordered) if earlier.name in producers), default=0)

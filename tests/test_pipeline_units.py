@@ -60,7 +60,12 @@ def test_every_shipped_pipeline_config_resolves_to_a_graph_of_seven_groups():
             continue
         stages = build_stages(config, resolve(config, path))
         groups = [stage.group for stage in stages if config.runtime.order == "groups" or stage.group not in (5, 6)]
-        assert groups == sorted(groups), path           # `order: rows` moves only test forecasts and scoring
+        first_seed = next((i for i, stage in enumerate(stages) if stage.extra_seed), len(stages))
+        if config.runtime.order == "rows":          # `order: rows` moves test forecasts and scoring, and the
+            cut = sum(stage.group not in (5, 6) for stage in stages[:first_seed])     # extra seeds after the rest
+            assert groups[:cut] == sorted(groups[:cut]) and groups[cut:] == sorted(groups[cut:]), path
+        else:
+            assert groups == sorted(groups), path
         has_group_4 = bool(config.distill or config.validation)        # distill, validation and selection
         assert {stage.group for stage in stages} == set(range(1, 8)) - ({4} if not has_group_4 else set()), path
         names = [stage.name for stage in stages]
@@ -746,8 +751,9 @@ def test_the_run_summary_quotes_the_landing_page_headlines(tmp_path):
 
 
 def test_order_rows_scores_each_row_as_soon_as_its_run_is_chosen():
-    """`runtime.order: rows` moves test forecasts and scoring up; the stages, their identities and the order of
-    everything else are unchanged, and every stage still follows each stage it reads."""
+    """`runtime.order: rows` moves test forecasts and scoring up and the extra seeds (with what reads them) after
+    every other stage; the stages, their identities and the order of everything else are unchanged, and every
+    stage still follows each stage it reads."""
     from pipelines.stages import producer
 
     grouped, by_rows = _stages(), _stages(overrides=("runtime.order=rows",))
@@ -757,9 +763,15 @@ def test_order_rows_scores_each_row_as_soon_as_its_run_is_chosen():
     order = list(by_rows)
     for position, name in enumerate(order):
         assert {producer(reference) for reference in by_rows[name].inputs} <= set(order[:position]), name
-    assert [name for name in order if by_rows[name].group not in (5, 6)] == \
-        [name for name in grouped if grouped[name].group not in (5, 6)]
+    seeds = [name for name in order if by_rows[name].extra_seed]
+    assert seeds == ["distill.rmmd_seed1", "distill.family_best_seed1"]
+    tail = order[order.index(seeds[0]):]          # the seeds, their forecasts and scores, the scorecard
+    assert tail == ["distill.rmmd_seed1", "forecast.rmmd_seed1", "evaluate.rmmd_seed1",
+                    "validation.forecast.rmmd_seed1", "distill.family_best_seed1", "forecast.family_best_seed1",
+                    "evaluate.family_best_seed1", "validation.forecast.family_best_seed1", "scorecard"]
+    assert [name for name in order if by_rows[name].group not in (5, 6) and name not in tail] == \
+        [name for name in grouped if grouped[name].group not in (5, 6) and name not in tail]
     assert order[order.index("select.mmd"):order.index("distill.rmmd") + 3] == [
         "select.mmd", "forecast.mmd", "evaluate.mmd", "distill.rmmd", "forecast.rmmd", "evaluate.rmmd"]
     assert order.index("evaluate.teacher") < order.index("validation.inits")
-    assert order[-2:] == ["speed", "scorecard"]
+    assert order.index("select.family_best") < order.index("speed") < order.index(seeds[0])
