@@ -83,8 +83,8 @@ def producer(reference: str) -> str:
 
 
 def rows_first(stages: list[Stage]) -> list[Stage]:
-    """`runtime.order: rows`: the extra seeds of chosen configs, and every stage that reads them, after all the
-    other stages of groups 1-4 (every choice is made, and every row's run trained, before any extra seed); then
+    """`runtime.order: rows`: the extra seeds of chosen configs, and every stage that reads them, after every
+    other stage of groups 1-4 and 7 (every choice made, every row's run trained, before any extra seed); then
     every test forecast and scoring stage (groups 5 and 6) moved up to just after the last stage it reads, in
     their own order; the other stages keep theirs.
 
