@@ -624,6 +624,47 @@ def test_moment_matching_continues_from_a_phase1_run(run_cli, sweep_run, wb2_sto
         assert distance(phase1.params[group], phase1.frozen["teacher"]) > 1e-6
 
 
+def test_a_phase2_run_continues_from_its_student_and_aux_with_its_phase1_anchors(run_cli, sweep_run, wb2_store,
+                                                                                  tmp_path):
+    """RMMD with --teacher a finished RMMD run: it starts from that run's student and live aux, keeps the frozen
+    phase-1 student it anchored to (not the student it continues), and records both checkpoints."""
+    from gencast_rmmd.training import load_checkpoint
+    out = tmp_path / "continued"
+    result = run_cli("distill", "--config", TINY, "--teacher", sweep_run / "lambda_1", "--data", wb2_store,
+                     "--set", "train.steps=1", "--set", "train.learning_rate=1e-9", "--out", out)
+    assert result.code == 0, result.err
+    phase1, source, continued = (load_checkpoint(sweep_run / "phase1"), load_checkpoint(sweep_run / "lambda_1"),
+                                 load_checkpoint(out))
+    assert not (out / "phase1").exists(), "a continuation trains no phase 1 of its own"
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
+    assert same(continued.frozen["student_phase1"], phase1.params["student"])
+    assert same(continued.frozen["teacher"], source.frozen["teacher"])
+
+    def distance(a, b) -> float:
+        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
+
+    for group in ("student", "aux"):   # a 1e-9 step from the continued run's trees, which moved in its phase 2
+        assert distance(continued.params[group], source.params[group]) < 1e-7
+        assert distance(source.params[group], phase1.params[group]) > 1e-7
+    task = continued.meta["task"]
+    assert task["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
+    assert task["continues_checkpoint"]["params_sha256"] == source.meta["params_sha256"]
+
+
+def test_a_phase2_run_continued_into_a_variant_needing_a_tree_it_lacks_exits_2(run_cli, sweep_run, wb2_store,
+                                                                                tmp_path):
+    """The frozen-aux variant anchors its moment term to the phase-1 aux, which a live run does not keep: refused
+    with one line before anything is written; so is another method."""
+    for extra, phrase in ((["--set", "distill.moment_reference=frozen"], "holds no aux_phase1 tree"),
+                          (["--set", "distill.method=crps_only"], "cannot continue it")):
+        out = tmp_path / "refused"
+        result = run_cli("distill", "--config", TINY, "--teacher", sweep_run / "lambda_1", "--data", wb2_store,
+                         "--out", out, *extra)
+        assert result.code == 2 and phrase in result.err, result.err
+        assert len(result.err.strip().splitlines()) == 1
+        assert not (out / "checkpoints").exists()
+
+
 def test_a_phase1_package_installs_as_the_run_it_was_exported_from(run_cli, sweep_run, teacher_run, tmp_path):
     """`weights export` of an mmd run, `weights install --teacher`: phase 2 gets the same anchors, teacher record
     and phase-1 hash from the installed run as from the exported one; installing again changes nothing."""
@@ -713,20 +754,20 @@ def test_resuming_a_finished_sweep_changes_and_recomputes_nothing(run_cli, sweep
     assert (copy / "pareto.json").read_text() == (sweep_run / "pareto.json").read_text()
 
 
-@pytest.mark.parametrize("case", ["not_a_checkpoint", "a_config_file", "an_rmmd_student", "typo_set", "typo_file",
-                                  "existing_out"])
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "a_config_file", "an_rmmd_student_for_mmd", "typo_set",
+                                  "typo_file", "existing_out"])
 def test_bad_input_exits_2_with_one_line(run_cli, sweep_run, teacher_run, wb2_store, tmp_path, case):
     teacher, config, extra, out = teacher_run, TINY, [], tmp_path / "out"
     phrase = {"not_a_checkpoint": "neither a checkpoint", "a_config_file": "neither a checkpoint",
-              "an_rmmd_student": "phase-1", "typo_set": "distill.reward_weigth: unknown key",
+              "an_rmmd_student_for_mmd": "cannot continue it", "typo_set": "distill.reward_weigth: unknown key",
               "typo_file": "distil: unknown key", "existing_out": "--resume"}[case]
     if case == "not_a_checkpoint":
         teacher = tmp_path / "empty"
         teacher.mkdir()
     elif case == "a_config_file":
         teacher = TINY
-    elif case == "an_rmmd_student":
-        teacher = sweep_run / "lambda_1"
+    elif case == "an_rmmd_student_for_mmd":
+        teacher, extra = sweep_run / "lambda_1", ["--set", "distill.method=mmd"]
     elif case == "typo_set":
         extra = ["--set", "distill.reward_weigth=0.3"]
     elif case == "typo_file":

@@ -13,7 +13,8 @@ from gencast_rmmd.io_utils import check_output_path
 
 def distill(config: Annotated[Path, typer.Option("--config", "-c", help="Distill config YAML (configs/distill/*.yaml).")],
             teacher: Annotated[Path, typer.Option(
-                "--teacher", help="Teacher checkpoint or run directory, or a phase-1 (method mmd) student run.")],
+                "--teacher", help="Teacher checkpoint or run directory, a phase-1 (method mmd) student run, "
+                "or a phase-2 run of the same method to continue.")],
             out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, metrics.jsonl, pareto.*).")],
             data: DataOption = None, overrides: SetOption = None,
             resume: Annotated[bool, typer.Option(

@@ -51,11 +51,23 @@ class Anchors(NamedTuple):
     `teacher`: the teacher's denoiser; `student` and `aux`: the phase-1
     student and aux model (both equal to the teacher before any moment
     matching, since every student and aux starts from the teacher's weights).
+    A phase-2 run that continues another (`distill.run.load_source`) starts
+    from that run's student and aux but keeps its phase-1 anchors,
+    `student_phase1` and `aux_phase1`; None means the same as `student` / `aux`.
     """
 
     teacher: PyTree
     student: PyTree
     aux: PyTree
+    student_phase1: PyTree = None
+    aux_phase1: PyTree = None
+
+    def frozen(self, group: str) -> PyTree:
+        """The tree behind frozen group `group` ('teacher', 'student_phase1' or 'aux_phase1')."""
+        if group == "teacher":
+            return self.teacher
+        anchor = getattr(self, group)
+        return anchor if anchor is not None else getattr(self, FROZEN_SOURCES[group])
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,8 +172,7 @@ FROZEN_SOURCES = {"teacher": "teacher", "student_phase1": "student", "aux_phase1
 
 def frozen_trees(context: DistillContext, groups: tuple[str, ...]) -> dict:
     """The frozen trees `groups` as fresh device arrays, from the context's anchors."""
-    anchors = context.anchors._asdict()
-    return {group: jax.tree.map(jnp.array, anchors[FROZEN_SOURCES[group]]) for group in groups}
+    return {group: jax.tree.map(jnp.array, context.anchors.frozen(group)) for group in groups}
 
 
 class StudentFineTune(abc.ABC):

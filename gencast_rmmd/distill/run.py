@@ -3,7 +3,12 @@
 `--teacher` is a teacher checkpoint (or run), or a phase-1 student (a run of
 method `mmd`): a phase-2 method fine-tunes that student, and `mmd` continues
 moment matching from its student and aux model (so a moment-matching row can
-get the same total step budget as phase 1 + phase 2, from the same start). Data, model, normalisation and loss weights come from its
+get the same total step budget as phase 1 + phase 2, from the same start), or
+a finished phase-2 run of the same method, which a new run continues: its
+student and aux are the start, its frozen phase-1 student and aux stay the
+anchors, so the objective is the one that run trained; only the optimiser
+state and the schedule start afresh (the card records it as
+`continues_checkpoint`). Data, model, normalisation and loss weights come from its
 payload; `--data` re-points the store. Layout of `RUN/`:
 
     single reward weight:   RUN/checkpoints ...                 (the student)
@@ -55,7 +60,8 @@ class TeacherSource:
     card: ModelCard
     anchors: Anchors
     teacher_checkpoint: dict        # provenance of the teacher
-    phase1_checkpoint: dict | None  # provenance of the phase-1 student, when the source is one
+    phase1_checkpoint: dict | None  # provenance of the phase-1 student, when the source is one or continues one
+    continues: dict | None = None   # provenance of the phase-2 student a continuation starts from
 
 
 def _record(loaded, kind: str) -> dict:
@@ -69,7 +75,8 @@ def teacher_record(loaded, card: ModelCard) -> dict:
 
 
 def load_source(path: str | Path) -> TeacherSource:
-    """Read `--teacher`: a teacher (EMA params) or a phase-1 `mmd` student (raw student and aux params)."""
+    """Read `--teacher`: a teacher (EMA params), a phase-1 `mmd` student (raw student and aux params), or a
+    phase-2 student to continue (raw student and aux params; its frozen phase-1 anchors kept, not replaced)."""
     loaded = load_checkpoint(path)
     try:
         card = read_card(loaded.meta, str(loaded.path))
@@ -81,8 +88,14 @@ def load_source(path: str | Path) -> TeacherSource:
     if card.method == "mmd":
         anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
         return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], _record(loaded, "student"))
+    if card.method in DISTILLERS and DISTILLERS[card.method].starts_from == "phase1":
+        params, frozen = loaded.params, loaded.frozen
+        anchors = Anchors(frozen["teacher"], params["student"], params.get("aux", frozen.get("aux_phase1")),
+                          student_phase1=frozen.get("student_phase1"), aux_phase1=frozen.get("aux_phase1"))
+        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"],
+                             card.model_extra.get("phase1_checkpoint"), _record(loaded, "student"))
     raise UserInputError(f"--teacher {path} is a student checkpoint of method {card.method}; give a teacher "
-                         "checkpoint or run, or a phase-1 (method mmd) student run")
+                         "checkpoint or run, a phase-1 (method mmd) student run, or a phase-2 run to continue")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,6 +131,8 @@ def student_payload(config: DistillConfig, environment: _Environment, phase1_che
     }
     if phase1_checkpoint is not None:
         payload["phase1_checkpoint"] = phase1_checkpoint
+    if source.continues is not None:
+        payload["continues_checkpoint"] = source.continues
     return checked_card(payload)
 
 
@@ -127,9 +142,11 @@ def run_settings(config: DistillConfig, environment: _Environment) -> dict:
     is one). A phase-1 trained in `RUN/phase1/` is not named: this same config and teacher determine it."""
     source = environment.source
     phase1 = source.phase1_checkpoint
-    return {**student_payload(config, environment, None)["config"],
-            "teacher": {"params_sha256": source.teacher_checkpoint["params_sha256"],
-                        "phase1_params_sha256": phase1["params_sha256"] if phase1 is not None else None}}
+    teacher = {"params_sha256": source.teacher_checkpoint["params_sha256"],
+               "phase1_params_sha256": phase1["params_sha256"] if phase1 is not None else None}
+    if source.continues is not None:        # only then: the settings (and hashes) of other runs are unchanged
+        teacher["continues_params_sha256"] = source.continues["params_sha256"]
+    return {**student_payload(config, environment, None)["config"], "teacher": teacher}
 
 
 def _check_resumable(run_dir: Path, config: DistillConfig, environment: _Environment,
@@ -172,6 +189,22 @@ def _train_one(config: DistillConfig, environment: _Environment, anchors: Anchor
                  settings=run_settings(config, environment), log=log)
 
 
+def _check_continuation(config: DistillConfig, environment: _Environment) -> None:
+    """A continued phase-2 run must hold every tree the new run starts from or anchors to (`load_source`)."""
+    source = environment.source
+    if source.continues is None:
+        return
+    anchors = source.anchors
+    task = DISTILLERS[config.distill.method](_context(config, environment, anchors, source.phase1_checkpoint))
+    needed = [group for group in task.frozen_groups if group != "teacher"]
+    needed += ["aux"] if any("aux" in rule.groups for rule in task.update_rules()) else []
+    missing = [group for group in needed if getattr(anchors, group) is None]
+    if missing:
+        raise UserInputError(f"--teacher {source.continues['path']} holds no {' or '.join(missing)} tree, which "
+                             f"this config's {source.card.method} run needs; continue it with the variant it was "
+                             "trained with (its moment reference and anchor), or start from its phase-1 run")
+
+
 def _phase1_anchors(run_dir: Path) -> tuple[Anchors, dict]:
     loaded = load_checkpoint(run_dir)
     anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
@@ -199,10 +232,14 @@ def distill(config: DistillConfig, teacher: str | Path, run_dir: str | Path, dat
     planned = {reward_weight: (run_dir / f"lambda_{reward_weight:g}" if config.distill.is_sweep else run_dir,
                                config.for_reward_weight(reward_weight))
                for reward_weight in config.distill.reward_weights}
+    if source.continues is not None and config.distill.method != source.card.method:
+        raise UserInputError(f"--teacher {teacher} is a {source.card.method} run; a {config.distill.method} config "
+                             f"cannot continue it (give a {source.card.method} config, or its phase-1 run)")
     trains_phase1 = distiller.starts_from == "phase1" and source.phase1_checkpoint is None \
-        and config.distill.phase1_steps > 0
+        and source.continues is None and config.distill.phase1_steps > 0
     phase1_run = [(run_dir / "phase1", config.phase1())] if trains_phase1 else []
     for target, target_config in [*phase1_run, *planned.values()]:  # refuse before any run moves on
+        _check_continuation(target_config, environment)
         _check_resumable(target, target_config, environment, log)
     log(f"distilling {teacher} with {config.distill.method} on {environment.data.report.location} -> {run_dir}"
         f"{' (resuming)' if resume else ''}")
