@@ -721,6 +721,68 @@ def test_a_phase1_package_is_refused_with_one_line_and_nothing_written(run_cli, 
     assert (_run_files(out) == before) if before is not None else not out.exists()
 
 
+def test_a_phase2_package_installs_on_its_phase1_run_and_continues_and_forecasts_as_the_exported_run(
+        run_cli, sweep_run, wb2_store, tmp_path):
+    """`weights export` of an rmmd run, `weights install --teacher PHASE1_RUN`: the installed run has the same
+    trained trees, the same frozen anchors and card; its forecast and a continuation from it are bit-identical
+    to the exported run's; installing again changes nothing."""
+    from gencast_rmmd.distill.run import load_source
+    from gencast_rmmd.training import load_checkpoint
+    package, installed = tmp_path / "phase2_package", tmp_path / "installed"
+    assert run_cli("weights", "export", sweep_run / "lambda_1", "--out", package).code == 0
+    summary = json.loads(run_cli("weights", "verify", package, "--json").out)
+    assert summary["kind"] == "phase2"
+    run_hash = json.loads((package / "weights.json").read_text())["run_params_sha256"]
+    assert run_hash == load_checkpoint(sweep_run / "lambda_1").meta["params_sha256"]
+    result = run_cli("weights", "install", package, "--teacher", sweep_run / "phase1", "--out", installed)
+    assert result.code == 0, result.err
+    original, shipped = load_checkpoint(sweep_run / "lambda_1"), load_checkpoint(installed)
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
+    assert sorted(shipped.frozen) == sorted(original.frozen) and same(shipped.frozen, original.frozen)
+    assert same(shipped.params, original.params) and shipped.meta["params_sha256"] == run_hash
+    assert same(shipped.ema_params["student"], original.ema_params["student"])
+    assert load_source(installed).card.model_dump() == load_source(sweep_run / "lambda_1").card.model_dump()
+    outputs = {}
+    for name, run in (("original", sweep_run / "lambda_1"), ("installed", installed)):
+        forecast = tmp_path / f"{name}.nc"
+        assert run_cli("forecast", "--checkpoint", run, "--data", wb2_store, "--init", "2001-01-08T00",
+                       "--steps", "1", "--members", "2", "--out", forecast).code == 0
+        continued = tmp_path / f"{name}_continued"
+        assert run_cli("distill", "--config", TINY, "--teacher", run, "--data", wb2_store, "--set",
+                       "distill.reward_weight=1.0", "--set", "train.steps=1", "--out", continued).code == 0
+        outputs[name] = (xr.open_dataset(forecast)["temperature"].values,
+                         load_checkpoint(continued).meta["params_sha256"])
+    np.testing.assert_array_equal(outputs["original"][0], outputs["installed"][0])
+    assert outputs["original"][1] == outputs["installed"][1]
+    files = _run_files(installed)
+    assert run_cli("weights", "install", package, "--teacher", sweep_run / "phase1", "--out", installed).code == 0
+    assert _run_files(installed) == files
+
+
+@pytest.mark.parametrize("case", ["teacher_not_phase1", "other_phase1", "other_anchors", "no_teacher_given"])
+def test_a_phase2_package_is_refused_with_one_line_and_nothing_written(run_cli, sweep_run, teacher_run, tmp_path,
+                                                                        case):
+    package, out = tmp_path / "phase2_package", tmp_path / "installed"
+    assert run_cli("weights", "export", sweep_run / "lambda_1", "--out", package).code == 0
+    info = json.loads((package / "weights.json").read_text())
+    phase1 = ["--teacher", sweep_run / "phase1"]
+    if case == "teacher_not_phase1":
+        phase1 = ["--teacher", teacher_run]
+    elif case == "other_phase1":     # the package says it was distilled from another phase-1 student
+        info["phase1_sha256"] = "0" * 64
+    elif case == "other_anchors":
+        info["anchors_sha256"] = "0" * 64
+    else:
+        phase1 = ["--config", TINY_TEACHER]
+    (package / "weights.json").write_text(json.dumps(info))
+    result = run_cli("weights", "install", package, "--out", out, *phase1)
+    phrase = {"teacher_not_phase1": "is a teacher", "other_phase1": "distilled from",
+              "other_anchors": "anchors", "no_teacher_given": "--teacher RUN"}[case]
+    assert result.code == 2 and phrase in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_student_checkpoint_forecasts_and_inspects_with_k_nfe(run_cli, sweep_run, wb2_store, tmp_path):
     summary = json.loads(run_cli("inspect", sweep_run / "lambda_1", "--json").out)
     assert summary["kind"] == "student" and summary["nfe_per_step"] == 4 and summary["sampler"] == "student_kstep"

@@ -87,21 +87,21 @@ def inspect(target: Annotated[Path, typer.Argument(help="Checkpoint, run directo
             console.print(f"{key:<14} {summary[key]}")
 
 
-weights_app = typer.Typer(help="Weights packages (a teacher, or a phase-1 student to start phase 2 from): export a "
-                               "run, verify a package, install one as a run.", no_args_is_help=True)
+weights_app = typer.Typer(help="Weights packages (a teacher, a phase-1 student to start phase 2 from, or a phase-2 "
+                               "student): export a run, verify a package, install one as a run.", no_args_is_help=True)
 PackageArgument = Annotated[Path, typer.Argument(help="Weights package directory (weights.npz, weights.json).")]
 
 
 @weights_app.command("export")
 def weights_export(checkpoint: Annotated[Path, typer.Argument(
-                       help="Teacher, or phase-1 (method mmd) student, checkpoint or run directory.")],
+                       help="Teacher, phase-1 (method mmd) or phase-2 student, checkpoint or run directory.")],
                    out: Annotated[Path, typer.Option("--out", help="Package directory to write.")],
                    reproduce: Annotated[str | None, typer.Option(
                        "--reproduce", help="The command that reproduces the run, recorded in the package.")] = None,
                    ) -> None:
-    """Write a teacher's EMA parameters, or a phase-1 student's student and aux parameters, with the model card
-    that rebuilds them, as a weights package."""
-    from gencast_rmmd.distill.weights import export_phase1
+    """Write a teacher's EMA parameters, a phase-1 student's student and aux parameters, or a phase-2 student's
+    trained groups, with the model card that rebuilds them, as a weights package."""
+    from gencast_rmmd.distill.weights import export_phase1, export_phase2
     from gencast_rmmd.teacher.weights import export_weights
     from gencast_rmmd.training import resolve_checkpoint
     from gencast_rmmd.training.card import read_card
@@ -109,8 +109,9 @@ def weights_export(checkpoint: Annotated[Path, typer.Argument(
 
     check_output_path(out, directory=True)
     path = resolve_checkpoint(checkpoint)        # the card decides the kind; the exporter reads the arrays
-    kind = read_card(read_meta(path), str(path)).kind
-    info = (export_weights if kind == "teacher" else export_phase1)(path, out, reproduce)
+    card = read_card(read_meta(path), str(path))
+    export = export_weights if card.kind == "teacher" else export_phase1 if card.method == "mmd" else export_phase2
+    info = export(path, out, reproduce)
     console.print(f"wrote {out}: {info.get('kind', 'teacher')} package, {info['param_count']} parameters, sha256 "
                   f"{info['params_sha256']}")
 
@@ -140,24 +141,27 @@ def weights_install(package: PackageArgument, out: OutOption,
                     config: Annotated[Path | None, typer.Option(
                         "--config", "-c", help="A teacher package: the teacher config it was trained with.")] = None,
                     teacher: Annotated[Path | None, typer.Option(
-                        "--teacher", help="A phase-1 package: the teacher run it was distilled from.")] = None,
+                        "--teacher", help="A phase-1 package: the teacher run it was distilled from; a phase-2 "
+                        "package: the phase-1 run it was distilled from.")] = None,
                     stats: Annotated[Path | None, typer.Option(
                         "--stats", help="Statistics of the data (default: the config's stats file).")] = None,
                     data: DataOption = None, overrides: SetOption = None) -> None:
     """Check a package and write it as a run in --out: a teacher package against a teacher config and its
-    data (--config), a phase-1 package against the teacher run it was distilled from (--teacher)."""
+    data (--config), a phase-1 package against the teacher run it was distilled from (--teacher), a phase-2
+    package against the phase-1 run it was distilled from (--teacher)."""
     from gencast_rmmd.errors import UserInputError
     from gencast_rmmd.training.packages import package_kind, read_info
 
     check_output_path(out, directory=True)
     kind = package_kind(read_info(package))
-    if kind == "phase1":
+    if kind in ("phase1", "phase2"):
+        source = "the teacher run" if kind == "phase1" else "the phase-1 run"
         if teacher is None or config is not None:
-            raise UserInputError(f"{package} is a phase-1 student package: give --teacher RUN (the teacher it was "
+            raise UserInputError(f"{package} is a {kind} student package: give --teacher RUN ({source} it was "
                                  "distilled from), not --config")
-        from gencast_rmmd.distill.weights import install_phase1
+        from gencast_rmmd.distill.weights import install_phase1, install_phase2
 
-        install_phase1(package, teacher, out, log=console.print)
+        (install_phase1 if kind == "phase1" else install_phase2)(package, teacher, out, log=console.print)
         return
     if config is None or teacher is not None:
         raise UserInputError(f"{package} is a teacher package: give --config CONFIG (the teacher config it was "

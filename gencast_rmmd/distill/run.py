@@ -64,14 +64,15 @@ class TeacherSource:
     continues: dict | None = None   # provenance of the phase-2 student a continuation starts from
 
 
-def _record(loaded, kind: str) -> dict:
+def checkpoint_record(loaded, kind: str) -> dict:
+    """Where a checkpoint lay, its step, role and params hash: the provenance a student's card keeps."""
     return {"path": str(Path(loaded.path).resolve()), "step": loaded.step, "kind": kind,
             "params_sha256": loaded.meta.get("params_sha256", "")}
 
 
 def teacher_record(loaded, card: ModelCard) -> dict:
     """The provenance of a teacher checkpoint that a student's card records (`teacher_checkpoint`)."""
-    return {**_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}
+    return {**checkpoint_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}
 
 
 def load_source(path: str | Path) -> TeacherSource:
@@ -87,13 +88,13 @@ def load_source(path: str | Path) -> TeacherSource:
         return TeacherSource(card, Anchors(teacher, teacher, teacher), teacher_record(loaded, card), None)
     if card.method == "mmd":
         anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], _record(loaded, "student"))
+        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], checkpoint_record(loaded, "student"))
     if card.method in DISTILLERS and DISTILLERS[card.method].starts_from == "phase1":
         params, frozen = loaded.params, loaded.frozen
         anchors = Anchors(frozen["teacher"], params["student"], params.get("aux", frozen.get("aux_phase1")),
                           student_phase1=frozen.get("student_phase1"), aux_phase1=frozen.get("aux_phase1"))
         return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"],
-                             card.model_extra.get("phase1_checkpoint"), _record(loaded, "student"))
+                             card.model_extra.get("phase1_checkpoint"), checkpoint_record(loaded, "student"))
     raise UserInputError(f"--teacher {path} is a student checkpoint of method {card.method}; give a teacher "
                          "checkpoint or run, a phase-1 (method mmd) student run, or a phase-2 run to continue")
 
@@ -208,7 +209,7 @@ def _check_continuation(config: DistillConfig, environment: _Environment) -> Non
 def _phase1_anchors(run_dir: Path) -> tuple[Anchors, dict]:
     loaded = load_checkpoint(run_dir)
     anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-    return anchors, _record(loaded, "student")
+    return anchors, checkpoint_record(loaded, "student")
 
 
 @dataclasses.dataclass(frozen=True)

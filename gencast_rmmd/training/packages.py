@@ -6,9 +6,10 @@ A package is a directory of two files:
     weights.json   `format`, `kind`, the parameters' sha256, the payload that rebuilds the model, where the
                    weights came from, and `arrays` (each npz key's path in the parameter tree)
 
-Two kinds share the layout: a teacher's EMA denoiser (`kind: teacher`, the tree `{"denoiser": params}`,
-`gencast_rmmd.teacher.weights`) and a phase-1 moment-matching student (`kind: phase1`, the tree
-`{"student": ..., "aux": ...}`, `gencast_rmmd.distill.weights`). Packages written before `kind` existed
+Three kinds share the layout: a teacher's EMA denoiser (`kind: teacher`, the tree `{"denoiser": params}`,
+`gencast_rmmd.teacher.weights`), a phase-1 moment-matching student (`kind: phase1`, the tree
+`{"student": ..., "aux": ...}`) and a phase-2 student to forecast with or continue (`kind: phase2`, its
+trained groups; `gencast_rmmd.distill.weights` for both). Packages written before `kind` existed
 are teachers. The recorded hash (`package_sha256`) is the one the exporting checkpoint recorded, so a
 package traces to its run. This module reads and writes the files and finds where an install may write;
 each kind checks and installs its own.
@@ -33,7 +34,8 @@ FORMAT = "gencast_rmmd.weights/1"
 WEIGHTS, INFO = "weights.npz", "weights.json"
 # kind -> how a package of that kind is installed
 INSTALL_COMMANDS = {"teacher": "gencast-rmmd weights install PACKAGE --config CONFIG --out RUN",
-                    "phase1": "gencast-rmmd weights install PACKAGE --teacher RUN --out RUN"}
+                    "phase1": "gencast-rmmd weights install PACKAGE --teacher RUN --out RUN",
+                    "phase2": "gencast-rmmd weights install PACKAGE --teacher PHASE1_RUN --out RUN"}
 KINDS = tuple(INSTALL_COMMANDS)
 
 
