@@ -209,7 +209,7 @@ def _student_stages(row: Row, resolved: ResolvedConfigs, training: _Distilling, 
     what = (f"{method.method}, {method.student.steps} steps per 12 h, {row.candidates[0].config.train.steps} updates"
             f"{on_base}{', from ' + row.from_entry if row.from_entry else ''}")
     if row.weights is not None:
-        stages = [_install_stage(row)]
+        stages = [_install_stage(row, source_inputs, teacher)]
     else:
         stages = [training.stage(f"distill.{c.label}", f"distill student {c.label} ({what})"
                                  + (f": {_values(c)}" if row.selected else ""),
@@ -287,23 +287,26 @@ def _best_of_stages(best: BestOf, resolved: ResolvedConfigs, training: _Distilli
     return stages
 
 
-def _install_stage(row: Row) -> Stage:
-    """`distill.NAME` of an entry with `weights:`: the phase-1 package installed from the teacher run (its hash
-    and its teacher's checked by `weights install`). Its identity: the entry's config, less `train` (the
-    weights are trained), and the package's hashes."""
-    from gencast_rmmd.training.packages import read_info
+def _install_stage(row: Row, source_inputs: tuple[str, ...], source: Callable[[StageContext], str]) -> Stage:
+    """`distill.NAME` of an entry with `weights:`: the package installed (its hashes checked by `weights
+    install`) from `source`: the teacher run for a phase-1 package, the `from` entry's run for a phase-2 one.
+    Its identity: the entry's config, less `train` (the weights are trained), and the package's hashes."""
+    from gencast_rmmd.training.packages import package_kind, read_info
 
     info = read_info(row.weights)
+    kind = package_kind(info)
     candidate = row.candidates[0]
     settings = {key: value for key, value in model_settings(config_to_dict(candidate.config)).items()
                 if key != "train"}
+    hashes = {key: info[key] for key in ("teacher_sha256", "phase1_sha256", "anchors_sha256") if key in info}
     run_dir = candidate_model(row, candidate).checkpoint
-    return Stage(f"distill.{row.name}", 4, f"install the phase-1 student weights {row.weights.name} (mmd, step "
-                 f"{info['source']['checkpoint_step']}, sha256 {info['params_sha256'][:12]}…)",
-                 {**settings, "weights_sha256": info["params_sha256"], "teacher_sha256": info["teacher_sha256"]},
-                 ("teacher.run",), {"run": Output("run", run_dir)},
-                 lambda _: [Command(("weights", "install", str(row.weights), "--teacher", TEACHER.checkpoint,
-                                     "--out", run_dir))],
+    return Stage(f"distill.{row.name}", 4, f"install the {kind} student weights {row.weights.name} "
+                 f"({candidate.config.distill.method}, step {info['source']['checkpoint_step']}, sha256 "
+                 f"{info['params_sha256'][:12]}…{', on ' + row.from_entry if row.from_entry else ''})",
+                 {**settings, "weights_sha256": info["params_sha256"], **hashes},
+                 source_inputs, {"run": Output("run", run_dir)},
+                 lambda context: [Command(("weights", "install", str(row.weights), "--teacher", source(context),
+                                           "--out", run_dir))],
                  training=True)
 
 

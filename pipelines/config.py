@@ -143,12 +143,15 @@ class DistillEntry(ConfigSection):
     pipeline loads, on OTHER's config file with OTHER's overrides (the chosen
     config differs from that only in the values a choice sets).
 
-    `weights: DIR` (a phase-1 `mmd` entry only): a shipped phase-1 weights
-    package (`gencast-rmmd weights export` of an mmd run) is installed instead
-    of training, after its hash and its teacher's are checked
-    (`gencast_rmmd.distill.weights`). `config:` must then be the config it was
-    trained with (checked when the pipeline loads); `train` overrides, a grid,
-    seeds, `base:` and `from:` have no effect and are refused.
+    `weights: DIR`: a shipped weights package (`gencast-rmmd weights export`)
+    is installed instead of training, after its hashes are checked
+    (`gencast_rmmd.distill.weights`): on an `mmd` entry a phase-1 package, from
+    the teacher; on a phase-2 entry a phase-2 package, on the phase-1 entry it
+    was distilled from, which `from:` must name. `config:` must then be the
+    config it was trained with (checked when the pipeline loads); `train`
+    overrides, a grid, seeds and `base:` have no effect and are refused.
+    `from:` may also name an entry of the row's own phase-2 method: the row
+    then continues that entry's run (`distill --teacher` of a phase-2 run).
     """
 
     model_config = ConfigDict(serialize_by_alias=True)
@@ -158,7 +161,7 @@ class DistillEntry(ConfigSection):
     grid: Grid = {}
     seeds: tuple[int, ...] = ()
     from_entry: str | None = Field(None, alias="from")
-    weights: str | None = None                    # a phase-1 weights package installed instead of training
+    weights: str | None = None                    # a weights package installed instead of training
 
     @field_validator("seeds")
     @classmethod
@@ -174,10 +177,9 @@ class DistillEntry(ConfigSection):
                              "one: a configs/distill/*.yaml file as config:, or another distill entry as base:")
         if self.weights is not None:
             ignored = [key for key, given in (("base", self.base), ("grid", self.grid), ("seeds", self.seeds),
-                                              ("from", self.from_entry), ("overrides.train",
-                                                                          self.overrides.get("train"))) if given]
+                                              ("overrides.train", self.overrides.get("train"))) if given]
             if ignored:
-                raise ValueError(f"weights: installs a trained phase-1 student; {', '.join(ignored)} would have no "
+                raise ValueError(f"weights: installs a trained student; {', '.join(ignored)} would have no "
                                  "effect: remove them or the weights")
         return self
 

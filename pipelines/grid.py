@@ -137,7 +137,7 @@ class Row:
     `seeds` are extra training seeds of the chosen config (rows `NAME_seedS`);
     `from_entry` is the distiller entry whose (chosen) run is this one's `--teacher`;
     `base_config` where a `base:` entry's config starts at run time; `weights`
-    a phase-1 package the row installs instead of training. The
+    a weights package (phase-1, or phase-2 on its `from_entry`) the row installs instead of training. The
     candidates' configs of a row that follows a choice (`follows`) are its
     pre-selection views: the values the choice sets hold those of the config file.
     """
@@ -149,7 +149,7 @@ class Row:
     seeds: tuple[int, ...] = ()
     from_entry: str | None = None
     base_config: BaseConfig | None = None
-    weights: Path | None = None          # a phase-1 weights package installed instead of training
+    weights: Path | None = None          # a weights package installed instead of training
 
     @property
     def selected(self) -> bool:

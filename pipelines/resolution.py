@@ -83,17 +83,22 @@ def find_weights(reference: str, pipeline_file: Path, owner: str = "teacher", ki
                          f"(no {INFO} there); write one with `gencast-rmmd weights export`")
 
 
-def _phase1_weights(row: Row, reference: str, pipeline_file: Path) -> Row:
-    """`distill.NAME.weights`: the row with its phase-1 package, after checking that the entry is an `mmd`
-    one and its config is the one the package was trained with (its `train` section aside)."""
+def _student_weights(row: Row, reference: str, pipeline_file: Path) -> Row:
+    """`distill.NAME.weights`: the row with its package (phase-1 for an `mmd` entry, installed from the teacher;
+    phase-2 otherwise, installed on the phase-1 entry named by `from`), after checking that its config is the
+    one the package was trained with (its `train` section aside)."""
     from gencast_rmmd.training.packages import first_difference, read_info
 
     owner = f"distill.{row.name}"
     config = row.candidates[0].config
-    if config.distill.method != "mmd":
-        raise UserInputError(f"{pipeline_file}: {owner}.weights installs a phase-1 (method mmd) student; "
-                             f"{row.name} is a {config.distill.method} entry")
-    package = find_weights(reference, pipeline_file, owner, "phase1")
+    phase1 = config.distill.method == "mmd"
+    if phase1 and row.from_entry is not None:
+        raise UserInputError(f"{pipeline_file}: {owner}.weights installs a phase-1 student from the teacher; "
+                             f"remove {owner}.from")
+    if not phase1 and row.from_entry is None:
+        raise UserInputError(f"{pipeline_file}: {owner}.weights installs a {config.distill.method} student on the "
+                             f"phase-1 run it was distilled from; name that entry in {owner}.from")
+    package = find_weights(reference, pipeline_file, owner, "phase1" if phase1 else "phase2")
     recorded = read_info(package)["payload"]["config"]
     mine = config_to_dict(config)
     for key in ("seed", "distill"):
@@ -218,7 +223,7 @@ def _distill_rows(config: PipelineConfig, pipeline_file: Path, distributed: str)
         row = expand_row(name, "student", f"distill.{name}", entry.grid, load, seeds=entry.seeds,
                          from_entry=entry.from_entry, base_config=base_config)
         if entry.weights is not None:
-            row = _phase1_weights(row, entry.weights, pipeline_file)
+            row = _student_weights(row, entry.weights, pipeline_file)
         for candidate in row.candidates:
             method = candidate.config.distill
             if method.is_sweep:
@@ -227,9 +232,12 @@ def _distill_rows(config: PipelineConfig, pipeline_file: Path, distributed: str)
                                      "or a grid over distill.reward_weight")
         if row.from_entry:
             source_methods = {c.config.distill.method for c in rows[row.from_entry].candidates}
-            if source_methods != {"mmd"}:
+            methods = {c.config.distill.method for c in row.candidates}
+            continues = source_methods == methods and row.weights is None and methods != {"mmd"}
+            if source_methods != {"mmd"} and not continues:
                 raise UserInputError(f"distill.{name}.from: {row.from_entry} is a {', '.join(sorted(source_methods))}"
-                                     " student; `from` takes a phase-1 (method mmd) entry")
+                                     " student; `from` takes a phase-1 (method mmd) entry, or one of the row's own "
+                                     "phase-2 method to continue")
         own_seed = sorted({c.config.seed for c in row.candidates} & set(row.seeds))
         if own_seed:
             raise UserInputError(f"distill.{name}.seeds: {own_seed[0]} is the seed of the config itself; list only "

@@ -215,8 +215,9 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
     (["distill.mmd.from=rmmd"], "distill.rmmd.from: the entries build on one another in a cycle "
                                 "(mmd -from-> rmmd -from-> mmd)"),
     (["distill.rmmd.from=rmmd"], "in a cycle (rmmd -from-> rmmd)"),
-    (["distill.mmd.overrides.distill.method=rmmd"], "distill.rmmd.from: mmd is a rmmd student; `from` takes a "
-                                                    "phase-1 (method mmd) entry"),
+    (["distill.mmd.overrides.distill.method=rmmd"],     # rmmd may continue it; dmdr may not
+     "distill.dmdr.from: mmd is a rmmd student; `from` takes a phase-1 (method mmd) entry, or one of the row's own "
+     "phase-2 method to continue"),
     (["distill.rmmd.seeds=[0]"], "distill.rmmd.seeds: 0 is the seed of the config itself"),
     (["distill.rmmd.seeds=[2, 2]"], "seeds [2, 2] repeat one another"),
     (["teacher_samplers.rmmd_seed1={}"], "the rows rmmd_seed1 have the same label"),
@@ -243,8 +244,8 @@ def _stages(path: Path = SELECT, overrides: tuple[str, ...] = ()) -> dict:
      ("distill.mmd_2step (on mmd's config): ", "configs/distill/tiny.yaml: distill.momnt_term: unknown key")),
     (["distill.mmd_2step.grid={train.learnign_rate: [0.1]}"],
      "distill.mmd_2step.grid: train.learnign_rate is not a key of the config; keys of train: b1, b2"),
-    (["distill.rmmd.from=mmd_2step", "distill.mmd_2step.overrides.distill.method=rmmd"],
-     "distill.rmmd.from: mmd_2step is a rmmd student; `from` takes a phase-1 (method mmd) entry"),
+    (["distill.rmmd.from=mmd_2step", "distill.mmd_2step.overrides.distill.method=dmd"],
+     "distill.rmmd.from: mmd_2step is a dmd student; `from` takes a phase-1 (method mmd) entry"),
 ])
 def test_bad_choices_are_one_line_errors(run_cli, tmp_path, overrides, phrase):
     args = [a for override in overrides for a in ("--set", override)]
@@ -366,16 +367,17 @@ def test_commands_follow_the_selection_read_when_they_are_built(tmp_path):
     assert "select.mmd.config" in seeded["distill.mmd_seed3"].inputs
 
 
-def _phase1_package(path: Path, distill_config: str = "configs/distill/mmd.yaml") -> Path:
-    """A phase-1 package whose card records `distill_config`'s seed and distill section (what the pipeline checks
-    when it loads; the parameters are a stand-in: installing is tested in test_distill)."""
+def _phase1_package(path: Path, distill_config: str = "configs/distill/mmd.yaml", kind: str = "phase1") -> Path:
+    """A phase-1 (or `kind` phase2) package whose card records `distill_config`'s seed and distill section (what
+    the pipeline checks when it loads; the parameters are a stand-in: installing is tested in test_distill)."""
     from gencast_rmmd.config import config_to_dict, load_config
     from gencast_rmmd.distill.config import DistillConfig
     from gencast_rmmd.training.packages import write_package
 
     config = config_to_dict(load_config(REPO / distill_config, DistillConfig))
     tree = {"student": {"w": np.ones(2, np.float32)}, "aux": {"w": np.zeros(2, np.float32)}}
-    write_package(path, tree, {"kind": "phase1", "teacher_sha256": "ab" * 32,
+    hashes = {"phase1_sha256": "cd" * 32, "anchors_sha256": "ef" * 32} if kind == "phase2" else {}
+    write_package(path, tree, {"kind": kind, "teacher_sha256": "ab" * 32, **hashes,
                                "payload": {"config": {"seed": config["seed"], "distill": config["distill"]}},
                                "source": {"checkpoint_step": 600}})
     return path
@@ -396,9 +398,27 @@ def test_a_phase1_weights_entry_installs_from_the_teacher_and_a_from_entry_start
     assert "distill.p1.run" in stages["distill.tiny"].inputs
 
 
+def test_a_phase2_weights_entry_installs_on_its_phase1_entry_and_a_row_of_its_method_continues_it(tmp_path):
+    phase1 = _phase1_package(tmp_path / "phase1")
+    phase2 = _phase1_package(tmp_path / "phase2", "configs/distill/tiny.yaml", kind="phase2")
+    stages = _stages(TINY, (f"distill.p1={{config: configs/distill/mmd.yaml, weights: {phase1}}}",
+                            f"distill.p2={{config: configs/distill/tiny.yaml, weights: {phase2}, from: p1}}",
+                            "distill.tiny.from=p2"))
+    install = stages["distill.p2"]
+    context = StageContext(tmp_path, False, {})
+    assert install.commands(context)[-1].display() == (
+        f"gencast-rmmd weights install {phase2} --teacher students/p1 --out students/p2")
+    assert install.inputs == ("distill.p1.run",)
+    assert install.settings["phase1_sha256"] == "cd" * 32 and install.settings["anchors_sha256"] == "ef" * 32
+    assert "phase1_sha256" not in stages["distill.p1"].settings    # a phase-1 install's identity is as before
+    assert "--teacher students/p2 " in stages["distill.tiny"].commands(context)[-1].display()
+    assert "distill.p2.run" in stages["distill.tiny"].inputs
+
+
 @pytest.mark.parametrize("entry, phrase", [
-    ("{config: configs/distill/tiny.yaml, weights: PKG}", "distill.p1.weights installs a phase-1 (method mmd) "
-                                                          "student; p1 is a rmmd entry"),
+    ("{config: configs/distill/tiny.yaml, weights: PKG}", "distill.p1.weights installs a rmmd student on the "
+                                                          "phase-1 run it was distilled from; name that entry"),
+    ("{config: configs/distill/mmd.yaml, weights: PKG, from: tiny}", "remove distill.p1.from"),
     ("{config: configs/distill/mmd_tuned.yaml, weights: PKG}", "distill.p1: the config's distill."),
     ("{config: configs/distill/mmd.yaml, weights: PKG, grid: {train.learning_rate: [1.0e-4, 1.0e-3]}}",
      "grid would have no effect"),
