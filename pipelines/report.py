@@ -99,13 +99,13 @@ def climatology_sentence(changes: LeadChanges, hours: list[int]) -> str:
 
 
 def teacher_sentence(changes: LeadChanges, sample: Sample, speed: dict | None) -> str:
-    """'rmmd: fair CRPS +1.6 % against the teacher (95 % interval [...]), lower on 130 of 448 targets …'."""
+    """'rmmd: fair CRPS +1.6 % against the teacher (95 % interval [...]), lower on 130 of 448 targets (…, 29.0 %) …'."""
     cells = changes.targets * len(changes.change_pct)
     interval = (f"95 % interval {_interval_text(changes.overall_interval_95, 2)}" if changes.overall_interval_95
                 else f"no interval: {sample.no_interval}")
     text = (f"{changes.label}: fair CRPS {changes.overall_pct:+.2f} % against the teacher ({interval}), lower on "
             f"{changes.overall_won} of {cells} targets (variable × level × lead, "
-            f"{100 * changes.overall_won / cells:.0f} %)")
+            f"{100 * changes.overall_won / cells:.1f} %)")
     models = (speed or {}).get("models", {})
     if changes.label in models and TEACHER in models:
         row, teacher = models[changes.label], models[TEACHER]

@@ -751,7 +751,7 @@ def test_landing_page_sentences_name_leads_as_ranges_and_verdicts_from_intervals
                         "rmmd": {"seconds_per_step": 0.5, "nfe_per_step": 8}}}
     assert teacher_sentence(student, sample, speed) == (
         "rmmd: fair CRPS +1.00 % against the teacher (no interval: 1 init(s): the bootstrap over inits needs at "
-        "least 2), lower on 1 of 2 targets (variable × level × lead, 50 %); 4.00x the teacher's speed per 12 h "
+        "least 2), lower on 1 of 2 targets (variable × level × lead, 50.0 %); 4.00x the teacher's speed per 12 h "
         "step (8 denoiser calls against 39)")
 
 
