@@ -71,14 +71,20 @@ def _source_record(loaded, provenance: dict, reproduce: str | None) -> dict:
             "versions": loaded.meta.get("versions"), "reproduce": reproduce}
 
 
-def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
-    """Write the student and aux of an `mmd` checkpoint (or run's latest) as a package in `out`; return its info."""
+def _load_phase1(checkpoint: str | os.PathLike, refusal) -> checkpoints.Checkpoint:
+    """The `mmd` checkpoint (or run's latest) at `checkpoint`; else UserInputError(`PATH is ` + refusal(what))."""
     loaded = checkpoints.load_checkpoint(checkpoint)
     card = read_card(loaded.meta, str(loaded.path))
     if card.kind != "student" or card.method != "mmd":
         what = "a teacher" if card.kind == "teacher" else f"a student of method {card.method}"
-        raise UserInputError(f"{loaded.path} is {what}, not a phase-1 (method mmd) student; export a run of "
-                             "`gencast-rmmd distill` with distill.method mmd")
+        raise UserInputError(f"{checkpoint} is {refusal(what)}")
+    return loaded
+
+
+def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
+    """Write the student and aux of an `mmd` checkpoint (or run's latest) as a package in `out`; return its info."""
+    loaded = _load_phase1(checkpoint, lambda what: f"{what}, not a phase-1 (method mmd) student; export a run "
+                                                   "of `gencast-rmmd distill` with distill.method mmd")
     payload, provenance = _portable_payload(loaded)
     tree = {group: loaded.params[group] for group in GROUPS}
     return write_package(out, tree, {
@@ -145,32 +151,45 @@ def install_phase1(path: str | os.PathLike, teacher: str | os.PathLike, out: str
         raise UserInputError(f"--teacher {teacher}: its denoiser's sha256 is {found[:16]}…, not the "
                              f"{info['teacher_sha256'][:16]}… the package {path} was distilled from; give that "
                              "teacher (its weights package or a run that trained it)")
-    payload = json.loads(json.dumps(info["payload"]))
-    teacher_payload = loaded.meta["task"]
-    for key in SHARED_WITH_TEACHER:
-        difference = first_difference(payload[key], teacher_payload[key])
-        if difference:
-            raise UserInputError(f"the package {path}'s {key}.{difference} differs from the teacher {teacher}'s; "
-                                 "install it with the teacher run it was distilled from")
+    payload = _payload_on(info, loaded.meta["task"], path, "the teacher run", teacher)
     existing = installed_already(out, {"params_sha256": info["params_sha256"], "teacher_sha256": found}, log)
     if existing is not None:
         return existing
-    payload["config"]["data"] = teacher_payload["config"]["data"]
-    payload["data_source"] = teacher_payload.get("data_source")
     payload["teacher_checkpoint"] = teacher_record(loaded, card)
-    source = info["source"]
-    step = int(source["checkpoint_step"])
-    state = {"params": tree, "ema_params": tree, "frozen": {"teacher": teacher_params}}
-    out.mkdir(parents=True, exist_ok=True)
-    written = checkpoints.save_checkpoint(out, state, {
-        "step": step, "seed": source.get("seed"), "train": source.get("train"), "task": checked_card(payload),
-        "params_sha256": info["params_sha256"], "ema_params_sha256": info["params_sha256"],
-        "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"],
-                           "teacher_sha256": found, "source": source},
-        "versions": source.get("versions"), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    written = _write_installed(out, path, info, payload, tree, tree, {"teacher": teacher_params},
+                               {"teacher_sha256": found})
     log(f"installed {path} (phase-1 student and aux, {info['param_count']} parameters, sha256 "
-        f"{info['params_sha256'][:16]}…, step {step}) from teacher {teacher} -> {written}")
+        f"{info['params_sha256'][:16]}…, step {info['source']['checkpoint_step']}) from teacher {teacher} "
+        f"-> {written}")
     return written
+
+
+def _payload_on(info: dict, run_payload: dict, path: Path, role: str, run) -> dict:
+    """A package's card for installing on `run` (`role`: the run it was distilled from): refused when an entry
+    it shares with that run differs; its data section and source taken from the run's."""
+    payload = json.loads(json.dumps(info["payload"]))
+    for key in SHARED_WITH_TEACHER:
+        difference = first_difference(payload[key], run_payload[key])
+        if difference:
+            raise UserInputError(f"the package {path}'s {key}.{difference} differs from {run}'s; install it with "
+                                 f"{role} it was distilled from")
+    payload["config"]["data"] = run_payload["config"]["data"]
+    payload["data_source"] = run_payload.get("data_source")
+    return payload
+
+
+def _write_installed(out: Path, path: Path, info: dict, payload: dict, params, ema, frozen,
+                     checked: dict) -> Path:
+    """Write an installed package as the run `out`'s one checkpoint, at the step it was exported from; `checked`:
+    the hashes the install verified (with the package's, they tell a repeated install from another)."""
+    source = info["source"]
+    out.mkdir(parents=True, exist_ok=True)
+    return checkpoints.save_checkpoint(out, {"params": params, "ema_params": ema, "frozen": frozen}, {
+        "step": int(source["checkpoint_step"]), "seed": source.get("seed"), "train": source.get("train"),
+        "task": checked_card(payload), "params_sha256": params_sha256(params), "ema_params_sha256": params_sha256(ema),
+        "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"], **checked,
+                           "source": source},
+        "versions": source.get("versions"), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
 
 
 # a phase-2 run's frozen trees, rebuilt from the phase-1 run it anchored to: group -> (where, group there)
@@ -187,12 +206,8 @@ def install_phase2(path: str | os.PathLike, phase1: str | os.PathLike, out: str 
 
     path, out = Path(path), Path(out)
     tree, info = read_package(path, "phase2")
-    loaded = checkpoints.load_checkpoint(phase1)
-    card = read_card(loaded.meta, str(loaded.path))
-    if card.kind != "student" or card.method != "mmd":
-        what = "a teacher" if card.kind == "teacher" else f"a {card.method} student"
-        raise UserInputError(f"--teacher {phase1} is {what}; give the phase-1 (method mmd) run the phase-2 "
-                             "package was distilled from (trained, or installed from its package)")
+    loaded = _load_phase1(phase1, lambda what: f"{what}; give --teacher the phase-1 (method mmd) run the "
+                                               "phase-2 package was distilled from (trained, or installed)")
     found = params_sha256(loaded.params)
     if found != info["phase1_sha256"]:
         raise UserInputError(f"--teacher {phase1}: its phase-1 student's sha256 is {found[:16]}…, not the "
@@ -204,32 +219,16 @@ def install_phase2(path: str | os.PathLike, phase1: str | os.PathLike, out: str 
             or params_sha256(_anchors(frozen)) != info["anchors_sha256"]:
         raise UserInputError(f"--teacher {phase1}: its teacher or anchors are not the ones the package {path} "
                              "recorded; give the phase-1 run it was distilled from")
-    payload = json.loads(json.dumps(info["payload"]))
-    for key in SHARED_WITH_TEACHER:
-        difference = first_difference(payload[key], loaded.meta["task"][key])
-        if difference:
-            raise UserInputError(f"the package {path}'s {key}.{difference} differs from the phase-1 run {phase1}'s; "
-                                 "install it with the phase-1 run it was distilled from")
+    payload = _payload_on(info, loaded.meta["task"], path, "the phase-1 run", phase1)
     existing = installed_already(out, {"params_sha256": info["params_sha256"], "phase1_sha256": found}, log)
     if existing is not None:
         return existing
-    phase1_payload = loaded.meta["task"]
-    payload["config"]["data"] = phase1_payload["config"]["data"]
-    payload["data_source"] = phase1_payload.get("data_source")
-    payload["teacher_checkpoint"] = phase1_payload["teacher_checkpoint"]
+    payload["teacher_checkpoint"] = loaded.meta["task"]["teacher_checkpoint"]
     payload["phase1_checkpoint"] = checkpoint_record(loaded, "student")
-    source = info["source"]
-    step = int(source["checkpoint_step"])
     params = {group: value for group, value in tree.items() if group != EMA_STUDENT}
     ema = {**params, "student": tree[EMA_STUDENT]}     # a continuation restarts the EMA; forecasts read the student's
-    state = {"params": params, "ema_params": ema, "frozen": frozen}
-    out.mkdir(parents=True, exist_ok=True)
-    written = checkpoints.save_checkpoint(out, state, {
-        "step": step, "seed": source.get("seed"), "train": source.get("train"), "task": checked_card(payload),
-        "params_sha256": params_sha256(params), "ema_params_sha256": params_sha256(ema),
-        "installed_from": {"path": str(path.resolve()), "params_sha256": info["params_sha256"],
-                           "phase1_sha256": found, "source": source},
-        "versions": source.get("versions"), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    written = _write_installed(out, path, info, payload, params, ema, frozen, {"phase1_sha256": found})
     log(f"installed {path} ({payload['method']} student, {info['param_count']} parameters, sha256 "
-        f"{info['params_sha256'][:16]}…, step {step}) on phase-1 run {phase1} -> {written}")
+        f"{info['params_sha256'][:16]}…, step {info['source']['checkpoint_step']}) on phase-1 run {phase1} "
+        f"-> {written}")
     return written
