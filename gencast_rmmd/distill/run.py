@@ -88,7 +88,8 @@ def load_source(path: str | Path) -> TeacherSource:
         return TeacherSource(card, Anchors(teacher, teacher, teacher), teacher_record(loaded, card), None)
     if card.method == "mmd":
         anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"], checkpoint_record(loaded, "student"))
+        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"],
+                             checkpoint_record(loaded, "student"))
     if card.method in DISTILLERS and DISTILLERS[card.method].starts_from == "phase1":
         params, frozen = loaded.params, loaded.frozen
         anchors = Anchors(frozen["teacher"], params["student"], params.get("aux", frozen.get("aux_phase1")),
