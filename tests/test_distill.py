@@ -548,6 +548,17 @@ def test_pareto_spectrum_is_the_evaluation_spectrum_and_its_distance_ignores_a_c
 # --------------------------------------------------------------------------- end to end
 
 
+def _same_bits(a, b) -> bool:
+    """Two parameter trees equal bit for bit."""
+    return jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))
+
+
+def _max_distance(a, b) -> float:
+    """The largest absolute difference between two parameter trees' leaves."""
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
+
+
+
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory, wb2_store, teacher_run):
     """configs/distill/tiny.yaml (2 MMD steps in RUN/phase1, then RMMD) swept over lambda = 0.1 and 1."""
@@ -584,13 +595,12 @@ def test_student_and_aux_start_from_the_teacher_and_anchors_stay_frozen(sweep_ru
     assert phase1.meta["task"]["method"] == "mmd" and final.meta["task"]["method"] == "rmmd"
     # tiny.yaml is live RMMD: the aux model trains on in phase 2, so it is a parameter group, not a frozen tree
     assert sorted(final.frozen) == ["student_phase1", "teacher"] and sorted(final.params) == ["aux", "student"]
-    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
-    assert same(phase1.frozen["teacher"], teacher) and same(final.frozen["teacher"], teacher)
-    assert same(final.frozen["student_phase1"], phase1.params["student"])
-    assert not same(final.params["student"], phase1.params["student"]), "the student must have trained"
-    assert not same(final.params["aux"], phase1.params["aux"]), "the live aux must have trained in phase 2"
+    assert _same_bits(phase1.frozen["teacher"], teacher) and _same_bits(final.frozen["teacher"], teacher)
+    assert _same_bits(final.frozen["student_phase1"], phase1.params["student"])
+    assert not _same_bits(final.params["student"], phase1.params["student"]), "the student must have trained"
+    assert not _same_bits(final.params["aux"], phase1.params["aux"]), "the live aux must have trained in phase 2"
     started_at = load_checkpoint(sweep_run / "lambda_0.1" / "checkpoints" / "step_00000001")
-    assert not same(started_at.params["aux"], final.params["aux"]), "the live aux must move at every step"
+    assert not _same_bits(started_at.params["aux"], final.params["aux"]), "the live aux must move at every step"
     assert final.meta["task"]["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
 
 
@@ -615,13 +625,9 @@ def test_moment_matching_continues_from_a_phase1_run(run_cli, sweep_run, wb2_sto
     phase1, continued = load_checkpoint(sweep_run / "phase1"), load_checkpoint(out)
     assert continued.meta["task"]["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
     assert load_source(out).teacher_checkpoint == load_source(sweep_run / "phase1").teacher_checkpoint
-
-    def distance(a, b) -> float:
-        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
-
     for group in ("student", "aux"):   # a 1e-9 step from the phase-1 weights, which are 2 steps from the teacher's
-        assert distance(continued.params[group], phase1.params[group]) < 1e-7
-        assert distance(phase1.params[group], phase1.frozen["teacher"]) > 1e-6
+        assert _max_distance(continued.params[group], phase1.params[group]) < 1e-7
+        assert _max_distance(phase1.params[group], phase1.frozen["teacher"]) > 1e-6
 
 
 def test_a_phase2_run_continues_from_its_student_and_aux_with_its_phase1_anchors(run_cli, sweep_run, wb2_store,
@@ -636,16 +642,11 @@ def test_a_phase2_run_continues_from_its_student_and_aux_with_its_phase1_anchors
     phase1, source, continued = (load_checkpoint(sweep_run / "phase1"), load_checkpoint(sweep_run / "lambda_1"),
                                  load_checkpoint(out))
     assert not (out / "phase1").exists(), "a continuation trains no phase 1 of its own"
-    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
-    assert same(continued.frozen["student_phase1"], phase1.params["student"])
-    assert same(continued.frozen["teacher"], source.frozen["teacher"])
-
-    def distance(a, b) -> float:
-        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
-
+    assert _same_bits(continued.frozen["student_phase1"], phase1.params["student"])
+    assert _same_bits(continued.frozen["teacher"], source.frozen["teacher"])
     for group in ("student", "aux"):   # a 1e-9 step from the continued run's trees, which moved in its phase 2
-        assert distance(continued.params[group], source.params[group]) < 1e-7
-        assert distance(source.params[group], phase1.params[group]) > 1e-7
+        assert _max_distance(continued.params[group], source.params[group]) < 1e-7
+        assert _max_distance(source.params[group], phase1.params[group]) > 1e-7
     task = continued.meta["task"]
     assert task["phase1_checkpoint"]["params_sha256"] == phase1.meta["params_sha256"]
     assert task["continues_checkpoint"]["params_sha256"] == source.meta["params_sha256"]
@@ -737,10 +738,9 @@ def test_a_phase2_package_installs_on_its_phase1_run_and_continues_and_forecasts
     result = run_cli("weights", "install", package, "--teacher", sweep_run / "phase1", "--out", installed)
     assert result.code == 0, result.err
     original, shipped = load_checkpoint(sweep_run / "lambda_1"), load_checkpoint(installed)
-    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: x.tobytes() == y.tobytes(), a, b))  # noqa: E731
-    assert sorted(shipped.frozen) == sorted(original.frozen) and same(shipped.frozen, original.frozen)
-    assert same(shipped.params, original.params) and shipped.meta["params_sha256"] == run_hash
-    assert same(shipped.ema_params["student"], original.ema_params["student"])
+    assert sorted(shipped.frozen) == sorted(original.frozen) and _same_bits(shipped.frozen, original.frozen)
+    assert _same_bits(shipped.params, original.params) and shipped.meta["params_sha256"] == run_hash
+    assert _same_bits(shipped.ema_params["student"], original.ema_params["student"])
     assert load_source(installed).card.model_dump() == load_source(sweep_run / "lambda_1").card.model_dump()
     outputs = {}
     for name, run in (("original", sweep_run / "lambda_1"), ("installed", installed)):

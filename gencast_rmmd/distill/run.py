@@ -75,6 +75,12 @@ def teacher_record(loaded, card: ModelCard) -> dict:
     return {**checkpoint_record(loaded, "teacher"), "sampler": card.sampler.model_dump(mode="json")}
 
 
+def phase1_anchors(loaded) -> Anchors:
+    """The anchors a phase-2 run takes from a loaded phase-1 (`mmd`) checkpoint: its frozen teacher, its raw
+    student and aux."""
+    return Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
+
+
 def load_source(path: str | Path) -> TeacherSource:
     """Read `--teacher`: a teacher (EMA params), a phase-1 `mmd` student (raw student and aux params), or a
     phase-2 student to continue (raw student and aux params; its frozen phase-1 anchors kept, not replaced)."""
@@ -87,8 +93,7 @@ def load_source(path: str | Path) -> TeacherSource:
         teacher = card.params(loaded.ema_params)
         return TeacherSource(card, Anchors(teacher, teacher, teacher), teacher_record(loaded, card), None)
     if card.method == "mmd":
-        anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-        return TeacherSource(card, anchors, card.model_extra["teacher_checkpoint"],
+        return TeacherSource(card, phase1_anchors(loaded), card.model_extra["teacher_checkpoint"],
                              checkpoint_record(loaded, "student"))
     if card.method in DISTILLERS and DISTILLERS[card.method].starts_from == "phase1":
         params, frozen = loaded.params, loaded.frozen
@@ -209,8 +214,7 @@ def _check_continuation(config: DistillConfig, environment: _Environment) -> Non
 
 def _phase1_anchors(run_dir: Path) -> tuple[Anchors, dict]:
     loaded = load_checkpoint(run_dir)
-    anchors = Anchors(loaded.frozen["teacher"], loaded.params["student"], loaded.params["aux"])
-    return anchors, checkpoint_record(loaded, "student")
+    return phase1_anchors(loaded), checkpoint_record(loaded, "student")
 
 
 @dataclasses.dataclass(frozen=True)

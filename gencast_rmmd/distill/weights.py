@@ -71,14 +71,20 @@ def _source_record(loaded, provenance: dict, reproduce: str | None) -> dict:
             "versions": loaded.meta.get("versions"), "reproduce": reproduce}
 
 
-def _load_phase1(checkpoint: str | os.PathLike, refusal) -> checkpoints.Checkpoint:
-    """The `mmd` checkpoint (or run's latest) at `checkpoint`; else UserInputError(`PATH is ` + refusal(what))."""
+def _load_student(checkpoint: str | os.PathLike, methods, refusal) -> checkpoints.Checkpoint:
+    """The checkpoint (or run's latest) at `checkpoint`, a student of one of `methods`; else
+    UserInputError(`PATH is ` + refusal(what it is))."""
     loaded = checkpoints.load_checkpoint(checkpoint)
     card = read_card(loaded.meta, str(loaded.path))
-    if card.kind != "student" or card.method != "mmd":
+    if card.kind != "student" or card.method not in methods:
         what = "a teacher" if card.kind == "teacher" else f"a student of method {card.method}"
         raise UserInputError(f"{checkpoint} is {refusal(what)}")
     return loaded
+
+
+def _load_phase1(checkpoint: str | os.PathLike, refusal) -> checkpoints.Checkpoint:
+    """The `mmd` checkpoint (or run's latest) at `checkpoint` (`_load_student`)."""
+    return _load_student(checkpoint, ("mmd",), refusal)
 
 
 def export_phase1(checkpoint: str | os.PathLike, out: str | os.PathLike, reproduce: str | None = None) -> dict:
@@ -105,12 +111,10 @@ def export_phase2(checkpoint: str | os.PathLike, out: str | os.PathLike, reprodu
     """Write the trained groups of a phase-2 checkpoint (or run's latest) as a package in `out`; return its info."""
     from gencast_rmmd.distill.registry import DISTILLERS
 
-    loaded = checkpoints.load_checkpoint(checkpoint)
-    card = read_card(loaded.meta, str(loaded.path))
-    if card.kind != "student" or card.method not in DISTILLERS or DISTILLERS[card.method].starts_from != "phase1":
-        what = "a teacher" if card.kind == "teacher" else f"a student of method {card.method}"
-        raise UserInputError(f"{loaded.path} is {what}, not a phase-2 student; export a run of `gencast-rmmd "
-                             "distill` with a method that starts from a phase-1 student (rmmd, dmd, ...)")
+    phase2_methods = [name for name, distiller in DISTILLERS.items() if distiller.starts_from == "phase1"]
+    loaded = _load_student(checkpoint, phase2_methods, lambda what: f"{what}, not a phase-2 student; export a "
+                           "run of `gencast-rmmd distill` with a method that starts from a phase-1 student (rmmd, "
+                           "dmd, ...)")
     phase1 = loaded.meta["task"].get("phase1_checkpoint")
     if phase1 is None:
         raise UserInputError(f"{loaded.path} started from the teacher itself (distill.phase1_steps: 0), not from a "
@@ -192,17 +196,12 @@ def _write_installed(out: Path, path: Path, info: dict, payload: dict, params, e
         "versions": source.get("versions"), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()})
 
 
-# a phase-2 run's frozen trees, rebuilt from the phase-1 run it anchored to: group -> (where, group there)
-PHASE1_TREES = {"teacher": ("frozen", "teacher"), "student_phase1": ("params", "student"),
-                "aux_phase1": ("params", "aux")}
-
-
 def install_phase2(path: str | os.PathLike, phase1: str | os.PathLike, out: str | os.PathLike,
                    log=print) -> Path:
     """Install a phase-2 package as a run of its method in `out`, anchored to the phase-1 run `phase1`; return the
     checkpoint path. Refused (UserInputError, nothing written) when the trees do not match their hash, `phase1`
     is not the phase-1 student (with its teacher) the package was trained from, or the cards disagree."""
-    from gencast_rmmd.distill.run import checkpoint_record
+    from gencast_rmmd.distill.run import checkpoint_record, phase1_anchors
 
     path, out = Path(path), Path(out)
     tree, info = read_package(path, "phase2")
@@ -213,8 +212,8 @@ def install_phase2(path: str | os.PathLike, phase1: str | os.PathLike, out: str 
         raise UserInputError(f"--teacher {phase1}: its phase-1 student's sha256 is {found[:16]}…, not the "
                              f"{info['phase1_sha256'][:16]}… the package {path} was distilled from; give that "
                              "phase-1 run")
-    frozen = {group: getattr(loaded, PHASE1_TREES[group][0])[PHASE1_TREES[group][1]]
-              for group in info["frozen_groups"]}
+    anchors = phase1_anchors(loaded)        # the frozen trees rebuilt as the run being exported took them
+    frozen = {group: anchors.frozen(group) for group in info["frozen_groups"]}
     if teacher_sha256(frozen["teacher"]) != info["teacher_sha256"] \
             or params_sha256(_anchors(frozen)) != info["anchors_sha256"]:
         raise UserInputError(f"--teacher {phase1}: its teacher or anchors are not the ones the package {path} "
