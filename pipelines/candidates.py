@@ -88,19 +88,16 @@ def model_description(row: Row) -> str:
 
 def row_stages(resolved: ResolvedConfigs, setup: TrainingSetup, validation: Split | None,
                region: str = "global") -> list[Stage]:
-    """Group 4 in order: validation inits and teacher, then each distiller row, then each teacher sampler row.
+    """Group 4 in order: validation inits and teacher, each teacher sampler row, then each distiller row.
 
+    The teacher's few-call samplers come first: they train nothing (minutes, where a distiller row takes
+    hours), and they are the baseline every distiller must beat, so a run cut short still holds them.
     `region` is the one the selections score.
     """
     stages = []
     if validation is not None:
         stages += [inits_stage(validation, resolved.data.input_frames),
                    forecast_stage(validation, "teacher", "the teacher", ("teacher.run",), lambda _: TEACHER)]
-    training = _Distilling(setup, resolved.data.path)
-    for row in resolved.distill.values():
-        stages += _student_stages(row, resolved, training, validation, region)
-    for best in resolved.best_of.values():
-        stages += _best_of_stages(best, resolved, training, validation, region)
     for row in resolved.teacher_samplers.values():
         if validation is not None:
             stages += [forecast_stage(validation, c.label, f"the teacher ({' '.join(c.sampler)})", ("teacher.run",),
@@ -108,6 +105,11 @@ def row_stages(resolved: ResolvedConfigs, setup: TrainingSetup, validation: Spli
                        for c in row.candidates]
         if row.selected:
             stages.append(_select_stage(row, validation, region))
+    training = _Distilling(setup, resolved.data.path)
+    for row in resolved.distill.values():
+        stages += _student_stages(row, resolved, training, validation, region)
+    for best in resolved.best_of.values():
+        stages += _best_of_stages(best, resolved, training, validation, region)
     return stages
 
 

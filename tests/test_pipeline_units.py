@@ -273,17 +273,17 @@ def test_grid_candidates_are_the_product_of_sorted_keys_with_the_last_varying_fa
 
 
 def test_a_grid_with_seeds_from_and_a_teacher_sampler_row_is_one_graph():
-    """Group 4 trains, forecasts on validation and selects before any test forecast; inputs follow the choice."""
+    """Group 4 trains, forecasts on validation and selects before any test forecast; inputs follow the choice;
+    the teacher's few-call samplers (no training) come before every distiller row."""
     stages = _stages()
     names = list(stages)
     assert names[names.index("teacher") + 1:names.index("forecast.inits")] == [
-        "validation.inits", "validation.forecast.teacher",
+        "validation.inits", "validation.forecast.teacher", "validation.forecast.teacher_3calls",
         "distill.mmd.c0", "distill.mmd.c1", "validation.forecast.mmd.c0", "validation.forecast.mmd.c1", "select.mmd",
         "distill.rmmd", "validation.forecast.rmmd", "distill.rmmd_seed1", "validation.forecast.rmmd_seed1",
         "distill.dmdr", "validation.forecast.dmdr", "distill.dmd", "validation.forecast.dmd", "distill.gndm",
         "validation.forecast.gndm", "distill.mmd_2step", "validation.forecast.mmd_2step",
-        "select.family_best", "distill.family_best_seed1", "validation.forecast.family_best_seed1",
-        "validation.forecast.teacher_3calls"]
+        "select.family_best", "distill.family_best_seed1", "validation.forecast.family_best_seed1"]
     assert {name for name in names if name.startswith(("forecast.", "evaluate."))} >= {
         f"{kind}.{label}" for kind in ("forecast", "evaluate")
         for label in ("teacher", "mmd", "rmmd", "rmmd_seed1", "dmd", "gndm", "dmdr", "mmd_2step", "teacher_3calls",
