@@ -16,8 +16,8 @@ Per row, against the teacher (targets: the teacher's variable@level that the tru
 - rank-histogram outer-bin excess: (h_0 + h_M) (M + 1) / 2 − 1, the two outer bins' mean frequency relative
   to a flat histogram's 1 / (M + 1), averaged over targets and leads (0: flat outer bins; > 0: the truth
   falls outside the ensemble too often, under-dispersion; < 0: over-dispersion); the teacher's is its row's;
-- speedup: the teacher's measured seconds per 12 h step over the row's, and its denoiser calls per step
-  (speed.json; an extra seed row is timed as its row);
+- speedup: the teacher's measured seconds per 12 h step over the row's (speed.json; an extra seed row is
+  timed as its row), and its denoiser calls per step (speed.json, else the test forecast's `nfe_per_step`);
 - gap closed: mean over cells of (CRPS_teacher − CRPS_row) / (CRPS_teacher − CRPS_reference), over the cells
   where the reference leads the teacher by more than `GAP_MINIMUM` of the teacher's CRPS (a tiny or
   negative gap makes the ratio noise; those cells are left out and counted);
@@ -51,7 +51,6 @@ MAIN_WIN_RATE, MAIN_SEEDS, FOUR_STEP_WIN_RATE, FOUR_STEP_SPEEDUP = 0.90, 3, 0.75
 GAP_MINIMUM = 0.01            # gap cells where CRPS_teacher − CRPS_reference ≤ 1 % of CRPS_teacher are left out
 PENDING = "pending"
 _SEED_LABEL = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
-_CALLS_LABEL = re.compile(r"_(?P<calls>\d+)calls$")
 
 
 def table_stage_spec(labels: list[str], selections: list[str], timed: bool = True, store: str = "STORE",
@@ -186,12 +185,15 @@ def _chosen(workdir: Path, plan: RowPlan) -> str | None:
     return f"{values}; seed {plan.seed}" if plan.kind == "seed" else values
 
 
-def _speed(speed: dict, plan: RowPlan) -> dict:
+def _speed(speed: dict, plan: RowPlan, forecast: Path | None) -> dict:
+    """The row's timing from speed.json; its denoiser calls from there, else from its test forecast's
+    `nfe_per_step` (written by `forecast`), so that a partial table pairs rows before the `speed` stage runs."""
     models = speed.get("models", {})
     entry, teacher = models.get(plan.base or plan.label), models.get(TEACHER)
     calls = entry["nfe_per_step"] if entry else None
-    if calls is None and (match := _CALLS_LABEL.search(plan.label)):
-        calls = int(match["calls"])      # the label's convention, before the speed stage has run
+    if calls is None and forecast is not None:
+        recorded = open_forecast(str(forecast)).attrs.get("nfe_per_step")
+        calls = int(recorded) if recorded is not None else None
     return {"speedup": teacher["seconds_per_step"] / entry["seconds_per_step"] if entry and teacher else None,
             "denoiser_calls": calls, "seconds_per_step": entry["seconds_per_step"] if entry else None}
 
@@ -427,7 +429,7 @@ def _measure(workdir: Path, plans: list[RowPlan], forecasts: dict[str, Path], tr
     teacher_scores = scores[TEACHER]
     for plan in plans:
         row = row_figures[plan.label]
-        row.update(_speed(speed, plan), chosen=_chosen(workdir, plan))
+        row.update(_speed(speed, plan, forecasts.get(plan.label)), chosen=_chosen(workdir, plan))
         if plan.label not in tables:
             continue
         cells = len(targets) * len(leads)

@@ -215,6 +215,26 @@ def test_without_the_teacher_every_row_waits(workdir, wb2_store, tmp_path):
     assert "# RMMD table: partial" in write_table(result, tmp_path / "out")[1].read_text()
 
 
+def test_before_the_speed_stage_calls_come_from_the_forecasts(workdir, wb2_store, tmp_path):
+    """Without speed.json a row's denoiser calls are its test forecast's `nfe_per_step`, so the partial table
+    already pairs each student with the teacher sampler of the nearest calls; speedups wait for the timing."""
+    partial = tmp_path / "partial"
+    shutil.copytree(workdir, partial)
+    (partial / "scorecard" / "speed.json").unlink()
+    for label, calls in (("rmmd", 8), ("teacher_9calls", 9), ("teacher", 39)):
+        path = partial / "forecasts" / f"{label}.nc"
+        dataset = xr.load_dataset(path)
+        dataset.attrs["nfe_per_step"] = calls
+        path.unlink()
+        write_forecast(dataset, path)
+    result = build_table(partial, str(wb2_store), draws=DRAWS, rows=["rmmd", "teacher_9calls", "mmd"])
+    rows = _rows(result)
+    assert (rows["rmmd"]["denoiser_calls"], rows["teacher_9calls"]["denoiser_calls"]) == (8, 9)
+    assert rows["mmd"]["denoiser_calls"] is None and rows["rmmd"]["speedup"] is None    # mmd.nc has no attribute
+    (pair,) = result["sampler_pairs"]
+    assert (pair["a"], pair["b"], pair["a_calls"], pair["b_calls"]) == ("rmmd", "teacher_9calls", 8, 9)
+
+
 def test_table_task_writes_both_files_and_refuses_a_bad_workdir(run_cli, workdir, wb2_store, tmp_path):
     done = run_cli("pipeline", "task", "table", "--workdir", workdir, "--truth", wb2_store, "--out", tmp_path / "t",
                    "--draws", DRAWS, "--row", "rmmd")
