@@ -215,9 +215,11 @@ def test_without_the_teacher_every_row_waits(workdir, wb2_store, tmp_path):
     assert "# RMMD table: partial" in write_table(result, tmp_path / "out")[1].read_text()
 
 
-def test_before_the_speed_stage_calls_come_from_the_forecasts(workdir, wb2_store, tmp_path):
+def test_calls_come_from_the_forecasts_before_the_speed_stage_and_each_main_row_has_its_targets(
+        workdir, wb2_store, tmp_path):
     """Without speed.json a row's denoiser calls are its test forecast's `nfe_per_step`, so the partial table
-    already pairs each student with the teacher sampler of the nearest calls; speedups wait for the timing."""
+    already pairs each student with the teacher sampler of the nearest calls; speedups wait for the timing.
+    Every 8-step RMMD row of `MAIN_ROWS` that the config has gets D's win-rate and SSR targets."""
     partial = tmp_path / "partial"
     shutil.copytree(workdir, partial)
     (partial / "scorecard" / "speed.json").unlink()
@@ -227,12 +229,24 @@ def test_before_the_speed_stage_calls_come_from_the_forecasts(workdir, wb2_store
         dataset.attrs["nfe_per_step"] = calls
         path.unlink()
         write_forecast(dataset, path)
-    result = build_table(partial, str(wb2_store), draws=DRAWS, rows=["rmmd", "teacher_9calls", "mmd"])
+    # A second 8-step RMMD row (rmmd_rollout, here a copy of rmmd's files) gets D's first two targets too.
+    config = yaml.safe_load((partial / "configs" / "pipeline.yaml").read_text())
+    config["distill"]["rmmd_rollout"] = {}
+    (partial / "configs" / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for folder in ("forecasts", "scores"):
+        shutil.copy(partial / folder / "rmmd.nc", partial / folder / "rmmd_rollout.nc")
+    result = build_table(partial, str(wb2_store), draws=DRAWS, rows=["rmmd", "rmmd_rollout", "teacher_9calls", "mmd"])
     rows = _rows(result)
     assert (rows["rmmd"]["denoiser_calls"], rows["teacher_9calls"]["denoiser_calls"]) == (8, 9)
     assert rows["mmd"]["denoiser_calls"] is None and rows["rmmd"]["speedup"] is None    # mmd.nc has no attribute
-    (pair,) = result["sampler_pairs"]
-    assert (pair["a"], pair["b"], pair["a_calls"], pair["b_calls"]) == ("rmmd", "teacher_9calls", 8, 9)
+    pair = next(pair for pair in result["sampler_pairs"] if pair["a"] == "rmmd")
+    assert (pair["b"], pair["a_calls"], pair["b_calls"]) == ("teacher_9calls", 8, 9)
+    targets = {entry["target"]: entry for entry in result["targets"]}
+    for row in ("rmmd", "rmmd_rollout"):
+        ssr = targets[f"8-step RMMD ({row}): SSR at every lead at least as close to 1 as the teacher's"]
+        assert ssr["status"] in ("met", "not met")
+    rollout = next(entry for text, entry in targets.items() if text.startswith("8-step RMMD (rmmd_rollout): win"))
+    assert rollout["status"] == "not measured yet" and rollout["detail"].startswith("1 seed(s)")
 
 
 def test_table_task_writes_both_files_and_refuses_a_bad_workdir(run_cli, workdir, wb2_store, tmp_path):
