@@ -52,6 +52,7 @@ MAIN_ROWS, FOUR_STEP_ROW = ("rmmd", "rmmd_rollout"), "rmmd_4step"
 MAIN_WIN_RATE, MAIN_SEEDS, FOUR_STEP_WIN_RATE, FOUR_STEP_SPEEDUP = 0.90, 3, 0.75, 9.0
 GAP_MINIMUM = 0.01            # gap cells where CRPS_teacher − CRPS_reference ≤ 1 % of CRPS_teacher are left out
 PENDING = "pending"
+NOT_MEASURED = "not measured yet"  # a target whose rows are not all scored
 _SEED_LABEL = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
 
 
@@ -300,15 +301,14 @@ def _target(text: str, status: str, detail: str) -> dict:
     return {"target": text, "status": status, "detail": detail}
 
 
-
 def _main_targets(main_row: str, rows: dict[str, dict], scored: set[str], seeds: list[dict]) -> list[dict]:
     """D's two targets for one 8-step on-policy RMMD row: the win rate and interval across its seeds, and SSR."""
-    missing, found = "not measured yet", []
+    found = []
     main = next((entry for entry in seeds if entry["row"] == main_row), None)
     text = (f"8-step RMMD ({main_row}): win rate ≥ {MAIN_WIN_RATE:.0%}, the 95 % interval of the mean CRPS "
             f"change below 0, across ≥ {MAIN_SEEDS} seeds")
     if main_row not in scored:
-        found.append(_target(text, missing, f"{main_row} is not scored"))
+        found.append(_target(text, NOT_MEASURED, f"{main_row} is not scored"))
     else:
         measured = main or {"count": 1, "min_win_rate": rows[main_row]["win_rate"],
                             "interval_95": rows[main_row]["interval_95"]}
@@ -316,18 +316,18 @@ def _main_targets(main_row: str, rows: dict[str, dict], scored: set[str], seeds:
         detail = (f"{measured['count']} seed(s): lowest win rate {measured['min_win_rate']:.1%}, interval "
                   f"[{low:+.2f}, {high:+.2f}] %")
         met = measured["min_win_rate"] >= MAIN_WIN_RATE and high < 0
-        found.append(_target(text, missing if measured["count"] < MAIN_SEEDS else ("met" if met else "not met"),
+        found.append(_target(text, NOT_MEASURED if measured["count"] < MAIN_SEEDS else ("met" if met else "not met"),
                              detail))
     text = f"8-step RMMD ({main_row}): SSR at every lead at least as close to 1 as the teacher's"
     closer = rows.get(main_row, {}).get("ssr_closer")
-    found.append(_target(text, missing, f"{main_row} has no scores") if closer is None else _target(
+    found.append(_target(text, NOT_MEASURED, f"{main_row} has no scores") if closer is None else _target(
         text, "met" if all(closer) else "not met", f"closer at {sum(closer)} of {len(closer)} leads"))
     return found
+
 
 def targets_section(rows: dict[str, dict], seeds: list[dict], pairs: list[dict], sampler_pairs: list[dict],
                     plans: list[RowPlan]) -> list[dict]:
     """The issue's targets as measured: met, not met, or not measured yet (a row it needs is absent)."""
-    missing = "not measured yet"
     scored = {label for label, row in rows.items() if row["status"] == "scored"}
     found = []
     planned = {plan.label for plan in plans}
@@ -336,7 +336,7 @@ def targets_section(rows: dict[str, dict], seeds: list[dict], pairs: list[dict],
     text = f"4-step RMMD ({FOUR_STEP_ROW}): ≥ {FOUR_STEP_WIN_RATE:.0%} wins at ≥ {FOUR_STEP_SPEEDUP:g}x speedup"
     four = rows.get(FOUR_STEP_ROW, {})
     if FOUR_STEP_ROW not in scored or four.get("speedup") is None:
-        found.append(_target(text, missing, f"{FOUR_STEP_ROW} is not scored and timed"))
+        found.append(_target(text, NOT_MEASURED, f"{FOUR_STEP_ROW} is not scored and timed"))
     else:
         met = four["win_rate"] >= FOUR_STEP_WIN_RATE and four["speedup"] >= FOUR_STEP_SPEEDUP
         found.append(_target(text, "met" if met else "not met",
@@ -347,13 +347,16 @@ def targets_section(rows: dict[str, dict], seeds: list[dict], pairs: list[dict],
             continue
         text = f"{plan.label} beats the teacher's own sampler at ~the same denoiser calls"
         pair = by_row.get(plan.label)
-        found.append(_target(text, missing, f"{plan.label} or a timed teacher sampler row is not scored")
-                     if pair is None else _target(text, "met" if pair["points"] < 0 else "not met",
-                                                  f"{pair['points']:+.2f} points vs {pair['b']}"))
+        if pair is None:
+            found.append(_target(text, NOT_MEASURED,
+                                 f"{plan.label} or a teacher sampler row with its denoiser calls is not scored"))
+        else:
+            found.append(_target(text, "met" if pair["points"] < 0 else "not met",
+                                 f"{pair['points']:+.2f} points vs {pair['b']}"))
     text = "ordering " + " → ".join(ORDERING) + ": each row better than the one before"
     detail = "; ".join(f"{pair['a']} − {pair['b']} {pair['points']:+.2f} points" for pair in pairs)
     absent = [name for name in ORDERING if name not in scored]
-    found.append(_target(text, missing, f"not scored: {', '.join(absent)}" + (f"; {detail}" if detail else ""))
+    found.append(_target(text, NOT_MEASURED, f"not scored: {', '.join(absent)}" + (f"; {detail}" if detail else ""))
                  if absent else _target(text, "met" if all(pair["points"] < 0 for pair in pairs) else "not met",
                                         detail))
     return found

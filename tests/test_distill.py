@@ -558,7 +558,6 @@ def _max_distance(a, b) -> float:
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
 
 
-
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory, wb2_store, teacher_run):
     """configs/distill/tiny.yaml (2 MMD steps in RUN/phase1, then RMMD) swept over lambda = 0.1 and 1."""
